@@ -1,0 +1,223 @@
+"""Alertmanager webhook (version 4) model and strict, tolerant parsing.
+
+Strict where Firehouse depends on a field (a malformed envelope is a `PayloadError`
+naming the field); tolerant where Alertmanager varies across versions (missing optional
+fields, unknown extra fields). A malformed alert inside a good envelope is rejected on its
+own, so that one bad alert never blocks the others.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Any
+
+from daemon.errors import PayloadError
+
+FIRING = "firing"
+RESOLVED = "resolved"
+
+_ZERO_TIME_PREFIX = "0001-01-01T00:00:00"
+_FRACTION = re.compile(r"(\.\d{1,9})")
+_FNV_OFFSET = 14695981039346656037
+_FNV_PRIME = 1099511628211
+_MASK64 = (1 << 64) - 1
+_SEPARATOR = 0xFF
+
+Labels = Mapping[str, str]
+_EMPTY: Labels = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """One alert of a notification, as Alertmanager describes it."""
+
+    status: str
+    labels: Labels
+    annotations: Labels
+    starts_at: datetime | None
+    ends_at: datetime | None
+    generator_url: str
+    fingerprint: str
+
+    @property
+    def firing(self) -> bool:
+        """Whether Alertmanager says this alert is firing."""
+        return self.status == FIRING
+
+    @property
+    def name(self) -> str:
+        """The alert's `alertname`, or a placeholder."""
+        return self.labels.get("alertname", "(no alertname)")
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedAlert:
+    """An alert of a valid notification that could not be used, and why."""
+
+    index: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Webhook:
+    """One Alertmanager notification."""
+
+    receiver: str
+    status: str
+    alerts: tuple[Alert, ...]
+    group_labels: Labels = field(default_factory=dict)
+    common_labels: Labels = field(default_factory=dict)
+    common_annotations: Labels = field(default_factory=dict)
+    external_url: str = ""
+    version: str = ""
+    group_key: str = ""
+    truncated_alerts: int = 0
+    rejected: tuple[RejectedAlert, ...] = field(default=())
+
+
+def fingerprint(labels: Labels) -> str:
+    """Alertmanager's fingerprint of a label set: FNV-1a 64 over sorted names and values."""
+    value = _FNV_OFFSET
+    for name in sorted(labels):
+        for part in (name, labels[name]):
+            for byte in part.encode("utf-8"):
+                value = ((value ^ byte) * _FNV_PRIME) & _MASK64
+            value = ((value ^ _SEPARATOR) * _FNV_PRIME) & _MASK64
+    return f"{value:016x}"
+
+
+def parse_time(text: str) -> datetime | None:
+    """Parse an RFC 3339 timestamp into UTC; Go's zero time means absent."""
+    if text.startswith(_ZERO_TIME_PREFIX):
+        return None
+    # Python accepts at most 6 fractional digits; Go sends up to 9.
+    text = _FRACTION.sub(lambda m: m.group(1)[:7], text, count=1)
+    parsed = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    if parsed.tzinfo is None:
+        raise ValueError("timestamp has no time zone")
+    return parsed.astimezone(UTC)
+
+
+def parse_body(body: bytes) -> Webhook:
+    """Decode and parse a webhook body; raises `PayloadError` naming what is wrong."""
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PayloadError(f"body is not valid JSON: {exc}") from exc
+    return parse_webhook(data)
+
+
+def parse_webhook(data: Any) -> Webhook:
+    """Turn decoded webhook JSON into a `Webhook`; raises `PayloadError` naming the field."""
+    if not isinstance(data, dict):
+        raise PayloadError(f"body must be a JSON object, got {_kind(data)}")
+    raw_alerts = data.get("alerts")
+    if raw_alerts is None:
+        raise PayloadError("field 'alerts' is missing")
+    if not isinstance(raw_alerts, list):
+        raise PayloadError(f"field 'alerts' must be a list, got {_kind(raw_alerts)}")
+    truncated = data.get("truncatedAlerts", 0)
+    if truncated is None:
+        truncated = 0
+    if isinstance(truncated, bool) or not isinstance(truncated, int) or truncated < 0:
+        raise PayloadError("field 'truncatedAlerts' must be a non-negative integer")
+    alerts: list[Alert] = []
+    rejected: list[RejectedAlert] = []
+    for index, raw in enumerate(raw_alerts):
+        try:
+            alerts.append(parse_alert(raw))
+        except PayloadError as exc:
+            rejected.append(RejectedAlert(index, f"alerts[{index}]: {exc}"))
+    return Webhook(
+        receiver=_text(data, "receiver"),
+        status=_text(data, "status"),
+        alerts=tuple(alerts),
+        group_labels=_labels(data, "groupLabels"),
+        common_labels=_labels(data, "commonLabels"),
+        common_annotations=_labels(data, "commonAnnotations"),
+        external_url=_text(data, "externalURL"),
+        version=_text(data, "version"),
+        group_key=_text(data, "groupKey"),
+        truncated_alerts=truncated,
+        rejected=tuple(rejected),
+    )
+
+
+def parse_alert(raw: Any) -> Alert:
+    """Parse one alert object; raises `PayloadError` naming the bad field."""
+    if not isinstance(raw, dict):
+        raise PayloadError(f"must be an object, got {_kind(raw)}")
+    status = raw.get("status")
+    if status not in (FIRING, RESOLVED):
+        raise PayloadError(f"field 'status' must be 'firing' or 'resolved', got {status!r:.60}")
+    labels = _labels(raw, "labels")
+    fp = raw.get("fingerprint")
+    if fp is not None and not isinstance(fp, str):
+        raise PayloadError(f"field 'fingerprint' must be a string, got {_kind(fp)}")
+    return Alert(
+        status=status,
+        labels=labels,
+        annotations=_labels(raw, "annotations"),
+        starts_at=_time(raw, "startsAt"),
+        ends_at=_time(raw, "endsAt"),
+        generator_url=_text(raw, "generatorURL"),
+        fingerprint=fp or fingerprint(labels),
+    )
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _text(obj: dict[str, Any], key: str) -> str:
+    value = obj.get(key)
+    if value is None:
+        return ""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        # Old senders (webhook version 3) send e.g. a numeric groupKey.
+        return str(value)
+    if not isinstance(value, str):
+        raise PayloadError(f"field {key!r} must be a string, got {_kind(value)}")
+    return value
+
+
+def _labels(obj: dict[str, Any], key: str) -> Labels:
+    value = obj.get(key)
+    if value is None:
+        return _EMPTY
+    if not isinstance(value, dict):
+        raise PayloadError(f"field {key!r} must be an object of strings, got {_kind(value)}")
+    for name, item in value.items():
+        if not isinstance(item, str):
+            raise PayloadError(f"field {key}.{name!s:.60} must be a string, got {_kind(item)}")
+    return MappingProxyType(dict(value))
+
+
+def _time(obj: dict[str, Any], key: str) -> datetime | None:
+    value = obj.get(key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise PayloadError(f"field {key!r} must be an RFC 3339 string, got {_kind(value)}")
+    try:
+        return parse_time(value)
+    except ValueError as exc:
+        raise PayloadError(f"field {key!r} is not an RFC 3339 time: {value!r:.60}") from exc
+
+
+def to_json(alert: Alert) -> dict[str, Any]:
+    """The alert as plain JSON, in Alertmanager's field names, for storage and APIs."""
+    return {
+        "status": alert.status,
+        "labels": dict(alert.labels),
+        "annotations": dict(alert.annotations),
+        "startsAt": alert.starts_at.isoformat() if alert.starts_at else None,
+        "endsAt": alert.ends_at.isoformat() if alert.ends_at else None,
+        "generatorURL": alert.generator_url,
+        "fingerprint": alert.fingerprint,
+    }

@@ -1,0 +1,154 @@
+"""Firehouse assembled: configuration, store, dispatcher, outbox worker and HTTP server,
+started and stopped in named stages."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from daemon.config import Config, load_config
+from daemon.dispatch import Dispatcher
+from daemon.errors import ConfigError
+from daemon.metrics import Metrics
+from daemon.outbox import Deliverer, utcnow
+from daemon.pagerduty import PagerDutyClient
+from daemon.server import make_app
+from daemon.store import Store
+from daemon.store.sqlite import SqliteStore
+
+log = logging.getLogger("firehouse")
+
+
+class Firehouse:
+    """The running daemon: owns the store, the workers and the listening socket."""
+
+    def __init__(self, config: Config, config_path: Path | None, store: Store | None = None,
+                 metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.metrics = metrics or Metrics()
+        self.store: Store = store or SqliteStore(config.settings.state)
+        self.accepting = False
+        self.session: aiohttp.ClientSession | None = None
+        self.deliverer: Deliverer | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.runner: web.AppRunner | None = None
+        self.dispatcher = Dispatcher(self.store, config, self.metrics, utcnow, self._wake)
+        self.port = 0
+
+    def _wake(self) -> None:
+        if self.deliverer is not None:
+            self.deliverer.wake()
+
+    def reload(self) -> Config:
+        """Build and validate the new configuration completely, then swap it in."""
+        try:
+            config = load_config(self.config_path)
+        except ConfigError as exc:
+            self.metrics.reload_ok.set(0)
+            log.error("reload failed; keeping configuration %s:\n%s", self.config.digest, exc)
+            raise
+        if config.settings.state != self.config.settings.state:
+            log.warning("state path changes only on restart; keeping %s",
+                        self.config.settings.state)
+        self._activate(config)
+        log.info("configuration reloaded digest=%s", config.digest)
+        return config
+
+    def _activate(self, config: Config) -> None:
+        self.config = config
+        self.dispatcher.swap_config(config)
+        for warning in config.warnings:
+            log.warning("%s", warning)
+        self.metrics.set_config(config.digest, config.settings.dry_run,
+                                len(config.graph.services), len(config.rules), time.time())
+
+    async def start(self) -> None:
+        """Open the store, load state, start the workers, then listen."""
+        settings = self.config.settings
+        await self.store.open()
+        await self.dispatcher.load()
+        self._activate(self.config)
+        self.session = aiohttp.ClientSession()
+        client = PagerDutyClient(settings.pagerduty_url, self.session, settings.pagerduty_timeout)
+        self.deliverer = Deliverer(self.store, client, self.metrics)
+        self._tasks.append(asyncio.create_task(self.deliverer.run(), name="outbox"))
+        self.runner = web.AppRunner(make_app(self), access_log=None, shutdown_timeout=10.0)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, settings.listen_host, settings.listen_port)
+        await site.start()
+        server = getattr(site, "_server", None)
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else settings.listen_port
+        self.accepting = True
+        mode = "DRY-RUN (no routing keys: events are logged, not sent)" if settings.dry_run \
+            else f"sending to {settings.pagerduty_url}"
+        log.info("listening on http://%s:%d, %d services, %d rules, %s, state %s",
+                 settings.listen_host, self.port, len(self.config.graph.services),
+                 len(self.config.rules), mode, settings.state)
+
+    async def stop(self) -> None:
+        """Stop in stages, each with its own timeout: intake, requests, workers, store."""
+        self.accepting = False
+        if self.runner is not None:
+            log.info("shutdown: finishing in-flight requests")
+            await self.runner.cleanup()
+        if self.deliverer is not None:
+            self.deliverer.stop()
+        for task in self._tasks:
+            try:
+                await asyncio.wait_for(task, timeout=10.0)
+            except TimeoutError:
+                log.warning("shutdown: %s still running after 10s; cancelled (its events stay "
+                            "pending and are sent after restart)", task.get_name())
+            except asyncio.CancelledError:
+                pass
+        if self.session is not None:
+            await self.session.close()
+        log.info("shutdown: closing the store")
+        await self.store.close()
+
+    async def refresh_gauges(self) -> None:
+        """Update gauges read from the store (called on scrape)."""
+        counts = await self.store.outbox_counts()
+        for state in ("pending", "delivered", "dead", "dry_run"):
+            self.metrics.outbox.labels(state).set(counts.get(state, 0))
+        oldest = await self.store.oldest_pending_at()
+        age = (utcnow() - oldest).total_seconds() if oldest else 0.0
+        self.metrics.outbox_oldest_pending.set(age)
+
+
+async def serve(config: Config, config_path: Path | None) -> None:
+    """Run until SIGTERM or SIGINT; SIGHUP reloads. A second signal exits at once."""
+    firehouse = Firehouse(config, config_path)
+    await firehouse.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def on_stop() -> None:
+        if stop.is_set():
+            log.warning("second signal: exiting now")
+            os._exit(1)
+        log.info("signal received: shutting down")
+        firehouse.accepting = False
+        stop.set()
+
+    def on_hup() -> None:
+        with contextlib.suppress(ConfigError):
+            firehouse.reload()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_stop)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    try:
+        await stop.wait()
+    finally:
+        await firehouse.stop()

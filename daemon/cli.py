@@ -1,0 +1,217 @@
+"""Command line: `firehouse run | check | explain | impact`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from daemon import __version__
+from daemon.alerts import parse_body
+from daemon.config import Config, load_config, mask
+from daemon.decide import Decision, State, decide
+from daemon.errors import ConfigError, PayloadError, StoreError
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), stream=sys.stderr,
+        format="ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)s",
+    )
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return load_config(Path(args.config) if args.config else None)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the daemon until SIGTERM."""
+    from daemon.app import serve  # noqa: PLC0415 - keeps `check` light
+
+    try:
+        config = _load(args)
+    except ConfigError as exc:
+        print(f"firehouse: configuration is invalid:\n{exc}", file=sys.stderr)
+        return 2
+    _setup_logging(config.settings.log_level)
+    for warning in config.warnings:
+        logging.getLogger("firehouse").warning("%s", warning)
+    try:
+        asyncio.run(serve(config, Path(args.config) if args.config else None))
+    except StoreError as exc:
+        print(f"firehouse: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"firehouse: cannot listen: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Validate settings, maps and rules together; exit 0 only when all is well."""
+    try:
+        config = _load(args)
+    except ConfigError as exc:
+        print(f"FAILED: {len(exc.problems)} problem(s)")
+        for problem in exc.problems:
+            print(f"  {problem}")
+        return 1
+    settings = config.settings
+    for warning in config.warnings:
+        print(f"  {warning}")
+    print(f"SUCCESS: settings {settings.source}")
+    print(f"  {len(config.graph.services)} services from "
+          f"{', '.join(str(p) for p in settings.dependency_maps)}")
+    print(f"  {len(config.rules)} rules from {', '.join(str(p) for p in settings.rules)}")
+    keys = sum(1 for t in settings.targets.values() if t.routing_key)
+    print(f"  {len(settings.targets)} targets, {keys} with a routing key"
+          + (" (dry-run: events are logged, not sent)" if settings.dry_run else ""))
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Show what Firehouse would decide for a payload, sending and storing nothing."""
+    try:
+        config = _load(args)
+    except ConfigError as exc:
+        print(f"firehouse: configuration is invalid:\n{exc}", file=sys.stderr)
+        return 2
+    raw = sys.stdin.buffer.read() if args.payload == "-" else Path(args.payload).read_bytes()
+    try:
+        webhook = parse_body(raw)
+    except PayloadError as exc:
+        print(f"firehouse: payload rejected: {exc}", file=sys.stderr)
+        return 1
+    now = datetime.fromisoformat(args.at).astimezone(UTC) if args.at else datetime.now(UTC)
+    decision = decide(webhook, config, State(), now)
+    if args.format == "json":
+        print(json.dumps(_decision_json(decision), indent=2, ensure_ascii=False))
+    else:
+        _print_decision(decision, [r.reason for r in webhook.rejected])
+    return 0
+
+
+def _decision_json(decision: Decision) -> dict[str, Any]:
+    return {
+        "alerts": [
+            {
+                "fingerprint": e.fingerprint, "alertname": e.alertname, "status": e.status,
+                "service": e.service, "mapped": e.mapped, "action": e.action,
+                "severity": e.severity,
+                "rules": [
+                    {"rule": v.rule.name, "matched": v.matched, "reason": v.reason}
+                    for v in (e.outcome.verdicts if e.outcome else ())
+                ],
+            }
+            for e in decision.explanations
+        ],
+        "events": [
+            {"target": ev.target, "routing_key": mask(ev.routing_key), "action": ev.action,
+             "dedup_key": ev.dedup_key, "body": dict(ev.body)}
+            for ev in decision.events
+        ],
+    }
+
+
+def _print_decision(decision: Decision, rejected: list[str]) -> None:
+    for reason in rejected:
+        print(f"skipped malformed alert: {reason}")
+    for e in decision.explanations:
+        mapped = "mapped" if e.mapped else "UNMAPPED"
+        print(f"alert {e.alertname} [{e.status}] fingerprint={e.fingerprint}")
+        print(f"  service: {e.service or '(none)'} ({mapped})")
+        print(f"  action: {e.action}")
+        if e.impact is not None:
+            impact = e.impact
+            print(f"  impact: {len(impact.impacted)} service(s) impacted, most critical tier "
+                  f"{impact.most_critical_tier}, business: "
+                  f"{', '.join(impact.business_services) or 'none'}, implied severity "
+                  f"{impact.severity}")
+            for item in impact.impacted[:5]:
+                print(f"    {item.explain()}")
+        if e.outcome is not None:
+            for verdict in e.outcome.verdicts:
+                mark = "MATCH" if verdict.matched else "miss "
+                print(f"  rule {mark} {verdict.rule.name!r}: {verdict.reason}")
+            print(f"  severity: {e.severity}; roles: {', '.join(e.outcome.roles)}")
+    for ev in decision.events:
+        payload = ev.body.get("payload", {})
+        print(f"event {ev.action} -> {ev.target} (routing key {mask(ev.routing_key)}) "
+              f"dedup_key={ev.dedup_key} severity={payload.get('severity', '-')}")
+
+
+def cmd_impact(args: argparse.Namespace) -> int:
+    """Print the blast radius of services failing together."""
+    try:
+        config = _load(args)
+    except ConfigError as exc:
+        print(f"firehouse: configuration is invalid:\n{exc}", file=sys.stderr)
+        return 2
+    graph = config.graph
+    names = []
+    for name in args.services:
+        service = graph.resolve(name)
+        if service is None:
+            print(f"firehouse: unknown service {name!r}", file=sys.stderr)
+            return 1
+        names.append(service.name)
+    impact = graph.impact(names)
+    if args.format == "json":
+        print(json.dumps({
+            "failing": list(impact.failing), "severity": impact.severity,
+            "most_critical_tier": impact.most_critical_tier,
+            "business_services": list(impact.business_services),
+            "tier_counts": {str(k): v for k, v in impact.tier_counts.items()},
+            "impacted": [
+                {"service": s.name, "tier": s.tier, "state": s.state, "distance": s.distance,
+                 "path": list(s.path)} for s in impact.impacted
+            ],
+        }, indent=2))
+        return 0
+    print(f"failing: {', '.join(impact.failing)}")
+    print(f"implied severity: {impact.severity}; most critical tier: "
+          f"{impact.most_critical_tier}; business services: "
+          f"{', '.join(impact.business_services) or 'none'}")
+    for s in impact.impacted:
+        print(f"  {s.state:8} tier {s.tier}  {s.name}  ({' -> '.join(reversed(s.path))})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `firehouse` command."""
+    parser = argparse.ArgumentParser(
+        prog="firehouse",
+        description="Page early, at the full potential severity, to the right people.")
+    parser.add_argument("--version", action="version", version=f"firehouse {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--config", "-c", help="settings file (default: $FIREHOUSE_CONFIG, "
+                       "else ./firehouse.yml if present, else built-in defaults)")
+        return p
+
+    add("run", "run the daemon").set_defaults(func=cmd_run)
+    add("check", "validate settings, dependency maps and rules").set_defaults(func=cmd_check)
+    explain = add("explain", "dry-run the decision for an Alertmanager payload")
+    explain.add_argument("payload", help="webhook JSON file, or - for standard input")
+    explain.add_argument("--at", help="decide as of this RFC 3339 time (default: now)")
+    explain.add_argument("--format", choices=("text", "json"), default="text")
+    explain.set_defaults(func=cmd_explain)
+    impact = add("impact", "show the blast radius of services failing together")
+    impact.add_argument("services", nargs="+", metavar="SERVICE")
+    impact.add_argument("--format", choices=("text", "json"), default="text")
+    impact.set_defaults(func=cmd_impact)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `firehouse` console script."""
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result

@@ -1,0 +1,449 @@
+"""Settings, and the complete configuration (settings + maps + rules) built and checked at once.
+
+Every setting comes from the YAML settings file, overridden by `FIREHOUSE_*` environment
+variables. A `Config` is built completely, cross-references and all, before anything uses
+it: a reload that finds a problem leaves the running configuration in place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from daemon.errors import ConfigError, Problem
+from daemon.graph import DEFAULT_TIER_SEVERITY, SEVERITIES, ServiceGraph, load_maps, map_files
+from daemon.rules import Rule, load_rules, rule_files
+from daemon.yamlsrc import LocatedDict, load_file, shown
+
+DEFAULT_SETTINGS_FILE = "firehouse.yml"
+DEFAULT_PAGERDUTY_URL = "https://events.pagerduty.com"
+_TARGET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_DIRECT_ROLES = ("incident_lead", "senior_management", "business_line")
+
+ENV_VARS = {
+    "FIREHOUSE_LISTEN": "listen",
+    "FIREHOUSE_STATE": "state",
+    "FIREHOUSE_PAGERDUTY_URL": "pagerduty.url",
+    "FIREHOUSE_RULES": "rules",
+    "FIREHOUSE_DEPENDENCY_MAPS": "dependency_maps",
+    "FIREHOUSE_WEBHOOK_TOKEN": "auth.bearer_token",
+    "FIREHOUSE_WEBHOOK_TOKEN_FILE": "auth.bearer_token_file",
+    "FIREHOUSE_DRY_RUN": "dry_run",
+    "FIREHOUSE_LOG_LEVEL": "log_level",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A PagerDuty integration, by name; the routing key is a secret and never printed."""
+
+    name: str
+    routing_key: str = field(repr=False)
+    key_source: str = ""
+
+    @property
+    def masked(self) -> str:
+        """The routing key as it may appear in logs: only its last four characters."""
+        return mask(self.routing_key)
+
+
+def mask(secret: str) -> str:
+    """Hide all but the last four characters of a secret."""
+    return "(none)" if not secret else "****" + secret[-4:]
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The daemon's settings, after defaults, file and environment."""
+
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 9095
+    state: Path = Path("data/firehouse.db")
+    rules: tuple[Path, ...] = (Path("rules"),)
+    dependency_maps: tuple[Path, ...] = (Path("dependency_maps"),)
+    pagerduty_url: str = DEFAULT_PAGERDUTY_URL
+    pagerduty_timeout: float = 10.0
+    service_labels: tuple[str, ...] = ("service", "job")
+    severity_labels: tuple[str, ...] = ("severity", "priority")
+    roles: Mapping[str, str] = field(default_factory=dict)
+    targets: Mapping[str, Target] = field(default_factory=dict)
+    tier_severity: Mapping[int, str] = field(default_factory=lambda: DEFAULT_TIER_SEVERITY)
+    dry_run: bool = True
+    bearer_token: str = field(default="", repr=False)
+    basic_auth: tuple[str, str] | None = field(default=None, repr=False)
+    max_body_bytes: int = 4 * 1024 * 1024
+    resolved_retention_hours: float = 24.0
+    log_level: str = "info"
+    source: str = "(built-in defaults)"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything a decision needs, validated together; swapped as one reference on reload."""
+
+    settings: Settings
+    graph: ServiceGraph
+    rules: tuple[Rule, ...]
+    warnings: tuple[Problem, ...]
+    digest: str
+
+    def target_for_role(self, role: str) -> str | None:
+        """The target a command-center role (incident lead, …) is mapped to in the settings."""
+        return self.settings.roles.get(role)
+
+
+def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> Config:
+    """Build and validate the whole configuration; raises `ConfigError` listing every problem."""
+    env = os.environ if env is None else env
+    problems: list[Problem] = []
+    settings = load_settings(path, env, problems)
+    targets = set(settings.targets)
+    graph, map_problems = load_maps(list(settings.dependency_maps), targets, settings.tier_severity)
+    problems.extend(map_problems)
+    rules, rule_problems = load_rules(list(settings.rules), targets)
+    problems.extend(rule_problems)
+    errors = [p for p in problems if not p.warning]
+    if errors:
+        raise ConfigError(errors)
+    digest = _digest(settings, [*map_files(settings.dependency_maps), *rule_files(settings.rules)])
+    return Config(settings, graph, rules, tuple(p for p in problems if p.warning), digest)
+
+
+def find_settings_file(path: Path | None, env: Mapping[str, str]) -> Path | None:
+    """The settings file to use: the given one, $FIREHOUSE_CONFIG, or ./firehouse.yml if present."""
+    if path is not None:
+        return path
+    if env.get("FIREHOUSE_CONFIG"):
+        return Path(env["FIREHOUSE_CONFIG"])
+    default = Path(DEFAULT_SETTINGS_FILE)
+    return default if default.exists() else None
+
+
+def load_settings(path: Path | None, env: Mapping[str, str], problems: list[Problem]) -> Settings:
+    """Read settings from file and environment; appends problems rather than raising."""
+    file = find_settings_file(path, env)
+    raw: LocatedDict = LocatedDict()
+    raw.line, raw.key_lines = 0, {}
+    name = "(environment)"
+    base = Path.cwd()
+    if file is not None:
+        name = str(file)
+        base = file.resolve().parent
+        docs, found = load_file(file)
+        problems.extend(found)
+        if docs and isinstance(docs[0], LocatedDict):
+            raw = docs[0]
+        elif docs and docs[0] is not None:
+            problems.append(Problem(name, 1, "", "settings must be a YAML mapping"))
+    reader = _Reader(raw, name, problems)
+    for var, key in ENV_VARS.items():
+        if env.get(var):
+            reader.override(key, env[var], f"${var}")
+    return reader.settings(base, env)
+
+
+class _Reader:
+    """Turns the located settings mapping into `Settings`, collecting problems."""
+
+    _KEYS = frozenset({
+        "listen", "state", "rules", "dependency_maps", "pagerduty", "service_labels",
+        "severity_labels", "roles", "targets", "tier_severity", "dry_run", "auth",
+        "max_body_bytes", "resolved_retention_hours", "log_level",
+    })
+
+    def __init__(self, raw: LocatedDict, file: str, problems: list[Problem]) -> None:
+        self.raw = raw
+        self.file = file
+        self.problems = problems
+        self.env_sources: dict[str, str] = {}
+        for key in raw:
+            if key not in self._KEYS:
+                self.bad(key, "unknown setting", key)
+
+    def override(self, dotted: str, value: str, source: str) -> None:
+        """Apply an environment variable on top of the file."""
+        self.env_sources[dotted] = source
+        node = self.raw
+        *parents, last = dotted.split(".")
+        for part in parents:
+            child = node.get(part)
+            if not isinstance(child, LocatedDict):
+                child = LocatedDict()
+                child.line, child.key_lines = 0, {}
+                node[part] = child
+            node = child
+        node[last] = value
+
+    def bad(self, key: str, message: str, value: Any = "") -> None:
+        """Record a problem at the settings key `key` (dotted)."""
+        source = self.env_sources.get(key)
+        node: Any = self.raw
+        line = 0
+        for part in key.split("."):
+            if isinstance(node, LocatedDict):
+                line = node.line_of(part) or line
+                node = node.get(part)
+        self.problems.append(Problem(source or self.file, 0 if source else line, key, message,
+                                     shown(value) if value != "" else ""))
+
+    def get(self, dotted: str, default: Any = None) -> Any:
+        node: Any = self.raw
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return default
+            node = node[part]
+        return node
+
+    def settings(self, base: Path, env: Mapping[str, str]) -> Settings:
+        defaults = Settings()
+        host, port = self._listen(defaults)
+        targets = self._targets(base, env)
+        dry_run = self._dry_run(targets)
+        pd = self.get("pagerduty", {})
+        if not isinstance(pd, dict):
+            self.bad("pagerduty", "must be a mapping", pd)
+            pd = {}
+        for key in pd:
+            if key not in ("url", "timeout_seconds"):
+                self.bad(f"pagerduty.{key}", "unknown setting", key)
+        url = self._string("pagerduty.url", DEFAULT_PAGERDUTY_URL).rstrip("/")
+        if not url.startswith(("http://", "https://")):
+            self.bad("pagerduty.url", "must be an http:// or https:// URL", url)
+        level = self._string("log_level", "info").lower()
+        if level not in ("debug", "info", "warning", "error"):
+            self.bad("log_level", "must be debug, info, warning or error", level)
+        return Settings(
+            listen_host=host,
+            listen_port=port,
+            state=self._path(base, "state", defaults.state),
+            rules=self._paths(base, "rules", defaults.rules),
+            dependency_maps=self._paths(base, "dependency_maps", defaults.dependency_maps),
+            pagerduty_url=url,
+            pagerduty_timeout=self._number("pagerduty.timeout_seconds", 10.0, 0.1, 60.0),
+            service_labels=self._labels("service_labels", defaults.service_labels),
+            severity_labels=self._labels("severity_labels", defaults.severity_labels),
+            roles=MappingProxyType(self._roles(targets)),
+            targets=MappingProxyType(targets),
+            tier_severity=MappingProxyType(self._tier_severity()),
+            dry_run=dry_run,
+            bearer_token=self._secret(base, "auth.bearer_token", "auth.bearer_token_file"),
+            basic_auth=self._basic_auth(base),
+            max_body_bytes=int(self._number("max_body_bytes", 4 * 1024 * 1024, 1024, 1 << 30)),
+            resolved_retention_hours=self._number("resolved_retention_hours", 24.0, 0.0, 24 * 365),
+            log_level=level,
+            source=self.file,
+        )
+
+    def _string(self, key: str, default: str) -> str:
+        value = self.get(key, default)
+        if not isinstance(value, str) or not value:
+            self.bad(key, "must be a non-empty string", value)
+            return default
+        return value
+
+    def _number(self, key: str, default: float, low: float, high: float) -> float:
+        value = self.get(key, default)
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.bad(key, "must be a number", value)
+            return default
+        if isinstance(value, bool) or not low <= number <= high:
+            self.bad(key, f"must be a number from {low:g} to {high:g}", value)
+            return default
+        return number
+
+    def _listen(self, defaults: Settings) -> tuple[str, int]:
+        value = self.get("listen", f"{defaults.listen_host}:{defaults.listen_port}")
+        host, sep, port = str(value).rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            self.bad("listen", "must be HOST:PORT", value)
+            return defaults.listen_host, defaults.listen_port
+        return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - an explicit ':PORT'
+
+    def _path(self, base: Path, key: str, default: Path) -> Path:
+        value = self.get(key)
+        if value is None:
+            return default
+        if not isinstance(value, str) or not value:
+            self.bad(key, "must be a path", value)
+            return default
+        return self._resolve(base, key, value)
+
+    def _resolve(self, base: Path, key: str, value: str) -> Path:
+        path = Path(value).expanduser()
+        # Paths in the settings file are relative to it; paths from the environment to cwd.
+        if key in self.env_sources or path.is_absolute():
+            return path
+        return base / path
+
+    def _paths(self, base: Path, key: str, default: tuple[Path, ...]) -> tuple[Path, ...]:
+        value = self.get(key)
+        if value is None:
+            return default
+        if isinstance(value, str):
+            items = [v for v in value.split(os.pathsep) if v]
+        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+            items = list(value)
+        else:
+            self.bad(key, "must be a path or a list of paths", value)
+            return default
+        if not items:
+            self.bad(key, "must name at least one path", value)
+            return default
+        return tuple(self._resolve(base, key, v) for v in items)
+
+    def _labels(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = self.get(key)
+        if value is None:
+            return default
+        if not isinstance(value, list) or not value or not all(
+            isinstance(v, str) and v for v in value
+        ):
+            self.bad(key, "must be a non-empty list of label names", value)
+            return default
+        return tuple(value)
+
+    def _targets(self, base: Path, env: Mapping[str, str]) -> dict[str, Target]:
+        raw = self.get("targets", {})
+        if raw is None:
+            return {}
+        if not isinstance(raw, dict):
+            self.bad("targets", "must be a mapping of target name to its routing key source", raw)
+            return {}
+        targets: dict[str, Target] = {}
+        for name, spec in raw.items():
+            key = f"targets.{name}"
+            if not _TARGET_NAME.match(str(name)):
+                self.bad(key, "invalid target name: letters, digits, . _ -, at most 64", name)
+                continue
+            spec = spec if spec is not None else {}
+            if not isinstance(spec, dict):
+                self.bad(key, "must be a mapping with routing_key_env or routing_key_file", spec)
+                continue
+            for k in spec:
+                if k not in ("routing_key_env", "routing_key_file"):
+                    self.bad(f"{key}.{k}", "unknown setting", k)
+            default_env = "FIREHOUSE_ROUTING_KEY_" + re.sub(r"[^A-Z0-9]", "_", name.upper())
+            env_name = spec.get("routing_key_env", default_env)
+            file_name = spec.get("routing_key_file")
+            routing_key, source = env.get(str(env_name), ""), f"${env_name}"
+            if file_name:
+                path = self._resolve(base, f"{key}.routing_key_file", str(file_name))
+                source = str(path)
+                try:
+                    routing_key = path.read_text(encoding="utf-8").strip()
+                except OSError as exc:
+                    self.bad(f"{key}.routing_key_file", f"cannot read: {exc.strerror}", str(path))
+            targets[name] = Target(name, routing_key.strip(), source)
+        return targets
+
+    def _dry_run(self, targets: dict[str, Target]) -> bool:
+        value = self.get("dry_run", "auto")
+        text = str(value).lower()
+        with_keys = [t for t in targets.values() if t.routing_key]
+        if text == "auto":
+            dry = not with_keys
+        elif text in ("true", "1", "yes"):
+            dry = True
+        elif text in ("false", "0", "no"):
+            dry = False
+        else:
+            self.bad("dry_run", "must be auto, true or false", value)
+            return True
+        if not dry:
+            for target in targets.values():
+                if not target.routing_key:
+                    self.bad(f"targets.{target.name}", "has no routing key (set "
+                             f"{target.key_source}); a page to it would be lost")
+        return dry
+
+    def _roles(self, targets: dict[str, Target]) -> dict[str, str]:
+        raw = self.get("roles", {}) or {}
+        if not isinstance(raw, dict):
+            self.bad("roles", "must map roles to target names", raw)
+            return {}
+        roles: dict[str, str] = {}
+        for role, target in raw.items():
+            if role not in _DIRECT_ROLES:
+                self.bad(f"roles.{role}", "unknown role (the map gives technical and service "
+                         f"leads; here: {', '.join(_DIRECT_ROLES)})", role)
+            elif target not in targets:
+                self.bad(f"roles.{role}", "names a target that is not defined in targets", target)
+            else:
+                roles[role] = target
+        if "incident_lead" not in roles and "roles.incident_lead" not in {
+            p.path for p in self.problems
+        }:
+            self.bad("roles.incident_lead", "missing: the command center's target is required, "
+                     "unmapped alerts page it")
+        return roles
+
+    def _tier_severity(self) -> dict[int, str]:
+        raw = self.get("tier_severity")
+        if raw is None:
+            return dict(DEFAULT_TIER_SEVERITY)
+        result = dict(DEFAULT_TIER_SEVERITY)
+        if not isinstance(raw, dict):
+            self.bad("tier_severity", "must map tiers 1-4 to severities", raw)
+            return result
+        for tier, severity in raw.items():
+            if str(tier) not in ("1", "2", "3", "4") or severity not in SEVERITIES:
+                self.bad(f"tier_severity.{tier}", f"must map a tier 1-4 to one of "
+                         f"{', '.join(SEVERITIES)}", severity)
+            else:
+                result[int(tier)] = severity
+        return result
+
+    def _secret(self, base: Path, key: str, file_key: str) -> str:
+        value = self.get(key)
+        file_value = self.get(file_key)
+        if file_value:
+            path = self._resolve(base, file_key, str(file_value))
+            try:
+                return path.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                self.bad(file_key, f"cannot read: {exc.strerror}", str(path))
+                return ""
+        if value is not None and not isinstance(value, str):
+            self.bad(key, "must be a string", "(hidden)")
+            return ""
+        return value or ""
+
+    def _basic_auth(self, base: Path) -> tuple[str, str] | None:
+        auth = self.get("auth", {}) or {}
+        if not isinstance(auth, dict):
+            self.bad("auth", "must be a mapping", auth)
+            return None
+        for k in auth:
+            if k not in ("bearer_token", "bearer_token_file", "basic_auth"):
+                self.bad(f"auth.{k}", "unknown setting", k)
+        basic = auth.get("basic_auth")
+        if basic is None:
+            return None
+        if not isinstance(basic, dict) or not isinstance(basic.get("username"), str):
+            self.bad("auth.basic_auth", "must have username and password or password_file")
+            return None
+        password = self._secret(base, "auth.basic_auth.password", "auth.basic_auth.password_file")
+        if not password:
+            self.bad("auth.basic_auth", "has no password (password or password_file)")
+            return None
+        return basic["username"], password
+
+
+def _digest(settings: Settings, files: list[Path]) -> str:
+    """A short hash of the active configuration, for the reload metric and the API."""
+    sha = hashlib.sha256(repr(settings).encode())
+    for file in files:
+        try:
+            sha.update(file.read_bytes())
+        except OSError:
+            continue
+    return sha.hexdigest()[:16]
+

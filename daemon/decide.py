@@ -1,0 +1,525 @@
+"""The pure decision core: from a notification, the configuration and the current state,
+decide which incidents open or resolve and which PagerDuty events to send.
+
+No I/O and no clock reads: `now` is an argument, so every decision can be replayed and
+unit-tested. The server, the store and the workers only carry decisions out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from types import MappingProxyType
+from typing import Any
+
+from daemon.alerts import Alert, Webhook
+from daemon.config import Config
+from daemon.graph import SEVERITIES, Impact, Service, ServiceGraph, higher
+from daemon.rules import Outcome, Subject, evaluate
+
+TRIGGER = "trigger"
+RESOLVE = "resolve"
+OPEN = "open"
+RESOLVED = "resolved"
+SUMMARY_LIMIT = 1024
+DEDUP_KEY_LIMIT = 255
+CLIENT = "Firehouse"
+SUMMARY_ROLES = frozenset({"senior_management", "business_line"})
+_TOP = 10
+
+# Words seen in the wild for severity, mapped to PagerDuty's four values.
+SEVERITY_WORDS: Mapping[str, str] = MappingProxyType({
+    **dict.fromkeys(("critical", "crit", "page", "pager", "emergency", "emerg", "alert",
+                     "fatal", "disaster", "urgent", "p0", "p1", "sev0", "sev1", "s1"),
+                    "critical"),
+    **dict.fromkeys(("error", "err", "major", "exception", "high", "p2", "sev2", "s2"),
+                    "error"),
+    **dict.fromkeys(("warning", "warn", "minor", "medium", "average", "moderate", "p3", "sev3",
+                     "s3"), "warning"),
+    **dict.fromkeys(("info", "informational", "information", "notice", "low", "none", "debug",
+                     "ok", "p4", "p5", "sev4", "sev5", "s4", "s5"), "info"),
+})
+MISSING_SEVERITY = "error"
+UNKNOWN_SEVERITY = "critical"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRecord:
+    """What Firehouse remembers of one alert of an incident."""
+
+    fingerprint: str
+    status: str
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+    starts_at: datetime | None
+    ends_at: datetime | None
+    generator_url: str
+    service: str | None
+    severity: str
+    first_seen: datetime
+    last_seen: datetime
+
+    @property
+    def name(self) -> str:
+        """The alert's `alertname`."""
+        return self.labels.get("alertname", "(no alertname)")
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One PagerDuty alert Firehouse triggered for an incident, on one target."""
+
+    target: str
+    roles: tuple[str, ...]
+    dedup_key: str
+    severity: str
+    routing_key: str = field(repr=False)
+    status: str = "triggered"
+
+
+@dataclass(frozen=True, slots=True)
+class Incident:
+    """One fire, with its alerts, its impact and the pages sent for it."""
+
+    id: str
+    status: str
+    opened_at: datetime
+    updated_at: datetime
+    resolved_at: datetime | None
+    severity: str
+    title: str
+    services: tuple[str, ...]
+    mapped: bool
+    alerts: Mapping[str, AlertRecord]
+    pages: tuple[Page, ...]
+    impact: Mapping[str, Any]
+    rules: tuple[str, ...]
+    external_url: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundEvent:
+    """An event for PagerDuty, written to the outbox in the decision's transaction."""
+
+    incident_id: str
+    target: str
+    routing_key: str = field(repr=False)
+    dedup_key: str = ""
+    action: str = TRIGGER
+    body: Mapping[str, Any] = field(default_factory=dict)
+    priority: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    """A timeline entry: something that happened, or something Firehouse did."""
+
+    incident_id: str
+    at: datetime
+    kind: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    """How one alert was handled, for `firehouse explain` and the logs."""
+
+    fingerprint: str
+    alertname: str
+    status: str
+    service: str | None
+    mapped: bool
+    action: str
+    incident_id: str | None = None
+    severity: str | None = None
+    impact: Impact | None = None
+    outcome: Outcome | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    """What the engine needs to know: open incidents and recently resolved alerts."""
+
+    open: Mapping[str, Incident] = field(default_factory=dict)
+    by_fingerprint: Mapping[str, str] = field(default_factory=dict)
+    resolved: Mapping[str, datetime | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome of one notification: what to store and what to send."""
+
+    incidents: tuple[Incident, ...] = ()
+    seen: tuple[tuple[str, str], ...] = ()
+    timeline: tuple[Note, ...] = ()
+    events: tuple[OutboundEvent, ...] = ()
+    resolutions: tuple[tuple[str, datetime | None], ...] = ()
+    explanations: tuple[Explanation, ...] = ()
+    now: datetime | None = None
+
+    @property
+    def changes_anything(self) -> bool:
+        """Whether the decision has anything to store."""
+        return bool(self.incidents or self.seen or self.events or self.timeline
+                    or self.resolutions)
+
+
+def map_severity(labels: Mapping[str, str], severity_labels: Iterable[str]) -> str:
+    """PagerDuty severity of an alert from its labels, erring upward on what is unknown."""
+    for label in severity_labels:
+        raw = labels.get(label)
+        if raw is not None and raw.strip():
+            return SEVERITY_WORDS.get(raw.strip().lower(), UNKNOWN_SEVERITY)
+    return MISSING_SEVERITY
+
+
+def locate(labels: Mapping[str, str], graph: ServiceGraph, service_labels: Iterable[str]
+           ) -> tuple[Service | None, str | None]:
+    """The map service an alert is about, and the name it was labelled with."""
+    first: str | None = None
+    for label in service_labels:
+        value = labels.get(label)
+        if not value:
+            continue
+        first = first or value
+        service = graph.resolve(value)
+        if service is not None:
+            return service, value
+    return None, first
+
+
+def clean(text: str) -> str:
+    """Untrusted text made safe for one line: control characters folded to spaces."""
+    return _CONTROL.sub(" ", text).strip()
+
+
+def cut(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` characters, marked with an ellipsis when cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def dedup_key(incident_id: str, target: str) -> str:
+    """The stable PagerDuty dedup key of an incident's page on one target."""
+    key = f"firehouse/{incident_id}/{target}"
+    if len(key) > DEDUP_KEY_LIMIT:
+        key = "firehouse/" + hashlib.sha256(key.encode()).hexdigest()
+    return key
+
+
+def incident_id(fingerprint: str, opened_at: datetime) -> str:
+    """A short, stable id for an incident opened at `opened_at` by the alert `fingerprint`."""
+    return hashlib.sha256(f"{fingerprint}@{opened_at.isoformat()}".encode()).hexdigest()[:16]
+
+
+def decide(webhook: Webhook, config: Config, state: State, now: datetime) -> Decision:
+    """Decide, alert by alert, what a notification changes; the top-level status is ignored."""
+    work = _Work(config, state, now, webhook.external_url)
+    for alert in webhook.alerts:
+        if alert.firing:
+            work.fire(alert)
+        else:
+            work.resolve(alert)
+    return work.decision()
+
+
+def apply(state: State, decision: Decision) -> State:
+    """The state after a decision was stored."""
+    open_ = dict(state.open)
+    by_fp = dict(state.by_fingerprint)
+    resolved = dict(state.resolved)
+    for incident in decision.incidents:
+        if incident.status == OPEN:
+            open_[incident.id] = incident
+            by_fp.update(dict.fromkeys(incident.alerts, incident.id))
+        else:
+            open_.pop(incident.id, None)
+            for fp in incident.alerts:
+                if by_fp.get(fp) == incident.id:
+                    del by_fp[fp]
+    for incident_id_, fp in decision.seen:
+        incident = open_.get(incident_id_)
+        if incident is not None and decision.now is not None and fp in incident.alerts:
+            alerts = dict(incident.alerts)
+            alerts[fp] = replace(alerts[fp], last_seen=decision.now)
+            open_[incident_id_] = replace(incident, alerts=MappingProxyType(alerts))
+    resolved.update(decision.resolutions)
+    return State(MappingProxyType(open_), MappingProxyType(by_fp), MappingProxyType(resolved))
+
+
+class _Work:
+    """Accumulates one decision; a helper of `decide`, never shared."""
+
+    def __init__(self, config: Config, state: State, now: datetime, external_url: str) -> None:
+        self.config = config
+        self.settings = config.settings
+        self.open = dict(state.open)
+        self.by_fp = dict(state.by_fingerprint)
+        self.resolved = state.resolved
+        self.now = now
+        self.external_url = external_url
+        self.changed: dict[str, Incident] = {}
+        self.seen: list[tuple[str, str]] = []
+        self.timeline: list[Note] = []
+        self.events: list[OutboundEvent] = []
+        self.explanations: list[Explanation] = []
+        self.resolutions: dict[str, datetime | None] = {}
+
+    def decision(self) -> Decision:
+        return Decision(
+            incidents=tuple(self.changed.values()), seen=tuple(self.seen),
+            timeline=tuple(self.timeline), events=tuple(self.events),
+            resolutions=tuple(self.resolutions.items()),
+            explanations=tuple(self.explanations), now=self.now,
+        )
+
+    def _explain(self, alert: Alert, service: Service | None, label: str | None, action: str,
+                 **extra: Any) -> None:
+        self.explanations.append(Explanation(
+            fingerprint=alert.fingerprint, alertname=alert.name, status=alert.status,
+            service=service.name if service else label, mapped=service is not None,
+            action=action, **extra,
+        ))
+
+    def fire(self, alert: Alert) -> None:
+        graph = self.config.graph
+        service, label = locate(alert.labels, graph, self.settings.service_labels)
+        existing = self.by_fp.get(alert.fingerprint)
+        if existing is not None:
+            self.seen.append((existing, alert.fingerprint))
+            self._explain(alert, service, label, "already open", incident_id=existing)
+            return
+        resolved_start = self.resolutions.get(
+            alert.fingerprint, self.resolved.get(alert.fingerprint))
+        if alert.starts_at is not None and resolved_start == alert.starts_at:
+            self._explain(alert, service, label, "stale repeat of a resolved alert")
+            return
+        self._open(alert, service, label)
+
+    def resolve(self, alert: Alert) -> None:
+        service, label = locate(alert.labels, self.config.graph, self.settings.service_labels)
+        existing = self.by_fp.get(alert.fingerprint)
+        if existing is None:
+            known = self.resolutions.get(alert.fingerprint, self.resolved.get(alert.fingerprint))
+            if alert.fingerprint in self.resolved and known == alert.starts_at:
+                self._explain(alert, service, label, "already resolved")
+            else:
+                # Remembered, so that a late copy of its firing notification pages nobody.
+                self.resolutions[alert.fingerprint] = alert.starts_at
+                self._explain(alert, service, label, "resolution of an alert never seen firing")
+            return
+        self.resolutions[alert.fingerprint] = alert.starts_at
+        incident = self.changed.get(existing) or self.open[existing]
+        alerts = dict(incident.alerts)
+        record = alerts[alert.fingerprint]
+        alerts[alert.fingerprint] = replace(
+            record, status=RESOLVED, ends_at=alert.ends_at or self.now, last_seen=self.now)
+        self.timeline.append(Note(incident.id, self.now, "alert_resolved",
+                                  f"{clean(record.name)} resolved"))
+        if all(a.status == RESOLVED for a in alerts.values()):
+            pages = tuple(replace(p, status=RESOLVED) for p in incident.pages)
+            incident = replace(incident, status=RESOLVED, resolved_at=self.now,
+                               updated_at=self.now, alerts=MappingProxyType(alerts), pages=pages)
+            for page in incident.pages:
+                self.events.append(OutboundEvent(
+                    incident.id, page.target, page.routing_key, page.dedup_key, RESOLVE,
+                    MappingProxyType({"event_action": RESOLVE, "dedup_key": page.dedup_key}),
+                    priority=1,
+                ))
+            self.timeline.append(Note(incident.id, self.now, "resolved",
+                                      f"incident resolved; {len(pages)} page(s) resolved"))
+            del self.by_fp[alert.fingerprint]
+        else:
+            incident = replace(incident, updated_at=self.now, alerts=MappingProxyType(alerts))
+        self.changed[incident.id] = incident
+        self._explain(alert, service, label, "resolved", incident_id=incident.id)
+
+    def _open(self, alert: Alert, service: Service | None, label: str | None) -> None:
+        graph = self.config.graph
+        alert_severity = map_severity(alert.labels, self.settings.severity_labels)
+        impact = graph.impact([service.name] if service else [])
+        potential = higher(alert_severity, impact.severity) or alert_severity
+        subject = Subject(alert.labels, service, impact)
+        outcome = evaluate(self.config.rules, subject, potential)
+        severity = outcome.severity
+        ident = incident_id(alert.fingerprint, self.now)
+        targets = self._targets(outcome.roles, service, impact)
+        record = AlertRecord(
+            fingerprint=alert.fingerprint, status="firing", labels=alert.labels,
+            annotations=alert.annotations, starts_at=alert.starts_at, ends_at=None,
+            generator_url=alert.generator_url, service=service.name if service else label,
+            severity=alert_severity, first_seen=self.now, last_seen=self.now,
+        )
+        title = self._title(record, service, impact, severity)
+        summary = impact_summary(impact, graph)
+        pages = tuple(
+            Page(target, roles, dedup_key(ident, target), severity,
+                 self._routing_key(target))
+            for target, roles in targets.items()
+        )
+        incident = Incident(
+            id=ident, status=OPEN, opened_at=self.now, updated_at=self.now, resolved_at=None,
+            severity=severity, title=title,
+            services=(record.service,) if record.service else (), mapped=service is not None,
+            alerts=MappingProxyType({alert.fingerprint: record}), pages=pages,
+            impact=summary, rules=tuple(r.name for r in outcome.matched),
+            external_url=self.external_url,
+        )
+        self.changed[ident] = incident
+        self.by_fp[alert.fingerprint] = ident
+        self.timeline.append(Note(ident, self.now, "opened", f"{clean(title)} "
+                                  f"(rules: {', '.join(incident.rules)})"))
+        for page in pages:
+            body = self._trigger_body(incident, record, page, service)
+            self.events.append(OutboundEvent(
+                ident, page.target, page.routing_key, page.dedup_key, TRIGGER,
+                MappingProxyType(body), priority=2 - SEVERITIES.index(severity) // 2,
+            ))
+            self.timeline.append(Note(ident, self.now, "paged",
+                                      f"paged {page.target} as {', '.join(page.roles)} "
+                                      f"at {page.severity}"))
+        self._explain(alert, service, label, "opened", incident_id=ident, severity=severity,
+                      impact=impact, outcome=outcome)
+
+    def _routing_key(self, target: str) -> str:
+        found = self.settings.targets.get(target)
+        return found.routing_key if found and not self.settings.dry_run else ""
+
+    def _targets(self, roles: Iterable[str], service: Service | None, impact: Impact
+                 ) -> dict[str, tuple[str, ...]]:
+        """Resolve roles to targets; each target is paged once, naming all its roles."""
+        result: dict[str, list[str]] = {}
+        graph = self.config.graph
+        for role in roles:
+            found: list[str] = []
+            if role == "technical_lead" and service is not None:
+                found.append(service.owners["technical_lead"])
+            elif role == "service_lead":
+                if service is not None and "service_lead" in service.owners:
+                    found.append(service.owners["service_lead"])
+                found.extend(_business_leads(graph, impact))
+            elif role in self.settings.targets:
+                found.append(role)
+            else:
+                target = self.config.target_for_role(role)
+                if target:
+                    found.append(target)
+            for target in found:
+                result.setdefault(target, [])
+                if role not in result[target]:
+                    result[target].append(role)
+        if not result:
+            # Never drop: whoever else is missing, the command center hears of it.
+            incident_lead = self.config.target_for_role("incident_lead") or "command-center"
+            result[incident_lead] = ["incident_lead"]
+        return {target: tuple(r) for target, r in result.items()}
+
+    def _title(self, record: AlertRecord, service: Service | None, impact: Impact,
+               severity: str) -> str:
+        where = record.service or "unknown service"
+        text = f"[{severity.upper()}] {record.name} on {where}"
+        if service is None:
+            text += " (UNMAPPED: not in any dependency map)"
+        elif impact.impacted:
+            business = ", ".join(impact.business_services) or "no business service"
+            text += (f" — impacts {len(impact.impacted)} service(s), tier "
+                     f"{impact.most_critical_tier}, {business}")
+        detail = record.annotations.get("summary") or record.annotations.get("description")
+        if detail:
+            text += f": {detail}"
+        return cut(clean(text), SUMMARY_LIMIT)
+
+    def _trigger_body(self, incident: Incident, record: AlertRecord, page: Page,
+                      service: Service | None) -> dict[str, Any]:
+        summary_only = set(page.roles) <= SUMMARY_ROLES
+        details: dict[str, Any] = {
+            "firehouse_incident": incident.id,
+            "paged_as": list(page.roles),
+            "mapped": incident.mapped,
+            "business_services": list(incident.impact.get("business_services", [])),
+        }
+        payload: dict[str, Any] = {
+            "summary": incident.title,
+            "source": record.service or "firehouse",
+            "severity": page.severity,
+            "timestamp": (record.starts_at or self.now).isoformat(),
+        }
+        if summary_only:
+            payload["summary"] = cut(clean(business_summary(incident)), SUMMARY_LIMIT)
+        else:
+            details.update({
+                "alert": record.name,
+                "service": record.service,
+                "alert_severity": record.severity,
+                "impact": dict(incident.impact),
+                "rules": list(incident.rules),
+                "labels": dict(record.labels),
+                "annotations": dict(record.annotations),
+            })
+            if not incident.mapped:
+                details["unmapped"] = True
+            payload["class"] = record.name
+            payload["component"] = record.service or "unknown"
+            if service is not None:
+                payload["group"] = service.business_service or service.component
+        payload["custom_details"] = details
+        body: dict[str, Any] = {
+            "event_action": TRIGGER,
+            "dedup_key": page.dedup_key,
+            "payload": payload,
+            "client": CLIENT,
+        }
+        if self.external_url.startswith(("http://", "https://")):
+            body["client_url"] = self.external_url
+        if record.generator_url.startswith(("http://", "https://")) and not summary_only:
+            body["links"] = [{"href": record.generator_url, "text": "Alert source"}]
+        return body
+
+
+def _business_leads(graph: ServiceGraph, impact: Impact) -> list[str]:
+    """The service lead of each business service hit: the one on its most critical service."""
+    leads: list[str] = []
+    for business in impact.business_services:
+        carriers = sorted(
+            (s.tier, s.name) for s in graph.services.values()
+            if s.business_service == business and "service_lead" in s.owners
+        )
+        if carriers:
+            lead = graph.services[carriers[0][1]].owners["service_lead"]
+            if lead not in leads:
+                leads.append(lead)
+    return leads
+
+
+def impact_summary(impact: Impact, graph: ServiceGraph) -> dict[str, Any]:
+    """The impact, small enough for a page: top entries with totals, and explaining paths."""
+    down = [s for s in impact.impacted if s.state == "down"]
+    degraded = [s for s in impact.impacted if s.state != "down"]
+    del graph
+    return {
+        "failing": list(impact.failing),
+        "most_critical_tier": impact.most_critical_tier,
+        "business_services": list(impact.business_services),
+        "tier_counts": {str(k): v for k, v in impact.tier_counts.items()},
+        "impacted_total": len(impact.impacted),
+        "down_total": len(down),
+        "degraded_total": len(degraded),
+        "down": [s.name for s in down[:_TOP]],
+        "degraded": [s.name for s in degraded[:_TOP]],
+        "why": [s.explain() for s in impact.impacted[:5]],
+        "implied_severity": impact.severity,
+    }
+
+
+def business_summary(incident: Incident) -> str:
+    """A plain-language line for the business line and management: no labels, no hosts."""
+    business = list(incident.impact.get("business_services", []))
+    since = incident.opened_at.strftime("%H:%M UTC")
+    if business:
+        return (f"Possible disruption of {', '.join(business)} since {since} "
+                f"(severity {incident.severity}). The technical teams have been paged.")
+    return (f"Technical incident under investigation since {since} (severity "
+            f"{incident.severity}); no business service is known to be affected.")

@@ -1,0 +1,92 @@
+"""The dispatcher: runs the pure engine on each input and has the store carry it out.
+
+Decisions are made one at a time against the in-memory state (fast, pure), then committed;
+commits of concurrent webhooks are grouped by the store. The state only advances once its
+decision is durable: if a commit fails, the state is reloaded from the store, so memory
+never holds what the disk does not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import datetime
+
+from daemon.alerts import Webhook
+from daemon.config import Config
+from daemon.decide import OPEN, Decision, State, apply, decide
+from daemon.errors import StoreError
+from daemon.metrics import Metrics
+from daemon.store import Store
+
+log = logging.getLogger("firehouse.dispatch")
+
+
+class Dispatcher:
+    """Serialises decisions, commits them, and wakes the outbox worker."""
+
+    def __init__(self, store: Store, config: Config, metrics: Metrics,
+                 clock: Callable[[], datetime], on_commit: Callable[[], None]) -> None:
+        self.store = store
+        self.config = config
+        self.metrics = metrics
+        self.clock = clock
+        self.on_commit = on_commit
+        self.state = State()
+        self._lock = asyncio.Lock()
+        self._generation = 0
+
+    @property
+    def retention_seconds(self) -> float:
+        """How long resolved alerts are remembered, to recognise late duplicates."""
+        return self.config.settings.resolved_retention_hours * 3600
+
+    async def load(self) -> None:
+        """Load the engine state from the store (at start, and after a failed commit)."""
+        self.state = await self.store.load_state(self.clock(), self.retention_seconds)
+        self.metrics.incidents_open.set(len(self.state.open))
+
+    def swap_config(self, config: Config) -> None:
+        """Activate a new, fully validated configuration for the next decisions."""
+        self.config = config
+
+    async def handle(self, webhook: Webhook) -> Decision:
+        """Decide on a notification and return once the decision is durable."""
+        async with self._lock:
+            now = self.clock()
+            decision = decide(webhook, self.config, self.state, now)
+            generation = self._generation
+            if decision.changes_anything:
+                # Advance now so the next webhook decides on top of this one; undone below
+                # (by reloading) if the commit fails.
+                self.state = apply(self.state, decision)
+        if decision.changes_anything:
+            try:
+                await self.store.commit(decision)
+            except StoreError:
+                await self._recover(generation)
+                raise
+            if decision.events:
+                self.on_commit()
+        self._count(decision)
+        return decision
+
+    async def _recover(self, generation: int) -> None:
+        async with self._lock:
+            if self._generation != generation:
+                return
+            self._generation += 1
+            log.error("commit failed; reloading engine state from the store")
+            try:
+                await self.load()
+            except StoreError:
+                log.exception("could not reload state; keeping the in-memory state")
+
+    def _count(self, decision: Decision) -> None:
+        for incident in decision.incidents:
+            if incident.status == OPEN and incident.opened_at == decision.now:
+                self.metrics.incidents_opened.labels(str(incident.mapped).lower()).inc()
+            elif incident.status != OPEN:
+                self.metrics.incidents_resolved.inc()
+        self.metrics.incidents_open.set(len(self.state.open))

@@ -1,0 +1,44 @@
+"""The error hierarchy of Firehouse; foreign exceptions are translated into these at the edges."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class FirehouseError(Exception):
+    """Base class of every error Firehouse raises on purpose."""
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Problem:
+    """One thing wrong with a configuration file, located so a person can fix it."""
+
+    file: str
+    line: int
+    path: str
+    message: str
+    value: str = ""
+    warning: bool = False
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        key = f" {self.path}:" if self.path else ""
+        shown = f" (got {self.value})" if self.value else ""
+        kind = "warning: " if self.warning else ""
+        return f"{where}:{key} {kind}{self.message}{shown}"
+
+
+class ConfigError(FirehouseError):
+    """Settings, maps or rules are invalid; carries every problem found, sorted."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = sorted(p for p in problems if not p.warning)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class PayloadError(FirehouseError):
+    """A webhook body cannot be used; the message names the offending field."""
+
+
+class StoreError(FirehouseError):
+    """The store could not read or write durably."""

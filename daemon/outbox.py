@@ -1,0 +1,153 @@
+"""The outbox worker: delivers stored events to PagerDuty, at least once, in order per key.
+
+2xx is done. 429, 5xx, timeouts and connection errors are retried with exponential backoff
+and jitter (honouring Retry-After), without limit. Any other 4xx is a permanent failure kept
+as a dead letter with PagerDuty's message. Events whose routing key is empty are dry-run:
+logged and marked, never sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from daemon.config import mask
+from daemon.metrics import Metrics
+from daemon.pagerduty import OK, PagerDutyClient, SendResult
+from daemon.store import DELIVERED, DRY_RUN, Store, StoredEvent
+
+log = logging.getLogger("firehouse.outbox")
+
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    """The current time in UTC (the only clock the workers read)."""
+    return datetime.now(UTC)
+
+
+def backoff(attempts: int, base: float, cap: float, rng: random.Random) -> float:
+    """Seconds to wait before attempt `attempts + 1`: exponential, capped, with full jitter."""
+    ceiling = min(cap, base * (2 ** min(attempts, 30)))
+    return rng.uniform(ceiling / 2, ceiling)
+
+
+class Deliverer:
+    """Background worker that empties the outbox into PagerDuty."""
+
+    def __init__(
+        self,
+        store: Store,
+        client: PagerDutyClient,
+        metrics: Metrics,
+        *,
+        clock: Clock = utcnow,
+        batch: int = 64,
+        base_delay: float = 1.0,
+        max_delay: float = 300.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.metrics = metrics
+        self.clock = clock
+        self.batch = batch
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self.rng = rng or random.Random()
+        self._wake = asyncio.Event()
+        self._stopping = False
+
+    def wake(self) -> None:
+        """Tell the worker that new events were committed."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Ask the worker to finish its current batch and return."""
+        self._stopping = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Deliver until stopped; store errors are logged and retried, never fatal."""
+        while not self._stopping:
+            try:
+                delivered = await self.deliver_due()
+                if delivered:
+                    continue
+                await self._sleep_until_due()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("outbox worker error; retrying in 1s")
+                await asyncio.sleep(1.0)
+
+    async def _sleep_until_due(self) -> None:
+        self._wake.clear()
+        next_at = await self.store.next_attempt_at()
+        timeout = 60.0
+        if next_at is not None:
+            timeout = max(0.0, min(timeout, (next_at - self.clock()).total_seconds()))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def deliver_due(self) -> int:
+        """Send one batch of due events concurrently; returns how many were attempted."""
+        events = await self.store.due_events(self.clock(), self.batch)
+        if events:
+            await asyncio.gather(*(self._deliver(e) for e in events))
+        return len(events)
+
+    async def _deliver(self, event: StoredEvent) -> None:
+        if not event.routing_key:
+            log.info("dry-run %s", _describe(event))
+            self.metrics.events_dry_run.inc()
+            await self.store.mark_delivered(event.id, self.clock(), DRY_RUN, 0)
+            return
+        started = time.perf_counter()
+        result = await self.client.send(event.routing_key, event.body,
+                                        change=event.action == "change")
+        self.metrics.delivery_seconds.observe(time.perf_counter() - started)
+        self.metrics.events_sent.labels(event.action, result.outcome).inc()
+        await self._record(event, result)
+
+    async def _record(self, event: StoredEvent, result: SendResult) -> None:
+        now = self.clock()
+        if result.outcome == OK:
+            log.info("sent %s status=%d", _describe(event), result.status)
+            await self.store.mark_delivered(event.id, now, DELIVERED, result.status)
+        elif result.retryable:
+            delay = backoff(event.attempts, self.base_delay, self.max_delay, self.rng)
+            if result.retry_after is not None:
+                delay = max(delay, min(result.retry_after, self.max_delay))
+            log.warning("retry in %.1fs %s outcome=%s status=%d error=%s", delay,
+                        _describe(event), result.outcome, result.status,
+                        json.dumps(result.message))
+            await self.store.mark_retry(event.id, now + timedelta(seconds=delay),
+                                        result.status, f"{result.outcome}: {result.message}")
+        else:
+            log.error("dead letter %s outcome=%s status=%d error=%s", _describe(event),
+                      result.outcome, result.status, json.dumps(result.message))
+            await self.store.mark_dead(event.id, now, result.status,
+                                       f"{result.outcome}: {result.message}")
+
+
+def _describe(event: StoredEvent) -> str:
+    """One log line's worth of an event; untrusted text is JSON-escaped, the key masked."""
+    payload = event.body.get("payload") or {}
+    parts = [
+        f"action={event.action}",
+        f"target={event.target}",
+        f"routing_key={mask(event.routing_key)}",
+        f"dedup_key={json.dumps(event.dedup_key)}",
+        f"incident={event.incident_id}",
+    ]
+    if isinstance(payload, dict) and payload:
+        parts.append(f"severity={payload.get('severity')}")
+        parts.append(f"summary={json.dumps(payload.get('summary', ''), ensure_ascii=True)}")
+    return " ".join(parts)

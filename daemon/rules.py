@@ -1,0 +1,406 @@
+"""Escalation rules: Alertmanager-style label matchers, impact conditions, and who to page.
+
+Rules are evaluated in order. Every matching rule contributes its pages; a matching rule
+without `continue: true` stops the evaluation, as an Alertmanager route does. When no rule
+matches, the built-in default calls the fire department first: the technical lead and the
+incident lead, at the full potential severity.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from daemon.errors import Problem
+from daemon.graph import SEVERITIES, Impact, Service, higher
+from daemon.yamlsrc import LocatedDict, LocatedList, load_file, shown
+
+ROLES = ("technical_lead", "service_lead", "incident_lead", "senior_management", "business_line")
+_MATCHER = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*(.*?)\s*$")
+_RULE_KEYS = frozenset({"name", "match", "when", "page", "severity", "severity_floor", "continue"})
+_WHEN_KEYS = frozenset(
+    {"tier_at_most", "impacted_at_least", "business_service", "component", "mapped"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Matcher:
+    """One label matcher, with Alertmanager's semantics (a missing label is the empty string)."""
+
+    label: str
+    op: str
+    value: str
+    pattern: re.Pattern[str] | None = None
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        """Whether the label set satisfies this matcher."""
+        actual = labels.get(self.label, "")
+        if self.op == "=":
+            return actual == self.value
+        if self.op == "!=":
+            return actual != self.value
+        assert self.pattern is not None
+        found = self.pattern.fullmatch(actual) is not None
+        return found if self.op == "=~" else not found
+
+    def __str__(self) -> str:
+        return f'{self.label}{self.op}"{self.value}"'
+
+
+def parse_matcher(text: str) -> Matcher:
+    """Parse `label="value"` (or =~, !=, !~; quotes optional); raises ValueError."""
+    found = _MATCHER.match(text)
+    if found is None:
+        raise ValueError('expected label="value" with one of = != =~ !~')
+    label, op, value = found.groups()
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+        value = value[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+    pattern = None
+    if op in ("=~", "!~"):
+        try:
+            # Anchored like Alertmanager: the whole value must match.
+            pattern = re.compile(f"(?:{value})")
+        except re.error as exc:
+            raise ValueError(f"invalid regular expression: {exc}") from exc
+    return Matcher(label, op, value, pattern)
+
+
+@dataclass(frozen=True, slots=True)
+class When:
+    """Conditions on the computed impact; an absent condition always holds."""
+
+    tier_at_most: int | None = None
+    impacted_at_least: int | None = None
+    business_service: tuple[str, ...] | None = None
+    component: tuple[str, ...] | None = None
+    mapped: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One escalation rule."""
+
+    name: str
+    matchers: tuple[Matcher, ...] = ()
+    when: When = When()
+    page: tuple[str, ...] = ()
+    severity: str | None = None
+    severity_floor: str | None = None
+    continue_: bool = False
+    source: str = ""
+
+    @property
+    def catches_everything(self) -> bool:
+        """Whether this rule matches any alert and stops evaluation."""
+        return not self.matchers and self.when == When() and not self.continue_
+
+
+DEFAULT_RULE = Rule(
+    name="default: call the fire department first",
+    page=("technical_lead", "incident_lead"),
+    source="built-in",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """What a rule is evaluated against: one alert's labels and its computed impact."""
+
+    labels: Mapping[str, str]
+    service: Service | None
+    impact: Impact
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Whether one rule matched, and if not, the first reason why."""
+
+    rule: Rule
+    matched: bool
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The result of evaluating the rules for one subject."""
+
+    roles: tuple[str, ...]
+    severity: str
+    matched: tuple[Rule, ...]
+    verdicts: tuple[Verdict, ...]
+
+
+def check(rule: Rule, subject: Subject) -> Verdict:
+    """Match one rule against a subject, saying why not when it does not."""
+    for matcher in rule.matchers:
+        if not matcher.matches(subject.labels):
+            actual = subject.labels.get(matcher.label)
+            got = f'{matcher.label}="{actual}"' if actual is not None else f"{matcher.label} unset"
+            return Verdict(rule, False, f"{matcher} failed ({got})")
+    when, impact, service = rule.when, subject.impact, subject.service
+    if when.mapped is not None and when.mapped != (service is not None):
+        return Verdict(rule, False, "service is " + ("unmapped" if service is None else "mapped"))
+    if when.tier_at_most is not None and (
+        impact.most_critical_tier is None or impact.most_critical_tier > when.tier_at_most
+    ):
+        return Verdict(rule, False, f"most critical tier hit is {impact.most_critical_tier}, "
+                                    f"needs <= {when.tier_at_most}")
+    if when.impacted_at_least is not None and len(impact.impacted) < when.impacted_at_least:
+        return Verdict(rule, False, f"{len(impact.impacted)} services impacted, "
+                                    f"needs >= {when.impacted_at_least}")
+    if when.business_service is not None and not set(when.business_service) & set(
+        impact.business_services
+    ):
+        return Verdict(rule, False, "no business service of "
+                                    f"{list(when.business_service)} is hit")
+    if when.component is not None and (service is None or service.component not in when.component):
+        component = service.component if service else "none"
+        return Verdict(rule, False, f"component is {component}, needs one of "
+                                    f"{list(when.component)}")
+    return Verdict(rule, True, "matched")
+
+
+def evaluate(rules: Iterable[Rule], subject: Subject, potential: str) -> Outcome:
+    """Evaluate rules in order for a subject whose full potential severity is `potential`."""
+    verdicts: list[Verdict] = []
+    matched: list[Rule] = []
+    stopped = False
+    for rule in rules:
+        if stopped:
+            break
+        verdict = check(rule, subject)
+        verdicts.append(verdict)
+        if verdict.matched:
+            matched.append(rule)
+            stopped = not rule.continue_
+    if not matched:
+        matched.append(DEFAULT_RULE)
+        verdicts.append(Verdict(DEFAULT_RULE, True, "no rule matched"))
+    roles: list[str] = []
+    severity = potential
+    fixed: str | None = None
+    for rule in matched:
+        roles.extend(r for r in rule.page if r not in roles)
+        severity = higher(severity, rule.severity_floor) or severity
+        fixed = fixed or rule.severity
+    return Outcome(tuple(roles), fixed or severity, tuple(matched), tuple(verdicts))
+
+
+def rule_files(paths: Iterable[Path]) -> list[Path]:
+    """The rule files named by `paths`: files as given, directories' *.yaml/*.yml sorted."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found.extend(sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml")))
+        else:
+            found.append(path)
+    return found
+
+
+def load_rules(paths: Iterable[Path], targets: set[str]) -> tuple[tuple[Rule, ...], list[Problem]]:
+    """Load rule files in order; returns the rules and every problem found."""
+    problems: list[Problem] = []
+    rules: list[Rule] = []
+    paths = list(paths)
+    for path in paths:
+        if not path.exists():
+            problems.append(Problem(str(path), 0, "", "no such file or directory"))
+    for file in rule_files(paths):
+        docs, found = load_file(file)
+        problems.extend(found)
+        for doc in docs:
+            rules.extend(_parse_rules_doc(doc, str(file), targets, problems))
+    names: dict[str, str] = {}
+    catch_all: Rule | None = None
+    for rule in rules:
+        file, _, line = rule.source.rpartition(":")
+        if rule.name in names:
+            problems.append(Problem(file, int(line), "name",
+                                    f"duplicate rule name, first at {names[rule.name]}",
+                                    shown(rule.name)))
+        names.setdefault(rule.name, rule.source)
+        if catch_all is not None:
+            problems.append(Problem(file, int(line), f"rules[{rule.name}]",
+                                    f"can never match: rule {catch_all.name!r} at "
+                                    f"{catch_all.source} catches every alert without "
+                                    "'continue: true'"))
+        elif rule.catches_everything:
+            catch_all = rule
+    return tuple(rules), problems
+
+
+def _parse_rules_doc(
+    doc: Any, file: str, targets: set[str], problems: list[Problem]
+) -> list[Rule]:
+    if doc is None:
+        return []
+    if not isinstance(doc, LocatedDict) or not isinstance(doc.get("rules"), LocatedList):
+        problems.append(Problem(file, getattr(doc, "line", 0), "rules",
+                                "a rules file must be a mapping with a 'rules' list"))
+        return []
+    for key in doc:
+        if key != "rules":
+            problems.append(Problem(file, doc.line_of(key), key, "unknown key", shown(key)))
+    raw: LocatedList = doc["rules"]
+    rules = []
+    for index, body in enumerate(raw):
+        rule = _parse_rule(index, body, file, raw.line_of(index), targets, problems)
+        if rule is not None:
+            rules.append(rule)
+    return rules
+
+
+def _parse_rule(
+    index: int, body: Any, file: str, line: int, targets: set[str], problems: list[Problem]
+) -> Rule | None:
+    count = len(problems)
+    where = f"rules[{index}]"
+
+    def bad(key: str, message: str, value: Any = "", at: int | None = None) -> None:
+        path = f"{where}.{key}" if key else where
+        problems.append(Problem(file, at or line, path, message,
+                                shown(value) if value != "" else ""))
+
+    if not isinstance(body, LocatedDict):
+        bad("", "must be a mapping with at least 'name' and 'page'", body)
+        return None
+    for key in body:
+        if key not in _RULE_KEYS:
+            bad(key, "unknown key", key, body.line_of(key))
+    name = body.get("name")
+    if not isinstance(name, str) or not name:
+        bad("name", "missing or not a string", name or "", body.line_of("name"))
+    matchers = _parse_match(body, bad)
+    when = _parse_when(body, bad)
+    page = body.get("page")
+    roles: list[str] = []
+    if not isinstance(page, LocatedList) or not page:
+        bad("page", "must be a non-empty list of roles or targets "
+            f"({', '.join(ROLES)}, or a target name)", page or "", body.line_of("page"))
+    else:
+        for i, role in enumerate(page):
+            if not isinstance(role, str) or (role not in ROLES and role not in targets):
+                bad(f"page[{i}]", "unknown role or target", role, page.line_of(i))
+            else:
+                roles.append(role)
+    severity = _severity(body, "severity", bad)
+    floor = _severity(body, "severity_floor", bad)
+    cont = body.get("continue", False)
+    if not isinstance(cont, bool):
+        bad("continue", "must be true or false", cont, body.line_of("continue"))
+    if len(problems) != count:
+        return None
+    return Rule(name=name, matchers=tuple(matchers), when=when, page=tuple(roles),
+                severity=severity, severity_floor=floor, continue_=cont, source=f"{file}:{line}")
+
+
+def _parse_match(body: LocatedDict, bad: Any) -> list[Matcher]:
+    raw = body.get("match")
+    if raw is None:
+        return []
+    at = body.line_of("match")
+    items: list[tuple[str, int, str]] = []
+    if isinstance(raw, str):
+        items = [(raw, at, "match")]
+    elif isinstance(raw, LocatedList):
+        items = [(m, raw.line_of(i), f"match[{i}]") for i, m in enumerate(raw)]
+    elif isinstance(raw, LocatedDict):
+        matchers = []
+        for label, value in raw.items():
+            if not isinstance(value, str | int | float) or isinstance(value, bool):
+                bad(f"match.{label}", "must be a string", value, raw.line_of(label))
+            else:
+                matchers.append(Matcher(label, "=", str(value)))
+        return matchers
+    else:
+        bad("match", 'must be a matcher string, a list of them, or a {label: value} map', raw, at)
+        return []
+    matchers = []
+    for text, line, key in items:
+        if not isinstance(text, str):
+            bad(key.removeprefix("match"), "must be a matcher string", text, line)
+            continue
+        for part in _split_matchers(text):
+            try:
+                matchers.append(parse_matcher(part))
+            except ValueError as exc:
+                bad(key.removeprefix("match").lstrip(".") or "match", str(exc), part, line)
+    return matchers
+
+
+def _split_matchers(text: str) -> list[str]:
+    """Split `{a="x", b=~"y,z"}` or `a="x", b="y"` on commas outside quotes."""
+    text = text.strip()
+    if text.startswith("{") and text.endswith("}"):
+        text = text[1:-1]
+    parts, current, quoted, escaped = [], "", False, False
+    for char in text:
+        if escaped:
+            current += char
+            escaped = False
+        elif char == "\\":
+            current += char
+            escaped = True
+        elif char == '"':
+            current += char
+            quoted = not quoted
+        elif char == "," and not quoted:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    parts.append(current)
+    return [p for p in (p.strip() for p in parts) if p]
+
+
+def _parse_when(body: LocatedDict, bad: Any) -> When:
+    raw = body.get("when")
+    if raw is None:
+        return When()
+    if not isinstance(raw, LocatedDict):
+        bad("when", "must be a mapping of conditions", raw, body.line_of("when"))
+        return When()
+    for key in raw:
+        if key not in _WHEN_KEYS:
+            bad(f"when.{key}", "unknown condition", key, raw.line_of(key))
+    tier = raw.get("tier_at_most")
+    if tier is not None and (isinstance(tier, bool) or tier not in (1, 2, 3, 4)):
+        bad("when.tier_at_most", "must be 1, 2, 3 or 4", tier, raw.line_of("tier_at_most"))
+        tier = None
+    count = raw.get("impacted_at_least")
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 0):
+        bad("when.impacted_at_least", "must be a non-negative integer", count,
+            raw.line_of("impacted_at_least"))
+        count = None
+    mapped = raw.get("mapped")
+    if mapped is not None and not isinstance(mapped, bool):
+        bad("when.mapped", "must be true or false", mapped, raw.line_of("mapped"))
+        mapped = None
+    return When(tier_at_most=tier, impacted_at_least=count,
+                business_service=_names(raw, "business_service", bad),
+                component=_names(raw, "component", bad), mapped=mapped)
+
+
+def _names(raw: LocatedDict, key: str, bad: Any) -> tuple[str, ...] | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, LocatedList) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    bad(f"when.{key}", "must be a name or a list of names", value, raw.line_of(key))
+    return None
+
+
+def _severity(body: LocatedDict, key: str, bad: Any) -> str | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if value not in SEVERITIES:
+        bad(key, f"must be one of {', '.join(SEVERITIES)}", value, body.line_of(key))
+        return None
+    return str(value)

@@ -1,0 +1,218 @@
+"""The HTTP edge: routes, authentication, limits, and translation of errors to statuses.
+
+Alertmanager drops a notification on any 4xx and retries on 5xx, so: a body that can never
+be processed is a 4xx naming the problem; a failure on our side (the store) is a 503 so
+that Alertmanager retries; 200 is sent only after the decision is durable.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from daemon.alerts import parse_body
+from daemon.errors import ConfigError, PayloadError, StoreError
+
+if TYPE_CHECKING:
+    from daemon.app import Firehouse
+
+log = logging.getLogger("firehouse.server")
+APP_KEY = web.AppKey("firehouse", "Firehouse")
+MAX_BODY_KEY = web.AppKey("max_body", int)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_JSON_TYPES = ("application/json",)
+
+
+def error(status: int, message: str) -> web.Response:
+    """A JSON error body naming the problem."""
+    return web.json_response({"status": "error", "error": message}, status=status)
+
+
+def authorized(request: web.Request, token: str, basic: tuple[str, str] | None) -> bool:
+    """Whether the request carries the configured bearer token or basic credentials."""
+    if not token and basic is None:
+        return True
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if token and scheme.lower() == "bearer":
+        return hmac.compare_digest(value.strip().encode(), token.encode())
+    if basic is not None and scheme.lower() == "basic":
+        try:
+            user, _, password = base64.b64decode(value.strip(), validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        ok_user = hmac.compare_digest(user.encode(), basic[0].encode())
+        ok_password = hmac.compare_digest(password.encode(), basic[1].encode())
+        return ok_user and ok_password
+    return False
+
+
+def require_auth(handler: Handler) -> Handler:
+    """Wrap a handler so that it answers 401 without valid credentials."""
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        settings = request.app[APP_KEY].config.settings
+        if not authorized(request, settings.bearer_token, settings.basic_auth):
+            return web.json_response(
+                {"status": "error", "error": "missing or invalid credentials"}, status=401,
+                headers={"WWW-Authenticate": 'Bearer realm="firehouse"'},
+            )
+        return await handler(request)
+    return wrapped
+
+
+@require_auth
+async def alertmanager_webhook(request: web.Request) -> web.Response:
+    """Accept one Alertmanager notification; 200 only once its decision is stored."""
+    firehouse = request.app[APP_KEY]
+    metrics = firehouse.metrics
+    started = time.perf_counter()
+    if not firehouse.accepting:
+        metrics.webhooks.labels("unavailable").inc()
+        return error(503, "shutting down or not ready; retry")
+    if request.content_type not in _JSON_TYPES and request.content_type != "application/octet-stream":
+        metrics.webhooks.labels("unsupported_media_type").inc()
+        return error(415, f"Content-Type must be application/json, got {request.content_type}")
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        metrics.webhooks.labels("too_large").inc()
+        return error(413, f"body larger than {request.app[MAX_BODY_KEY]} bytes")
+    try:
+        webhook = parse_body(body)
+    except PayloadError as exc:
+        metrics.webhooks.labels("bad_request").inc()
+        log.warning("rejected webhook: %s", json.dumps(str(exc)))
+        return error(400, str(exc))
+    metrics.alerts.labels("firing").inc(sum(1 for a in webhook.alerts if a.firing))
+    metrics.alerts.labels("resolved").inc(sum(1 for a in webhook.alerts if not a.firing))
+    if webhook.rejected:
+        metrics.alerts_rejected.inc(len(webhook.rejected))
+        for rejected in webhook.rejected:
+            log.warning("skipped malformed alert: %s", json.dumps(rejected.reason))
+    try:
+        decision = await firehouse.dispatcher.handle(webhook)
+    except StoreError as exc:
+        metrics.webhooks.labels("store_error").inc()
+        log.error("could not store decision: %s", exc)
+        return error(503, "could not store the decision; retry")
+    metrics.webhooks.labels("accepted").inc()
+    metrics.webhook_seconds.observe(time.perf_counter() - started)
+    opened = sorted({e.incident_id for e in decision.explanations if e.action == "opened"})
+    return web.json_response({
+        "status": "success",
+        "alerts": len(webhook.alerts),
+        "rejected": [r.reason for r in webhook.rejected],
+        "incidents_opened": opened,
+        "events": len(decision.events),
+    })
+
+
+async def healthy(request: web.Request) -> web.Response:
+    """Liveness: the process answers."""
+    return web.Response(text="Healthy.\n")
+
+
+async def ready(request: web.Request) -> web.Response:
+    """Readiness: the store is open and webhooks are accepted."""
+    if request.app[APP_KEY].accepting:
+        return web.Response(text="Ready.\n")
+    return web.Response(text="Not ready.\n", status=503)
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    """Prometheus exposition of the injected registry."""
+    firehouse = request.app[APP_KEY]
+    await firehouse.refresh_gauges()
+    body = generate_latest(firehouse.metrics.registry)
+    response = web.Response(body=body)
+    response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+    return response
+
+
+@require_auth
+async def reload(request: web.Request) -> web.Response:
+    """Reload settings, maps and rules; the old configuration stays if the new one is bad."""
+    try:
+        config = request.app[APP_KEY].reload()
+    except ConfigError as exc:
+        return web.json_response(
+            {"status": "error", "error": "configuration rejected; the previous one is still "
+             "active", "problems": [str(p) for p in exc.problems]}, status=400)
+    return web.json_response({"status": "success", "config_digest": config.digest})
+
+
+@require_auth
+async def incidents(request: web.Request) -> web.Response:
+    """Incidents, newest first: `?status=open|resolved`, `?limit=N`."""
+    status = request.query.get("status")
+    if status not in (None, "open", "resolved"):
+        return error(400, "status must be open or resolved")
+    limit = _limit(request)
+    items = await request.app[APP_KEY].store.list_incidents(status, limit)
+    return web.json_response({"incidents": items})
+
+
+@require_auth
+async def incident(request: web.Request) -> web.Response:
+    """One incident with its alerts, pages, events and timeline."""
+    found = await request.app[APP_KEY].store.get_incident(request.match_info["id"])
+    if found is None:
+        return error(404, "no such incident")
+    return web.json_response(found)
+
+
+@require_auth
+async def outbox(request: web.Request) -> web.Response:
+    """Outbox rows, newest first: `?state=pending|delivered|dead|dry_run`."""
+    store = request.app[APP_KEY].store
+    state = request.query.get("state")
+    if state not in (None, "pending", "delivered", "dead", "dry_run"):
+        return error(400, "state must be pending, delivered, dead or dry_run")
+    events = await store.list_events(state, _limit(request))
+    return web.json_response({
+        "counts": await store.outbox_counts(),
+        "events": [_event_json(e) for e in events],
+    })
+
+
+def _event_json(event: Any) -> dict[str, Any]:
+    return {
+        "id": event.id, "incident_id": event.incident_id, "target": event.target,
+        "dedup_key": event.dedup_key, "action": event.action, "state": event.state,
+        "attempts": event.attempts, "created_at": event.created_at.isoformat(),
+        "next_attempt_at": event.next_attempt_at.isoformat(), "last_error": event.last_error,
+        "body": event.body,
+    }
+
+
+def _limit(request: web.Request) -> int:
+    try:
+        return max(1, min(1000, int(request.query.get("limit", "100"))))
+    except ValueError:
+        return 100
+
+
+def make_app(firehouse: Firehouse) -> web.Application:
+    """The aiohttp application, its routes and limits."""
+    max_body = firehouse.config.settings.max_body_bytes
+    app = web.Application(client_max_size=max_body)
+    app[APP_KEY] = firehouse
+    app[MAX_BODY_KEY] = max_body
+    app.router.add_post("/webhook/alertmanager", alertmanager_webhook)
+    app.router.add_get("/-/healthy", healthy)
+    app.router.add_get("/-/ready", ready)
+    app.router.add_post("/-/reload", reload)
+    app.router.add_get("/metrics", metrics_endpoint)
+    app.router.add_get("/api/v1/incidents", incidents)
+    app.router.add_get("/api/v1/incidents/{id}", incident)
+    app.router.add_get("/api/v1/outbox", outbox)
+    return app

@@ -1,0 +1,79 @@
+"""The store: incidents, timelines and the outbox, written in one transaction per decision."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from daemon.decide import Decision, State
+
+PENDING = "pending"
+DELIVERED = "delivered"
+DEAD = "dead"
+DRY_RUN = "dry_run"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An outbox row: an event to deliver, with its delivery state."""
+
+    id: int
+    incident_id: str
+    target: str
+    routing_key: str
+    dedup_key: str
+    action: str
+    body: dict[str, Any]
+    priority: int
+    state: str
+    attempts: int
+    created_at: datetime
+    next_attempt_at: datetime
+    last_error: str = ""
+
+
+class Store(Protocol):
+    """Durable state of Firehouse. `commit` returns only once the decision is on disk."""
+
+    async def open(self) -> None:
+        """Open (creating or migrating) the store; raises StoreError if it is unusable."""
+
+    async def close(self) -> None:
+        """Flush and close."""
+
+    async def load_state(self, now: datetime, retention_seconds: float) -> State:
+        """Open incidents and remembered resolutions, for the engine."""
+
+    async def commit(self, decision: Decision) -> None:
+        """Write a decision durably, in one transaction."""
+
+    async def due_events(self, now: datetime, limit: int) -> list[StoredEvent]:
+        """Pending events that are due, at most one per dedup key, most urgent first."""
+
+    async def next_attempt_at(self) -> datetime | None:
+        """When the earliest pending event becomes due."""
+
+    async def mark_delivered(self, event_id: int, now: datetime, state: str, status: int) -> None:
+        """Record a delivery (or a dry-run) as done."""
+
+    async def mark_retry(self, event_id: int, next_at: datetime, status: int, error: str) -> None:
+        """Record a failed attempt that will be retried at `next_at`."""
+
+    async def mark_dead(self, event_id: int, now: datetime, status: int, error: str) -> None:
+        """Record a permanent failure (dead letter)."""
+
+    async def oldest_pending_at(self) -> datetime | None:
+        """When the oldest event still waiting for delivery was created."""
+
+    async def outbox_counts(self) -> dict[str, int]:
+        """Number of outbox rows per state."""
+
+    async def list_events(self, state: str | None, limit: int) -> list[StoredEvent]:
+        """Outbox rows, newest first, optionally of one state."""
+
+    async def list_incidents(self, status: str | None, limit: int) -> list[dict[str, Any]]:
+        """Incidents as JSON-ready dicts, newest first."""
+
+    async def get_incident(self, incident_id: str) -> dict[str, Any] | None:
+        """One incident with its alerts, pages and timeline, as a JSON-ready dict."""

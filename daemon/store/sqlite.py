@@ -1,0 +1,440 @@
+"""The embedded SQLite store: WAL, synchronous=FULL, one writer thread with group commit.
+
+Every call runs on one dedicated thread that owns the connection. Decisions that arrive
+while a transaction is being written are written together in the next one, so the cost of
+an fsync is shared by every webhook waiting on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+from daemon.decide import (
+    OPEN,
+    AlertRecord,
+    Decision,
+    Incident,
+    Page,
+    State,
+)
+from daemon.errors import StoreError
+from daemon.store import DEAD, DELIVERED, DRY_RUN, PENDING, StoredEvent
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS incidents (
+    id TEXT PRIMARY KEY, status TEXT NOT NULL, opened_at REAL NOT NULL,
+    updated_at REAL NOT NULL, resolved_at REAL, severity TEXT NOT NULL, title TEXT NOT NULL,
+    doc TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS incidents_by_status ON incidents (status, updated_at);
+CREATE TABLE IF NOT EXISTS alerts (
+    incident_id TEXT NOT NULL, fingerprint TEXT NOT NULL, status TEXT NOT NULL,
+    starts_at REAL, ends_at REAL, first_seen REAL NOT NULL, last_seen REAL NOT NULL,
+    service TEXT, severity TEXT NOT NULL, generator_url TEXT NOT NULL,
+    labels TEXT NOT NULL, annotations TEXT NOT NULL,
+    PRIMARY KEY (incident_id, fingerprint)
+);
+CREATE TABLE IF NOT EXISTS resolutions (
+    fingerprint TEXT PRIMARY KEY, starts_at REAL, at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS timeline (
+    id INTEGER PRIMARY KEY, incident_id TEXT NOT NULL, at REAL NOT NULL,
+    kind TEXT NOT NULL, message TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS timeline_by_incident ON timeline (incident_id, id);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY, incident_id TEXT NOT NULL, target TEXT NOT NULL,
+    routing_key TEXT NOT NULL, dedup_key TEXT NOT NULL, action TEXT NOT NULL,
+    body TEXT NOT NULL, priority INTEGER NOT NULL, state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL,
+    next_attempt_at REAL NOT NULL, done_at REAL, last_status INTEGER, last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS outbox_by_key ON outbox (dedup_key, id);
+"""
+
+
+def _ts(value: datetime | None) -> float | None:
+    return value.timestamp() if value is not None else None
+
+
+def _dt(value: float | None) -> datetime | None:
+    return datetime.fromtimestamp(value, UTC) if value is not None else None
+
+
+def _need_dt(value: float) -> datetime:
+    return datetime.fromtimestamp(value, UTC)
+
+
+class SqliteStore:
+    """The default store: one SQLite file on local disk."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._conn: sqlite3.Connection | None = None
+        self._pending: list[tuple[Decision, asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError("store is not open")
+        return self._conn
+
+    async def open(self) -> None:
+        """Open or create the database; a corrupt or unreadable file stops start-up."""
+        await self._run(self._open)
+
+    def _open(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open state database {self.path}: {exc}") from exc
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            # FULL: a commit that answered Alertmanager 200 survives power loss.
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=5000")
+            check = conn.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise StoreError(f"state database {self.path} is corrupt: {check}")
+            conn.executescript(SCHEMA)
+            row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            if row is None:
+                conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+            elif int(row[0]) > SCHEMA_VERSION:
+                raise StoreError(f"state database {self.path} has schema version {row[0]}, "
+                                 f"newer than this Firehouse ({SCHEMA_VERSION})")
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StoreError(f"state database {self.path} is unusable: {exc}") from exc
+        except StoreError:
+            conn.close()
+            raise
+        try:
+            self.path.chmod(0o600)  # it holds routing keys
+        except OSError:
+            log.warning("could not restrict permissions of %s", self.path)
+        self._conn = conn
+
+    async def close(self) -> None:
+        """Finish pending writes and close the connection."""
+        if self._flusher is not None:
+            await asyncio.shield(self._flusher)
+        if self._conn is not None:
+            await self._run(self._conn.close)
+            self._conn = None
+        self._executor.shutdown(wait=True)
+
+    # -- decisions -------------------------------------------------------------------------
+
+    async def commit(self, decision: Decision) -> None:
+        """Write a decision durably; concurrent decisions share one transaction."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((decision, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        await future
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                await self._run(self._write, [d for d, _ in batch])
+            except (sqlite3.Error, OSError) as exc:
+                error = StoreError(f"could not write to {self.path}: {exc}")
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(error)
+            else:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_result(None)
+
+    def _write(self, decisions: list[Decision]) -> None:
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for decision in decisions:
+                self._write_one(conn, decision)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    @staticmethod
+    def _write_one(conn: sqlite3.Connection, decision: Decision) -> None:
+        now = _ts(decision.now) or 0.0
+        for incident in decision.incidents:
+            conn.execute(
+                "INSERT OR REPLACE INTO incidents VALUES (?,?,?,?,?,?,?,?)",
+                (incident.id, incident.status, _ts(incident.opened_at),
+                 _ts(incident.updated_at), _ts(incident.resolved_at), incident.severity,
+                 incident.title, json.dumps(_incident_doc(incident))),
+            )
+            conn.executemany(
+                "INSERT OR REPLACE INTO alerts VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                [(incident.id, a.fingerprint, a.status, _ts(a.starts_at), _ts(a.ends_at),
+                  _ts(a.first_seen), _ts(a.last_seen), a.service, a.severity, a.generator_url,
+                  json.dumps(dict(a.labels)), json.dumps(dict(a.annotations)))
+                 for a in incident.alerts.values()],
+            )
+        if decision.seen:
+            conn.executemany(
+                "UPDATE alerts SET last_seen=? WHERE incident_id=? AND fingerprint=?",
+                [(now, incident_id, fp) for incident_id, fp in decision.seen],
+            )
+        if decision.resolutions:
+            conn.executemany(
+                "INSERT OR REPLACE INTO resolutions VALUES (?,?,?)",
+                [(fp, _ts(starts), now) for fp, starts in decision.resolutions],
+            )
+        if decision.timeline:
+            conn.executemany(
+                "INSERT INTO timeline (incident_id, at, kind, message) VALUES (?,?,?,?)",
+                [(n.incident_id, _ts(n.at), n.kind, n.message) for n in decision.timeline],
+            )
+        if decision.events:
+            conn.executemany(
+                "INSERT INTO outbox (incident_id, target, routing_key, dedup_key, action, body,"
+                " priority, state, created_at, next_attempt_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                [(e.incident_id, e.target, e.routing_key, e.dedup_key, e.action,
+                  json.dumps(dict(e.body)), e.priority, PENDING, now, now)
+                 for e in decision.events],
+            )
+
+    # -- engine state ----------------------------------------------------------------------
+
+    async def load_state(self, now: datetime, retention_seconds: float) -> State:
+        """Open incidents with their alerts, and resolutions younger than the retention."""
+        return await self._run(self._load_state, now.timestamp() - retention_seconds)
+
+    def _load_state(self, cutoff: float) -> State:
+        conn = self.conn
+        incidents: dict[str, Incident] = {}
+        rows = conn.execute(
+            "SELECT id, status, opened_at, updated_at, resolved_at, severity, title, doc "
+            "FROM incidents WHERE status = ?", (OPEN,)).fetchall()
+        alerts: dict[str, dict[str, AlertRecord]] = {}
+        for row in conn.execute(
+            "SELECT a.* FROM alerts a JOIN incidents i ON i.id = a.incident_id "
+            "WHERE i.status = ?", (OPEN,)):
+            alerts.setdefault(row[0], {})[row[1]] = _alert_from_row(row)
+        for row in rows:
+            incidents[row[0]] = _incident_from_row(row, alerts.get(row[0], {}))
+        by_fp = {fp: i.id for i in incidents.values() for fp in i.alerts}
+        resolved = {
+            fp: _dt(starts) for fp, starts in conn.execute(
+                "SELECT fingerprint, starts_at FROM resolutions WHERE at >= ?", (cutoff,))
+        }
+        return State(MappingProxyType(incidents), MappingProxyType(by_fp),
+                     MappingProxyType(resolved))
+
+    # -- outbox ----------------------------------------------------------------------------
+
+    async def due_events(self, now: datetime, limit: int) -> list[StoredEvent]:
+        """Pending events that are due, at most one per dedup key, most urgent first."""
+        return await self._run(self._due_events, now.timestamp(), limit)
+
+    def _due_events(self, now: float, limit: int) -> list[StoredEvent]:
+        rows = self.conn.execute(
+            "SELECT * FROM outbox o WHERE o.state = ? AND o.next_attempt_at <= ? "
+            "AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.dedup_key = o.dedup_key "
+            "AND p.state = ? AND p.id < o.id) ORDER BY o.priority DESC, o.id LIMIT ?",
+            (PENDING, now, PENDING, limit)).fetchall()
+        return [_event_from_row(r) for r in rows]
+
+    async def next_attempt_at(self) -> datetime | None:
+        """When the earliest pending event becomes due."""
+        row = await self._run(lambda: self.conn.execute(
+            "SELECT MIN(next_attempt_at) FROM outbox WHERE state = ?", (PENDING,)).fetchone())
+        return _dt(row[0])
+
+    async def mark_delivered(self, event_id: int, now: datetime, state: str, status: int) -> None:
+        """Record a delivery (or a dry-run) as done."""
+        assert state in (DELIVERED, DRY_RUN)
+        await self._update(
+            "UPDATE outbox SET state=?, done_at=?, attempts=attempts+1, last_status=?, "
+            "last_error=NULL WHERE id=?", (state, now.timestamp(), status, event_id))
+
+    async def mark_retry(self, event_id: int, next_at: datetime, status: int, error: str) -> None:
+        """Record a failed attempt to be retried at `next_at`."""
+        await self._update(
+            "UPDATE outbox SET attempts=attempts+1, next_attempt_at=?, last_status=?, "
+            "last_error=? WHERE id=?", (next_at.timestamp(), status, error, event_id))
+
+    async def mark_dead(self, event_id: int, now: datetime, status: int, error: str) -> None:
+        """Record a permanent failure: kept, visible, never retried blindly."""
+        await self._update(
+            "UPDATE outbox SET state=?, done_at=?, attempts=attempts+1, last_status=?, "
+            "last_error=? WHERE id=?", (DEAD, now.timestamp(), status, error, event_id))
+
+    async def _update(self, sql: str, args: tuple[Any, ...]) -> None:
+        try:
+            await self._run(self.conn.execute, sql, args)
+        except sqlite3.Error as exc:
+            raise StoreError(f"could not update the outbox in {self.path}: {exc}") from exc
+
+    async def oldest_pending_at(self) -> datetime | None:
+        """When the oldest event still waiting for delivery was created."""
+        row = await self._run(lambda: self.conn.execute(
+            "SELECT MIN(created_at) FROM outbox WHERE state = ?", (PENDING,)).fetchone())
+        return _dt(row[0])
+
+    async def outbox_counts(self) -> dict[str, int]:
+        """Number of outbox rows per state."""
+        rows = await self._run(lambda: self.conn.execute(
+            "SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall())
+        return {state: count for state, count in rows}
+
+    async def list_events(self, state: str | None, limit: int) -> list[StoredEvent]:
+        """Outbox rows, newest first, optionally of one state."""
+        def run() -> list[StoredEvent]:
+            if state is None:
+                rows = self.conn.execute(
+                    "SELECT * FROM outbox ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+            else:
+                rows = self.conn.execute(
+                    "SELECT * FROM outbox WHERE state=? ORDER BY id DESC LIMIT ?",
+                    (state, limit)).fetchall()
+            return [_event_from_row(r) for r in rows]
+        return await self._run(run)
+
+    # -- API -------------------------------------------------------------------------------
+
+    async def list_incidents(self, status: str | None, limit: int) -> list[dict[str, Any]]:
+        """Incidents as JSON-ready dicts, newest first."""
+        def run() -> list[dict[str, Any]]:
+            sql = ("SELECT id, status, opened_at, updated_at, resolved_at, severity, title, doc "
+                   "FROM incidents")
+            args: tuple[Any, ...] = ()
+            if status is not None:
+                sql += " WHERE status = ?"
+                args = (status,)
+            rows = self.conn.execute(sql + " ORDER BY opened_at DESC LIMIT ?",
+                                     (*args, limit)).fetchall()
+            return [_incident_json(r) for r in rows]
+        return await self._run(run)
+
+    async def get_incident(self, incident_id: str) -> dict[str, Any] | None:
+        """One incident with alerts, pages and timeline."""
+        def run() -> dict[str, Any] | None:
+            conn = self.conn
+            row = conn.execute(
+                "SELECT id, status, opened_at, updated_at, resolved_at, severity, title, doc "
+                "FROM incidents WHERE id = ?", (incident_id,)).fetchone()
+            if row is None:
+                return None
+            result = _incident_json(row)
+            result["alerts"] = [
+                _alert_json(_alert_from_row(a)) for a in conn.execute(
+                    "SELECT * FROM alerts WHERE incident_id = ? ORDER BY first_seen",
+                    (incident_id,))
+            ]
+            result["timeline"] = [
+                {"at": _need_dt(at).isoformat(), "kind": kind, "message": message}
+                for at, kind, message in conn.execute(
+                    "SELECT at, kind, message FROM timeline WHERE incident_id = ? ORDER BY id",
+                    (incident_id,))
+            ]
+            result["events"] = [
+                {"id": e.id, "target": e.target, "action": e.action, "dedup_key": e.dedup_key,
+                 "state": e.state, "attempts": e.attempts, "last_error": e.last_error}
+                for e in (_event_from_row(r) for r in conn.execute(
+                    "SELECT * FROM outbox WHERE incident_id = ? ORDER BY id", (incident_id,)))
+            ]
+            return result
+        return await self._run(run)
+
+
+def _incident_doc(incident: Incident) -> dict[str, Any]:
+    return {
+        "services": list(incident.services),
+        "mapped": incident.mapped,
+        "pages": [
+            {"target": p.target, "roles": list(p.roles), "dedup_key": p.dedup_key,
+             "severity": p.severity, "routing_key": p.routing_key, "status": p.status}
+            for p in incident.pages
+        ],
+        "impact": dict(incident.impact),
+        "rules": list(incident.rules),
+        "external_url": incident.external_url,
+    }
+
+
+def _incident_from_row(row: tuple[Any, ...], alerts: dict[str, AlertRecord]) -> Incident:
+    doc = json.loads(row[7])
+    return Incident(
+        id=row[0], status=row[1], opened_at=_need_dt(row[2]), updated_at=_need_dt(row[3]),
+        resolved_at=_dt(row[4]), severity=row[5], title=row[6],
+        services=tuple(doc["services"]), mapped=doc["mapped"],
+        alerts=MappingProxyType(alerts),
+        pages=tuple(
+            Page(p["target"], tuple(p["roles"]), p["dedup_key"], p["severity"],
+                 p["routing_key"], p["status"]) for p in doc["pages"]
+        ),
+        impact=MappingProxyType(doc["impact"]), rules=tuple(doc["rules"]),
+        external_url=doc["external_url"],
+    )
+
+
+def _incident_json(row: tuple[Any, ...]) -> dict[str, Any]:
+    doc = json.loads(row[7])
+    for page in doc["pages"]:
+        del page["routing_key"]
+    return {
+        "id": row[0], "status": row[1], "opened_at": _need_dt(row[2]).isoformat(),
+        "updated_at": _need_dt(row[3]).isoformat(),
+        "resolved_at": resolved.isoformat() if (resolved := _dt(row[4])) else None,
+        "severity": row[5], "title": row[6], **doc,
+    }
+
+
+def _alert_from_row(row: tuple[Any, ...]) -> AlertRecord:
+    return AlertRecord(
+        fingerprint=row[1], status=row[2], starts_at=_dt(row[3]), ends_at=_dt(row[4]),
+        first_seen=_need_dt(row[5]), last_seen=_need_dt(row[6]), service=row[7],
+        severity=row[8], generator_url=row[9],
+        labels=MappingProxyType(json.loads(row[10])),
+        annotations=MappingProxyType(json.loads(row[11])),
+    )
+
+
+def _alert_json(alert: AlertRecord) -> dict[str, Any]:
+    return {
+        "fingerprint": alert.fingerprint, "status": alert.status, "name": alert.name,
+        "service": alert.service, "severity": alert.severity,
+        "labels": dict(alert.labels), "annotations": dict(alert.annotations),
+        "starts_at": alert.starts_at.isoformat() if alert.starts_at else None,
+        "ends_at": alert.ends_at.isoformat() if alert.ends_at else None,
+        "first_seen": alert.first_seen.isoformat(), "last_seen": alert.last_seen.isoformat(),
+        "generator_url": alert.generator_url,
+    }
+
+
+def _event_from_row(row: tuple[Any, ...]) -> StoredEvent:
+    return StoredEvent(
+        id=row[0], incident_id=row[1], target=row[2], routing_key=row[3], dedup_key=row[4],
+        action=row[5], body=json.loads(row[6]), priority=row[7], state=row[8], attempts=row[9],
+        created_at=_need_dt(row[10]), next_attempt_at=_need_dt(row[11]),
+        last_error=row[14] or "",
+    )

@@ -18,11 +18,19 @@ from daemon.decide import Decision, State, decide
 from daemon.errors import ConfigError, PayloadError, StoreError
 
 
+class _Formatter(logging.Formatter):
+    """logfmt-style lines with RFC 3339 UTC timestamps, like Alertmanager's."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        stamp = datetime.fromtimestamp(record.created, UTC)
+        return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
+
+
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), stream=sys.stderr,
-        format="ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)s",
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter(
+        "ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -213,5 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `firehouse` console script."""
     args = build_parser().parse_args(argv)
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except BrokenPipeError:
+        # Output piped into `head` and the like: not an error.
+        sys.stderr.close()
+        return 0
     return result

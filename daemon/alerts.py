@@ -107,7 +107,9 @@ def parse_body(body: bytes) -> Webhook:
     """Decode and parse a webhook body; raises `PayloadError` naming what is wrong."""
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:
+        # ValueError covers JSONDecodeError, UnicodeDecodeError and integers longer than
+        # Python's digit limit; RecursionError is a body nested too deeply to decode.
         raise PayloadError(f"body is not valid JSON: {exc}") from exc
     return parse_webhook(data)
 
@@ -206,7 +208,8 @@ def _time(obj: dict[str, Any], key: str) -> datetime | None:
         raise PayloadError(f"field {key!r} must be an RFC 3339 string, got {_kind(value)}")
     try:
         return parse_time(value)
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:
+        # OverflowError: a time near year 1 whose offset moves it before year 1 in UTC.
         raise PayloadError(f"field {key!r} is not an RFC 3339 time: {value!r:.60}") from exc
 
 

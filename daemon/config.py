@@ -24,6 +24,7 @@ from daemon.yamlsrc import LocatedDict, load_file, shown
 DEFAULT_SETTINGS_FILE = "firehouse.yml"
 DEFAULT_PAGERDUTY_URL = "https://events.pagerduty.com"
 _TARGET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _DIRECT_ROLES = ("incident_lead", "senior_management", "business_line")
 
 ENV_VARS = {
@@ -205,7 +206,7 @@ class _Reader:
         host, port = self._listen(defaults)
         targets = self._targets(base, env)
         dry_run = self._dry_run(targets)
-        pd = self.get("pagerduty", {})
+        pd = self.get("pagerduty") or {}
         if not isinstance(pd, dict):
             self.bad("pagerduty", "must be a mapping", pd)
             pd = {}
@@ -323,24 +324,27 @@ class _Reader:
             if not _TARGET_NAME.match(str(name)):
                 self.bad(key, "invalid target name: letters, digits, . _ -, at most 64", name)
                 continue
-            spec = spec if spec is not None else {}
-            if not isinstance(spec, dict):
-                self.bad(key, "must be a mapping with routing_key_env or routing_key_file", spec)
-                continue
-            for k in spec:
+            if spec is not None and not isinstance(spec, dict):
+                # Not shown: a string here is most likely the routing key pasted in. The
+                # target stays defined, so that maps and rules naming it add no noise.
+                self.bad(key, "must be a mapping with routing_key_env or routing_key_file")
+            options: dict[str, Any] = spec if isinstance(spec, dict) else {}
+            for k in options:
                 if k not in ("routing_key_env", "routing_key_file"):
                     self.bad(f"{key}.{k}", "unknown setting", k)
             default_env = "FIREHOUSE_ROUTING_KEY_" + re.sub(r"[^A-Z0-9]", "_", name.upper())
-            env_name = spec.get("routing_key_env", default_env)
-            file_name = spec.get("routing_key_file")
-            routing_key, source = env.get(str(env_name), ""), f"${env_name}"
+            env_name = options.get("routing_key_env", default_env)
+            if not isinstance(env_name, str) or not _ENV_NAME.match(env_name):
+                # Not shown either: a value that is no variable name may be the key itself.
+                self.bad(f"{key}.routing_key_env", "must be the name of an environment "
+                         "variable (letters, digits, _), not the routing key itself")
+                env_name = default_env  # keeps the target defined: no cascade of errors
+            file_name = options.get("routing_key_file")
+            routing_key, source = env.get(env_name, ""), f"${env_name}"
             if file_name:
                 path = self._resolve(base, f"{key}.routing_key_file", str(file_name))
                 source = str(path)
-                try:
-                    routing_key = path.read_text(encoding="utf-8").strip()
-                except OSError as exc:
-                    self.bad(f"{key}.routing_key_file", f"cannot read: {exc.strerror}", str(path))
+                routing_key = self._read_secret(path, f"{key}.routing_key_file")
             targets[name] = Target(name, routing_key.strip(), source)
         return targets
 
@@ -374,7 +378,7 @@ class _Reader:
             if role not in _DIRECT_ROLES:
                 self.bad(f"roles.{role}", "unknown role (the map gives technical and service "
                          f"leads; here: {', '.join(_DIRECT_ROLES)})", role)
-            elif target not in targets:
+            elif not isinstance(target, str) or target not in targets:
                 self.bad(f"roles.{role}", "names a target that is not defined in targets", target)
             else:
                 roles[role] = target
@@ -405,16 +409,22 @@ class _Reader:
         value = self.get(key)
         file_value = self.get(file_key)
         if file_value:
-            path = self._resolve(base, file_key, str(file_value))
-            try:
-                return path.read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                self.bad(file_key, f"cannot read: {exc.strerror}", str(path))
-                return ""
+            return self._read_secret(self._resolve(base, file_key, str(file_value)), file_key)
         if value is not None and not isinstance(value, str):
             self.bad(key, "must be a string", "(hidden)")
             return ""
         return value or ""
+
+    def _read_secret(self, path: Path, key: str) -> str:
+        """The stripped content of a secret file; "" and a problem when it cannot be read."""
+        try:
+            return path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            self.bad(key, f"cannot read: {exc.strerror or exc}", str(path))
+        except UnicodeDecodeError:
+            # The decoder's own message quotes a byte of the secret: say less.
+            self.bad(key, "cannot read: not UTF-8 text", str(path))
+        return ""
 
     def _basic_auth(self, base: Path) -> tuple[str, str] | None:
         auth = self.get("auth", {}) or {}

@@ -29,6 +29,7 @@ DEFAULT_TIER_SEVERITY: Mapping[int, str] = MappingProxyType(
     {1: "critical", 2: "error", 3: "warning", 4: "info"}
 )
 OWNER_ROLES = ("technical_lead", "service_lead")
+_NO_LINES: Mapping[str, int] = MappingProxyType({})
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
 _SERVICE_KEYS = frozenset(
@@ -57,6 +58,9 @@ class Service:
     aliases: tuple[str, ...] = ()
     depends_on: tuple[Dependency, ...] = ()
     source: str = ""
+    # Line of each owner, alias and dependency (`owners.technical_lead`, `depends_on[2]`),
+    # for the cross-reference errors found after parsing.
+    lines: Mapping[str, int] = field(default_factory=lambda: _NO_LINES, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,8 +149,10 @@ class ServiceGraph:
             tier = self.services[name].tier
             tier_sev = self.tier_severity[tier]
             severity = higher(severity, tier_sev if state == DOWN else lower_by_one(tier_sev))
+            # A down service is explained by its all-hard chain, which may be longer than
+            # the shortest chain through a soft edge; distance and path must agree.
             best_path = down.get(name, path)
-            impacted.append(ImpactedService(name, tier, state, len(path) - 1, best_path))
+            impacted.append(ImpactedService(name, tier, state, len(best_path) - 1, best_path))
         impacted.sort(key=lambda s: (s.tier, s.state != DOWN, s.distance, s.name))
         every = [*sources, *(s.name for s in impacted)]
         tiers = [self.services[n].tier for n in every]
@@ -227,11 +233,11 @@ def load_maps(
     services: dict[str, Service] = {}
     defined: set[str] = set()
     paths = list(paths)
-    files = map_files(paths)
     for path in paths:
         if not path.exists():
             problems.append(Problem(str(path), 0, "", "no such file or directory"))
-    for file in files:
+    # A missing path is reported once above, not again as an unreadable file.
+    for file in map_files(p for p in paths if p.exists()):
         docs, found = load_file(file)
         problems.extend(found)
         for doc in docs:
@@ -249,7 +255,8 @@ def load_maps(
     for cycle in graph.cycles:
         first = services[cycle[0]]
         problems.append(Problem(
-            first.source.rsplit(":", 1)[0], _source_line(first), "depends_on",
+            first.source.rsplit(":", 1)[0], _source_line(first),
+            f"services.{first.name}.depends_on",
             "dependency cycle (impact analysis treats it as one unit): " + " <-> ".join(cycle),
             warning=True,
         ))
@@ -327,13 +334,26 @@ def _parse_service(
     owners = _parse_owners(body, bad)
     aliases = _parse_names(body, "aliases", bad)
     depends = _parse_depends(body, bad)
-    if len(problems) != count:
+    if len(problems) != count or not isinstance(tier, int) or not isinstance(component, str):
         return None
     return Service(
         name=name, tier=tier, component=component, owners=MappingProxyType(owners),
         business_service=business, description=description, aliases=tuple(aliases),
         depends_on=tuple(depends), source=f"{file}:{line}",
+        lines=MappingProxyType(_item_lines(body)),
     )
+
+
+def _item_lines(body: LocatedDict) -> dict[str, int]:
+    lines: dict[str, int] = {}
+    owners = body.get("owners")
+    if isinstance(owners, LocatedDict):
+        lines.update({f"owners.{role}": owners.line_of(role) for role in owners})
+    for key in ("aliases", "depends_on"):
+        items = body.get(key)
+        if isinstance(items, LocatedList):
+            lines.update({f"{key}[{index}]": items.line_of(index) for index in range(len(items))})
+    return lines
 
 
 def _parse_owners(body: LocatedDict, bad: Any) -> dict[str, str]:
@@ -389,15 +409,16 @@ def _parse_depends(body: LocatedDict, bad: Any) -> list[Dependency]:
         if isinstance(item, str) and item:
             deps.append(Dependency(item, HARD))
         elif isinstance(item, LocatedDict):
-            extra = set(item) - {"service", "kind"}
-            if extra:
-                bad(f"{key}.{sorted(extra)[0]}", "unknown key", sorted(extra)[0], at)
+            for extra in item:
+                if extra not in ("service", "kind"):
+                    bad(f"{key}.{extra}", "unknown key", extra, item.line_of(extra))
             target = item.get("service")
             kind = item.get("kind", HARD)
             if not isinstance(target, str) or not target:
-                bad(f"{key}.service", "missing or not a service name", target or "", at)
+                bad(f"{key}.service", "missing or not a service name", target or "",
+                    item.line_of("service"))
             elif kind not in (HARD, SOFT):
-                bad(f"{key}.kind", "must be 'hard' or 'soft'", kind, at)
+                bad(f"{key}.kind", "must be 'hard' or 'soft'", kind, item.line_of("kind"))
             else:
                 deps.append(Dependency(target, kind))
         else:
@@ -416,21 +437,25 @@ def _check_references(
     for service in services.values():
         file, _, line_text = service.source.rpartition(":")
         line = int(line_text)
-        for dep in service.depends_on:
+        where = f"services.{service.name}"
+        for index, dep in enumerate(service.depends_on):
             if dep.service not in defined:
-                problems.append(Problem(file, line, f"services.{service.name}.depends_on",
+                key = f"depends_on[{index}]"
+                problems.append(Problem(file, service.lines.get(key, line), f"{where}.{key}",
                                         "names an unknown service", shown(dep.service)))
-        for alias in service.aliases:
+        for index, alias in enumerate(service.aliases):
             clash = alias_owner.get(alias) or (alias if alias in services else None)
             if clash is not None and clash != service.name:
-                problems.append(Problem(file, line, f"services.{service.name}.aliases",
+                key = f"aliases[{index}]"
+                problems.append(Problem(file, service.lines.get(key, line), f"{where}.{key}",
                                         f"alias already names service {clash!r}", shown(alias)))
             alias_owner[alias] = service.name
         if targets is not None:
             for role, target in service.owners.items():
                 if target not in targets:
+                    key = f"owners.{role}"
                     problems.append(Problem(
-                        file, line, f"services.{service.name}.owners.{role}",
+                        file, service.lines.get(key, line), f"{where}.{key}",
                         "names a target that is not defined in the settings' targets",
                         shown(target),
                     ))

@@ -47,7 +47,9 @@ class Matcher:
         return found if self.op == "=~" else not found
 
     def __str__(self) -> str:
-        return f'{self.label}{self.op}"{self.value}"'
+        # Escaped as Alertmanager prints a matcher, so that the text parses back to itself.
+        escaped = self.value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        return f'{self.label}{self.op}"{escaped}"'
 
 
 def parse_matcher(text: str) -> Matcher:
@@ -57,15 +59,36 @@ def parse_matcher(text: str) -> Matcher:
         raise ValueError('expected label="value" with one of = != =~ !~')
     label, op, value = found.groups()
     if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-        value = value[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+        value = _unescape(value[1:-1])
     pattern = None
     if op in ("=~", "!~"):
         try:
-            # Anchored like Alertmanager: the whole value must match.
-            pattern = re.compile(f"(?:{value})")
+            # Anchored like Alertmanager's ^(?:value)$ by `fullmatch` in `matches`. Not
+            # wrapped in (?:...) here: Python refuses a leading (?i) inside a group.
+            pattern = re.compile(value)
         except re.error as exc:
             raise ValueError(f"invalid regular expression: {exc}") from exc
     return Matcher(label, op, value, pattern)
+
+
+def _unescape(text: str) -> str:
+    """Undo `\\"`, `\\\\` and `\\n` as Alertmanager does; any other backslash stays literal."""
+    result: list[str] = []
+    chars = iter(text)
+    for char in chars:
+        if char != "\\":
+            result.append(char)
+            continue
+        following = next(chars, None)
+        if following is None:
+            result.append("\\")
+        elif following == "n":
+            result.append("\n")
+        elif following in ('"', "\\"):
+            result.append(following)
+        else:
+            result.append("\\" + following)
+    return "".join(result)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +169,8 @@ def check(rule: Rule, subject: Subject) -> Verdict:
     if when.tier_at_most is not None and (
         impact.most_critical_tier is None or impact.most_critical_tier > when.tier_at_most
     ):
-        return Verdict(rule, False, f"most critical tier hit is {impact.most_critical_tier}, "
+        hit = "none" if impact.most_critical_tier is None else impact.most_critical_tier
+        return Verdict(rule, False, f"most critical tier hit is {hit}, "
                                     f"needs <= {when.tier_at_most}")
     if when.impacted_at_least is not None and len(impact.impacted) < when.impacted_at_least:
         return Verdict(rule, False, f"{len(impact.impacted)} services impacted, "
@@ -203,38 +227,40 @@ def rule_files(paths: Iterable[Path]) -> list[Path]:
 def load_rules(paths: Iterable[Path], targets: set[str]) -> tuple[tuple[Rule, ...], list[Problem]]:
     """Load rule files in order; returns the rules and every problem found."""
     problems: list[Problem] = []
-    rules: list[Rule] = []
     paths = list(paths)
     for path in paths:
         if not path.exists():
             problems.append(Problem(str(path), 0, "", "no such file or directory"))
-    for file in rule_files(paths):
-        docs, found = load_file(file)
+    # Each rule with its key path in its file (`rules[3]`), for the checks across rules.
+    located: list[tuple[str, Rule]] = []
+    # A missing path is reported once above, not again as an unreadable file.
+    for path in rule_files(p for p in paths if p.exists()):
+        docs, found = load_file(path)
         problems.extend(found)
         for doc in docs:
-            rules.extend(_parse_rules_doc(doc, str(file), targets, problems))
+            located.extend(_parse_rules_doc(doc, str(path), targets, problems))
     names: dict[str, str] = {}
     catch_all: Rule | None = None
-    for rule in rules:
+    for where, rule in located:
         file, _, line = rule.source.rpartition(":")
         if rule.name in names:
-            problems.append(Problem(file, int(line), "name",
+            problems.append(Problem(file, int(line), f"{where}.name",
                                     f"duplicate rule name, first at {names[rule.name]}",
                                     shown(rule.name)))
         names.setdefault(rule.name, rule.source)
         if catch_all is not None:
-            problems.append(Problem(file, int(line), f"rules[{rule.name}]",
+            problems.append(Problem(file, int(line), where,
                                     f"can never match: rule {catch_all.name!r} at "
                                     f"{catch_all.source} catches every alert without "
-                                    "'continue: true'"))
+                                    "'continue: true'", shown(rule.name)))
         elif rule.catches_everything:
             catch_all = rule
-    return tuple(rules), problems
+    return tuple(rule for _, rule in located), problems
 
 
 def _parse_rules_doc(
     doc: Any, file: str, targets: set[str], problems: list[Problem]
-) -> list[Rule]:
+) -> list[tuple[str, Rule]]:
     if doc is None:
         return []
     if not isinstance(doc, LocatedDict) or not isinstance(doc.get("rules"), LocatedList):
@@ -245,19 +271,20 @@ def _parse_rules_doc(
         if key != "rules":
             problems.append(Problem(file, doc.line_of(key), key, "unknown key", shown(key)))
     raw: LocatedList = doc["rules"]
-    rules = []
+    rules: list[tuple[str, Rule]] = []
     for index, body in enumerate(raw):
-        rule = _parse_rule(index, body, file, raw.line_of(index), targets, problems)
+        where = f"rules[{index}]"
+        rule = _parse_rule(where, body, file, raw.line_of(index), targets=targets,
+                           problems=problems)
         if rule is not None:
-            rules.append(rule)
+            rules.append((where, rule))
     return rules
 
 
 def _parse_rule(
-    index: int, body: Any, file: str, line: int, targets: set[str], problems: list[Problem]
+    where: str, body: Any, file: str, line: int, *, targets: set[str], problems: list[Problem]
 ) -> Rule | None:
     count = len(problems)
-    where = f"rules[{index}]"
 
     def bad(key: str, message: str, value: Any = "", at: int | None = None) -> None:
         path = f"{where}.{key}" if key else where
@@ -291,7 +318,7 @@ def _parse_rule(
     cont = body.get("continue", False)
     if not isinstance(cont, bool):
         bad("continue", "must be true or false", cont, body.line_of("continue"))
-    if len(problems) != count:
+    if len(problems) != count or not isinstance(name, str):
         return None
     return Rule(name=name, matchers=tuple(matchers), when=when, page=tuple(roles),
                 severity=severity, severity_floor=floor, continue_=cont, source=f"{file}:{line}")
@@ -321,13 +348,13 @@ def _parse_match(body: LocatedDict, bad: Any) -> list[Matcher]:
     matchers = []
     for text, line, key in items:
         if not isinstance(text, str):
-            bad(key.removeprefix("match"), "must be a matcher string", text, line)
+            bad(key, "must be a matcher string", text, line)
             continue
         for part in _split_matchers(text):
             try:
                 matchers.append(parse_matcher(part))
             except ValueError as exc:
-                bad(key.removeprefix("match").lstrip(".") or "match", str(exc), part, line)
+                bad(key, str(exc), part, line)
     return matchers
 
 
@@ -367,7 +394,9 @@ def _parse_when(body: LocatedDict, bad: Any) -> When:
         if key not in _WHEN_KEYS:
             bad(f"when.{key}", "unknown condition", key, raw.line_of(key))
     tier = raw.get("tier_at_most")
-    if tier is not None and (isinstance(tier, bool) or tier not in (1, 2, 3, 4)):
+    if tier is not None and (
+        isinstance(tier, bool) or not isinstance(tier, int) or tier not in (1, 2, 3, 4)
+    ):
         bad("when.tier_at_most", "must be 1, 2, 3 or 4", tier, raw.line_of("tier_at_most"))
         tier = None
     count = raw.get("impacted_at_least")

@@ -35,7 +35,8 @@ class LocatedList(list[Any]):
 class _Loader(yaml.SafeLoader):
     """SafeLoader building Located containers and refusing duplicate keys."""
 
-    duplicates: list[tuple[int, str]]
+    # (line, key, the mapping holding the key): the mapping gives the key its full path.
+    duplicates: list[tuple[int, str, LocatedDict]]
 
 
 def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LocatedDict:
@@ -48,7 +49,7 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LocatedDict:
         if not isinstance(key, str):
             key = str(key)
         if key in result:
-            loader.duplicates.append((key_node.start_mark.line + 1, key))
+            loader.duplicates.append((key_node.start_mark.line + 1, key, result))
         result[key] = loader.construct_object(value_node, deep=True)
         result.key_lines[key] = key_node.start_mark.line + 1
     return result
@@ -72,7 +73,7 @@ def load_documents(text: str, file: str) -> tuple[list[Any], list[Problem]]:
     docs: list[Any] = []
     problems: list[Problem] = []
     try:
-        while loader.check_data():
+        while loader.check_node():
             docs.append(loader.get_data())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -81,10 +82,31 @@ def load_documents(text: str, file: str) -> tuple[list[Any], list[Problem]]:
         problems.append(Problem(file, line, "", f"invalid YAML: {reason}"))
     finally:
         loader.dispose()
+    paths: dict[int, str] = {}
+    for doc in docs:
+        _record_paths(doc, "", paths)
     problems.extend(
-        Problem(file, line, key, "duplicate key", "") for line, key in loader.duplicates
+        Problem(file, line, _join(paths.get(id(mapping), ""), key), "duplicate key")
+        for line, key, mapping in loader.duplicates
     )
     return docs, problems
+
+
+def _join(parent: str, key: str) -> str:
+    return f"{parent}.{key}" if parent else key
+
+
+def _record_paths(node: Any, path: str, paths: dict[int, str]) -> None:
+    """Map each mapping's id to its key path (`services.web.owners`, `rules[2].when`)."""
+    if isinstance(node, dict):
+        if id(node) in paths:  # a YAML alias: already walked where it was anchored
+            return
+        paths[id(node)] = path
+        for key, value in node.items():
+            _record_paths(value, _join(path, str(key)), paths)
+    elif isinstance(node, list):
+        for index, item in enumerate(node):
+            _record_paths(item, f"{path}[{index}]", paths)
 
 
 def load_file(path: Path) -> tuple[list[Any], list[Problem]]:

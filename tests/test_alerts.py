@@ -1,0 +1,491 @@
+"""Tests of daemon.alerts: the webhook v4 model, parsed from real Alertmanager payloads."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from daemon.alerts import (
+    FIRING,
+    RESOLVED,
+    Webhook,
+    fingerprint,
+    parse_alert,
+    parse_body,
+    parse_time,
+    parse_webhook,
+    to_json,
+)
+from daemon.errors import PayloadError
+
+FIXTURES = Path(__file__).parent / "fixtures" / "alertmanager"
+PAYLOADS = sorted(FIXTURES.rglob("*.json"))
+ZERO_TIME = "0001-01-01T00:00:00Z"
+
+
+def payload(name: str) -> Webhook:
+    return parse_body((FIXTURES / name).read_bytes())
+
+
+def raw(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((FIXTURES / name).read_bytes())
+    return data
+
+
+def good_alert(**overrides: Any) -> dict[str, Any]:
+    alert: dict[str, Any] = {
+        "status": "firing",
+        "labels": {"alertname": "DiskFull", "severity": "critical"},
+        "annotations": {"summary": "disk full"},
+        "startsAt": "2026-12-03T12:21:43.724Z",
+        "endsAt": ZERO_TIME,
+        "generatorURL": "",
+    }
+    alert.update(overrides)
+    return alert
+
+
+def envelope(*alerts: Any, **overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"receiver": "r", "status": "firing", "alerts": list(alerts)}
+    body.update(overrides)
+    return body
+
+
+def utc(year: int, month: int, day: int, hour: int, minute: int, second: int,
+        micro: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, second, micro, tzinfo=UTC)
+
+
+class TestParseBodyOnFixtures:
+    """parse_body on every captured payload, and the facts each one is kept for."""
+
+    def test_fixture_set_is_complete(self) -> None:
+        """The fixture folder holds the 19 payloads its README describes, sub-folders included."""
+        assert len(PAYLOADS) == 19
+        assert FIXTURES / "derived" / "cloudeon_firing_max_alerts_2_truncated_1.json" in PAYLOADS
+
+    @pytest.mark.parametrize("path", PAYLOADS, ids=lambda p: p.relative_to(FIXTURES).as_posix())
+    def test_every_payload_parses_completely(self, path: Path) -> None:
+        """Every alert of every payload is kept, in order, with its own status and labels."""
+        data = json.loads(path.read_bytes())
+        webhook = parse_body(path.read_bytes())
+        assert webhook.rejected == ()
+        assert [a.status for a in webhook.alerts] == [a["status"] for a in data["alerts"]]
+        assert [dict(a.labels) for a in webhook.alerts] == [a["labels"] for a in data["alerts"]]
+        assert webhook.receiver == data["receiver"]
+        assert webhook.status == data["status"]
+
+    @pytest.mark.parametrize("path", PAYLOADS, ids=lambda p: p.relative_to(FIXTURES).as_posix())
+    def test_fingerprints_are_alertmanagers(self, path: Path) -> None:
+        """Each alert's fingerprint is the one Alertmanager sent, or the same FNV-1a computed."""
+        data = json.loads(path.read_bytes())
+        webhook = parse_body(path.read_bytes())
+        for alert, sent in zip(webhook.alerts, data["alerts"], strict=True):
+            assert alert.fingerprint == fingerprint(alert.labels)
+            if "fingerprint" in sent:
+                assert alert.fingerprint == sent["fingerprint"]
+
+    def test_single_firing_capture(self) -> None:
+        """A captured single firing alert has its fields, a UTC start and no end."""
+        webhook = payload("captured-am-0.25/01_api_firing.json")
+        (alert,) = webhook.alerts
+        assert alert.firing
+        assert alert.name == "DiskFull"
+        assert alert.fingerprint == "10fd2ebfb5d5241b"
+        assert alert.starts_at == utc(2026, 12, 3, 12, 21, 43, 724000)
+        assert alert.ends_at is None
+        assert alert.annotations["summary"] == "Disk almost full on host1"
+        assert alert.generator_url == "http://127.0.0.1:19090/graph?g0.expr=disk_used%3E0.95"
+        assert webhook.group_key == '{}:{alertname="DiskFull"}'
+        assert webhook.version == "4"
+        assert webhook.external_url == "http://vm:19093"
+        assert webhook.truncated_alerts == 0
+
+    def test_resolved_capture_has_a_real_end(self) -> None:
+        """A captured resolution keeps the fingerprint of its firing and gets a real endsAt."""
+        (alert,) = payload("captured-am-0.25/03_api_resolved.json").alerts
+        assert alert.status == RESOLVED
+        assert not alert.firing
+        assert alert.fingerprint == "10fd2ebfb5d5241b"
+        assert alert.ends_at == utc(2026, 12, 3, 12, 22, 3, 592000)
+
+    def test_truncated_capture(self) -> None:
+        """With max_alerts 2 on a group of 5, two alerts arrive and truncatedAlerts is 3."""
+        webhook = payload("captured-am-0.25/06_max_alerts2_firing_truncated3.json")
+        assert webhook.truncated_alerts == 3
+        assert [a.labels["instance"] for a in webhook.alerts] == ["h1", "h2"]
+        assert [a.fingerprint for a in webhook.alerts] == ["02cc2c7b921216f0", "11ef14b453d771bf"]
+        assert webhook.group_key == '{}/{test="maxalerts"}:{alertname="MaxTest"}'
+
+    def test_truncated_resolution_capture(self) -> None:
+        """The resolution of a truncated group is resolved for the two sent, still truncated 3."""
+        webhook = payload("captured-am-0.25/08_max_alerts2_after_resolving_all.json")
+        assert webhook.status == RESOLVED
+        assert [a.status for a in webhook.alerts] == [RESOLVED, RESOLVED]
+        assert webhook.truncated_alerts == 3
+
+    def test_group_of_three_firing_then_resolved(self) -> None:
+        """A group of three keeps three distinct fingerprints across firing and resolution."""
+        firing = payload("captured-am-0.25/09_group_of_3_firing.json")
+        resolved = payload("captured-am-0.25/11_group_of_3_all_resolved.json")
+        fps = ["2918b3ada480545a", "d0bdb063a8be73e9", "3df8c8ed4e1b5c94"]
+        assert [a.fingerprint for a in firing.alerts] == fps
+        assert [a.fingerprint for a in resolved.alerts] == fps
+        assert all(a.firing for a in firing.alerts)
+        assert all(a.ends_at == utc(2026, 12, 3, 12, 23, 10, 81000) for a in resolved.alerts)
+        assert dict(firing.common_annotations) == {"runbook_url": "https://runbooks.example/api"}
+
+    def test_nanosecond_timestamp_from_amtool(self) -> None:
+        """Go's nine fractional digits are cut to Python's six."""
+        (alert,) = payload("captured-am-0.25/12_amtool_firing.json").alerts
+        assert alert.starts_at == utc(2026, 12, 3, 12, 22, 19, 241852)
+        assert alert.generator_url == ""
+        assert alert.labels["severity"] == "info"
+
+    def test_prometheus_chain_captures(self) -> None:
+        """Alerts sent by a real Prometheus carry its labels and a sub-route groupKey."""
+        firing = payload("captured-am-0.25/14_prometheus_chain_firing_up_eq_1.json")
+        resolved = payload("captured-am-0.25/17_prometheus_chain_resolved_target_down.json")
+        assert firing.alerts[0].fingerprint == "c35ba3fa7c0a5cb8"
+        assert firing.group_key == '{}/{source="prometheus"}:{alertname="PrometheusTargetUp"}'
+        assert resolved.alerts[0].status == RESOLVED
+        assert resolved.alerts[0].ends_at == utc(2026, 12, 3, 12, 25, 41, 666000)
+
+    def test_unicode_alertname_and_plus_eight_offset(self) -> None:
+        """A CJK alertname survives, and +08:00 times are converted to UTC."""
+        webhook = payload("cloudeon_firing_3alerts_unicode_alertname.json")
+        assert len(webhook.alerts) == 3
+        assert {a.name for a in webhook.alerts} == {"主机CPU使用率"}
+        assert webhook.group_labels["alertname"] == "主机CPU使用率"
+        assert webhook.group_key == '{}:{alertname="主机CPU使用率"}'
+        assert webhook.receiver == "web\\.hook"
+        first = webhook.alerts[0]
+        assert first.starts_at == utc(2023, 3, 25, 6, 39, 51, 689433)
+        assert first.starts_at is not None
+        assert first.starts_at.tzinfo is UTC
+        assert first.ends_at is None
+        assert "&" in first.generator_url  # the JSON's \u0026
+        assert [a.fingerprint for a in webhook.alerts] == [
+            "72a2002704e27a2e", "ba18df1a61fe8e0b", "5a6e9db40eb24b04",
+        ]
+
+    def test_unicode_resolved_without_severity(self) -> None:
+        """A resolved CJK alert has a real end in UTC and no severity label."""
+        (alert,) = payload("cloudeon_resolved_unicode_no_severity.json").alerts
+        assert alert.status == RESOLVED
+        assert alert.name == "Grafana进程存活"
+        assert "severity" not in alert.labels
+        assert alert.labels["alertLevel"] == "exception"
+        assert alert.starts_at == utc(2023, 3, 25, 7, 24, 36, 39625)
+        assert alert.ends_at == utc(2023, 3, 25, 7, 27, 51, 39625)
+        assert alert.fingerprint == "20453f227ff62f33"
+
+    def test_derived_truncated_payload(self) -> None:
+        """The derived max_alerts payload has two alerts and truncatedAlerts 1."""
+        webhook = payload("derived/cloudeon_firing_max_alerts_2_truncated_1.json")
+        assert webhook.truncated_alerts == 1
+        assert len(webhook.alerts) == 2
+
+    def test_mixed_firing_and_resolved_with_minus_two_offset(self) -> None:
+        """Issue 1051 mixes statuses, has a `status` label, -02:00 times and no fingerprints."""
+        webhook = payload("am_issue1051_mixed_firing_and_resolved.json")
+        firing, resolved = webhook.alerts
+        assert webhook.status == FIRING
+        assert (firing.status, resolved.status) == (FIRING, RESOLVED)
+        assert firing.labels["status"] == "firing"
+        assert resolved.labels["status"] == "resolved"
+        assert firing.starts_at == utc(2017, 10, 21, 17, 50, 17, 160954)
+        assert firing.ends_at is None
+        assert resolved.ends_at == utc(2017, 10, 21, 17, 50, 28, 806970)
+        assert firing.fingerprint != resolved.fingerprint
+        assert firing.fingerprint == "44a6bafcce26446c"
+        assert webhook.truncated_alerts == 0
+
+    def test_pre_019_resolved_without_fingerprint(self) -> None:
+        """An old resolved notification gets its fingerprint computed and +01:00 made UTC."""
+        (alert,) = payload("alertmanager_bot_resolved_pre019_no_fingerprint.json").alerts
+        assert alert.fingerprint == fingerprint({"alertname": "Fire", "severity": "critical"})
+        assert alert.fingerprint == "88cbf0084cf27726"
+        assert alert.starts_at == utc(2018, 11, 4, 21, 43, 58, 283995)
+        assert alert.ends_at == utc(2018, 11, 4, 21, 48, 13, 283995)
+
+    def test_v3_payload_with_numeric_group_key(self) -> None:
+        """Version 3's numeric groupKey becomes its digits as text; the long summary is intact."""
+        data = raw("prometheus_bot_v3_very_long_annotation.json")
+        assert isinstance(data["groupKey"], int)
+        webhook = payload("prometheus_bot_v3_very_long_annotation.json")
+        assert webhook.version == "3"
+        assert webhook.group_key == "43434343434343434343"
+        (alert,) = webhook.alerts
+        assert len(alert.annotations["summary"]) == 4955
+        assert alert.fingerprint == fingerprint(alert.labels)
+
+    def test_subroute_payload_without_severity(self) -> None:
+        """A payload from a child route keeps its regex-escaped receiver and its priority label."""
+        webhook = payload("infra_prometheus_webhook_single_firing_subroute_no_severity.json")
+        assert webhook.receiver == "web\\.hook-P0"
+        assert webhook.group_key == (
+            '{}/{priority="P0"}:{alertname="Instance Is Down", priority="P0"}'
+        )
+        (alert,) = webhook.alerts
+        assert alert.labels["priority"] == "P0"
+        assert "severity" not in alert.labels
+        assert alert.fingerprint == "4e4c4c3d872bf6d8"
+
+    def test_kubesphere_payloads_without_version_or_group_key(self) -> None:
+        """Envelopes lacking version, groupKey and truncatedAlerts parse with empty defaults."""
+        single = payload("kubesphere_k8s_single_firing_KubePodCrashLooping.json")
+        grouped = payload("kubesphere_k8s_grouped_9_firing_CPUThrottlingHigh.json")
+        assert (single.version, single.group_key, single.truncated_alerts) == ("", "", 0)
+        assert single.alerts[0].fingerprint == "a4c6c4f7a49ca0ae"
+        assert len(grouped.alerts) == 9
+        assert len({a.fingerprint for a in grouped.alerts}) == 9
+        assert {a.name for a in grouped.alerts} == {"CPUThrottlingHigh"}
+
+    def test_minimal_snmp_payload(self) -> None:
+        """Alerts without times or fingerprints get None times and computed fingerprints."""
+        webhook = payload("snmp_notifier_minimal_mixed_4alerts.json")
+        assert [a.status for a in webhook.alerts] == [FIRING, RESOLVED, FIRING, RESOLVED]
+        assert all(a.starts_at is None and a.ends_at is None for a in webhook.alerts)
+        assert all(a.generator_url == "" for a in webhook.alerts)
+        assert len({a.fingerprint for a in webhook.alerts}) == 4
+        assert dict(webhook.common_labels) == {}
+        assert webhook.external_url == ""
+        assert dict(webhook.group_labels) == {"environment": "production", "label": "test"}
+
+
+class TestParseBodyErrors:
+    """parse_body and parse_webhook refuse unusable bodies with a message naming the field."""
+
+    def test_not_json(self) -> None:
+        """A body that is not JSON is refused with the decoder's position."""
+        with pytest.raises(PayloadError) as caught:
+            parse_body(b"not json")
+        assert str(caught.value) == (
+            "body is not valid JSON: Expecting value: line 1 column 1 (char 0)"
+        )
+
+    def test_not_utf8(self) -> None:
+        """A body that is not UTF-8 text is refused as invalid JSON, not crashed on."""
+        with pytest.raises(PayloadError, match=r"^body is not valid JSON: "):
+            parse_body(b'{"alerts": ["\xff"]}')
+
+    def test_integer_beyond_python_digit_limit(self) -> None:
+        """A number too long for Python's int conversion is a PayloadError, not a crash."""
+        with pytest.raises(PayloadError, match=r"^body is not valid JSON: Exceeds the limit"):
+            parse_body(b'{"alerts": [], "truncatedAlerts": ' + b"1" * 5000 + b"}")
+
+    def test_deeply_nested(self) -> None:
+        """A body nested too deeply to decode is a PayloadError, not a crash."""
+        with pytest.raises(PayloadError, match=r"^body is not valid JSON: maximum recursion"):
+            parse_body(b"[" * 100_000)
+
+    def test_json_array(self) -> None:
+        """A JSON array is not a notification."""
+        with pytest.raises(PayloadError) as caught:
+            parse_body(b"[]")
+        assert str(caught.value) == "body must be a JSON object, got list"
+
+    def test_missing_alerts(self) -> None:
+        """An object without `alerts` is refused naming the field."""
+        with pytest.raises(PayloadError) as caught:
+            parse_webhook({"receiver": "r", "status": "firing"})
+        assert str(caught.value) == "field 'alerts' is missing"
+
+    def test_alerts_not_a_list(self) -> None:
+        """`alerts` must be a list."""
+        with pytest.raises(PayloadError) as caught:
+            parse_webhook(envelope(alerts={"status": "firing"}))
+        assert str(caught.value) == "field 'alerts' must be a list, got dict"
+
+    def test_bad_truncated_alerts(self) -> None:
+        """`truncatedAlerts` must be a non-negative integer."""
+        with pytest.raises(PayloadError) as caught:
+            parse_webhook(envelope(truncatedAlerts=-1))
+        assert str(caught.value) == "field 'truncatedAlerts' must be a non-negative integer"
+
+    def test_non_string_common_label(self) -> None:
+        """A non-string value in the envelope's labels refuses the whole body."""
+        with pytest.raises(PayloadError) as caught:
+            parse_webhook(envelope(commonLabels={"severity": 3}))
+        assert str(caught.value) == "field commonLabels.severity must be a string, got int"
+
+    def test_bad_receiver_type(self) -> None:
+        """A receiver that is neither text nor a number is refused naming the field."""
+        with pytest.raises(PayloadError) as caught:
+            parse_webhook(envelope(receiver=["r"]))
+        assert str(caught.value) == "field 'receiver' must be a string, got list"
+
+    def test_bad_alert_is_rejected_alone(self) -> None:
+        """One bad alert is rejected with a reason naming its field; the others are kept."""
+        webhook = parse_webhook(envelope(
+            good_alert(labels={"alertname": "A"}),
+            good_alert(status="burning"),
+            good_alert(labels={"alertname": "C"}),
+        ))
+        assert [a.name for a in webhook.alerts] == ["A", "C"]
+        assert len(webhook.rejected) == 1
+        assert webhook.rejected[0].index == 1
+        assert webhook.rejected[0].reason == (
+            "alerts[1]: field 'status' must be 'firing' or 'resolved', got 'burning'"
+        )
+
+    def test_alert_that_is_not_an_object(self) -> None:
+        """An alert that is not an object is rejected saying what it was."""
+        webhook = parse_webhook(envelope("oops", good_alert()))
+        assert len(webhook.alerts) == 1
+        assert webhook.rejected[0].reason == "alerts[0]: must be an object, got str"
+
+    def test_non_string_label_value(self) -> None:
+        """A label value that is not a string rejects that alert, naming the label."""
+        webhook = parse_webhook(envelope(good_alert(labels={"alertname": "A", "code": 500})))
+        assert webhook.alerts == ()
+        assert webhook.rejected[0].reason == (
+            "alerts[0]: field labels.code must be a string, got int"
+        )
+
+    def test_non_string_annotation_value(self) -> None:
+        """An annotation value that is null rejects that alert, naming the annotation."""
+        webhook = parse_webhook(envelope(good_alert(annotations={"summary": None})))
+        assert webhook.rejected[0].reason == (
+            "alerts[0]: field annotations.summary must be a string, got null"
+        )
+
+    def test_bad_timestamp(self) -> None:
+        """A timestamp that is not RFC 3339 rejects that alert, naming the field and value."""
+        webhook = parse_webhook(envelope(good_alert(startsAt="yesterday")))
+        assert webhook.rejected[0].reason == (
+            "alerts[0]: field 'startsAt' is not an RFC 3339 time: 'yesterday'"
+        )
+
+    def test_timestamp_without_zone(self) -> None:
+        """A timestamp without a time zone is refused rather than guessed."""
+        webhook = parse_webhook(envelope(good_alert(endsAt="2026-12-03T12:21:43")))
+        assert webhook.rejected[0].reason == (
+            "alerts[0]: field 'endsAt' is not an RFC 3339 time: '2026-12-03T12:21:43'"
+        )
+
+    def test_timestamp_of_wrong_type(self) -> None:
+        """A numeric timestamp is refused naming the field and the type."""
+        webhook = parse_webhook(envelope(good_alert(startsAt=1700000000)))
+        assert webhook.rejected[0].reason == (
+            "alerts[0]: field 'startsAt' must be an RFC 3339 string, got int"
+        )
+
+    def test_fingerprint_of_wrong_type(self) -> None:
+        """A fingerprint that is not a string rejects that alert."""
+        webhook = parse_webhook(envelope(good_alert(fingerprint=12)))
+        assert webhook.rejected[0].reason == (
+            "alerts[0]: field 'fingerprint' must be a string, got int"
+        )
+
+    def test_unknown_fields_are_kept_out_of_the_way(self) -> None:
+        """Fields Alertmanager adds later (routeLabels, notification_reason) are not fatal."""
+        webhook = parse_webhook(envelope(
+            good_alert(notification_reason="repeat"), routeLabels={"team": "db"},
+        ))
+        assert len(webhook.alerts) == 1
+        assert webhook.rejected == ()
+
+
+class TestParseAlert:
+    """parse_alert on single alert objects."""
+
+    def test_given_fingerprint_is_trusted(self) -> None:
+        """A fingerprint sent by Alertmanager is kept as sent."""
+        assert parse_alert(good_alert(fingerprint="0123456789abcdef")).fingerprint == (
+            "0123456789abcdef"
+        )
+
+    def test_empty_fingerprint_is_computed(self) -> None:
+        """An empty fingerprint is replaced by the computed one."""
+        alert = parse_alert(good_alert(fingerprint=""))
+        assert alert.fingerprint == fingerprint(alert.labels)
+
+    def test_labels_are_read_only(self) -> None:
+        """The parsed labels cannot be changed after parsing."""
+        alert = parse_alert(good_alert())
+        with pytest.raises(TypeError):
+            alert.labels["severity"] = "info"  # type: ignore[index]
+
+    def test_missing_alertname(self) -> None:
+        """An alert without alertname has a placeholder name."""
+        assert parse_alert(good_alert(labels={})).name == "(no alertname)"
+
+
+class TestFingerprint:
+    """fingerprint: Alertmanager's FNV-1a 64 over sorted label names and values."""
+
+    def test_matches_alertmanager_captures(self) -> None:
+        """Known Alertmanager fingerprints are reproduced from their labels."""
+        labels = {
+            "alertname": "DiskFull", "instance": "host1:9100", "job": "node",
+            "severity": "critical",
+        }
+        assert fingerprint(labels) == "10fd2ebfb5d5241b"
+
+    def test_order_of_labels_does_not_matter(self) -> None:
+        """The same labels in another order give the same fingerprint."""
+        assert fingerprint({"a": "1", "b": "2"}) == fingerprint({"b": "2", "a": "1"})
+
+    def test_name_value_boundary_matters(self) -> None:
+        """Moving a character between a name and its value changes the fingerprint."""
+        assert fingerprint({"ab": "c"}) != fingerprint({"a": "bc"})
+
+    def test_empty_label_set(self) -> None:
+        """The empty label set hashes to the FNV-1a offset basis, as in Prometheus."""
+        assert fingerprint({}) == "cbf29ce484222325"
+
+
+class TestParseTime:
+    """parse_time: RFC 3339 to UTC, Go's zero time to None."""
+
+    def test_go_zero_time_is_none(self) -> None:
+        """Go's zero time means no end."""
+        assert parse_time(ZERO_TIME) is None
+
+    def test_offset_is_converted_to_utc(self) -> None:
+        """A +08:00 time is the same instant in UTC."""
+        assert parse_time("2023-03-25T14:39:51+08:00") == utc(2023, 3, 25, 6, 39, 51)
+
+    def test_lower_case_z(self) -> None:
+        """A lower-case z is UTC too."""
+        assert parse_time("2023-03-25T14:39:51z") == utc(2023, 3, 25, 14, 39, 51)
+
+    def test_missing_zone_is_an_error(self) -> None:
+        """A time without a zone raises ValueError."""
+        with pytest.raises(ValueError, match="no time zone"):
+            parse_time("2023-03-25T14:39:51")
+
+    def test_offset_before_year_one_is_a_payload_error(self) -> None:
+        """A time that an offset pushes before year 1 is refused, not crashed on."""
+        webhook = parse_webhook(envelope(good_alert(startsAt="0001-01-01T00:30:00+01:00")))
+        assert webhook.rejected[0].reason == (
+            "alerts[0]: field 'startsAt' is not an RFC 3339 time: '0001-01-01T00:30:00+01:00'"
+        )
+
+
+class TestToJson:
+    """to_json: the alert back in Alertmanager's field names."""
+
+    def test_round_trip_fields(self) -> None:
+        """The JSON form carries every field, with UTC ISO times and null for no end."""
+        (alert,) = payload("captured-am-0.25/01_api_firing.json").alerts
+        assert to_json(alert) == {
+            "status": "firing",
+            "labels": {
+                "alertname": "DiskFull", "instance": "host1:9100", "job": "node",
+                "severity": "critical",
+            },
+            "annotations": {
+                "description": "/ is 97% full", "summary": "Disk almost full on host1",
+            },
+            "startsAt": "2026-12-03T12:21:43.724000+00:00",
+            "endsAt": None,
+            "generatorURL": "http://127.0.0.1:19090/graph?g0.expr=disk_used%3E0.95",
+            "fingerprint": "10fd2ebfb5d5241b",
+        }

@@ -1,0 +1,469 @@
+"""Tests of daemon.config: settings from file and environment, and the whole config checked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from daemon.config import Config, Target, load_config, mask
+from daemon.errors import ConfigError
+
+ROOT = Path(__file__).parent.parent
+SHIPPED = ROOT / "firehouse.yml"
+SHIPPED_TARGETS = (
+    "command-center", "ops-management", "business-line", "shop-app-oncall", "identity-oncall",
+    "dba-oncall", "storage-oncall", "network-oncall", "messaging-oncall", "data-oncall",
+    "checkout-owner", "login-owner", "search-owner",
+)
+# Shaped like a PagerDuty integration key (32 characters), and unlike anything else here.
+SECRET = "R0UT1NGKEYR0UT1NGKEYR0UT1NGKEY42"
+FILE_SECRET = "F1LEKEYF1LEKEYF1LEKEYF1LEKEYF1L7"
+
+MAP = """\
+services:
+  web:
+    tier: 1
+    component: application
+    owners:
+      technical_lead: app-oncall
+"""
+RULES = """\
+rules:
+  - name: everyone
+    page: [technical_lead, incident_lead]
+"""
+SETTINGS = """\
+listen: 127.0.0.1:9095
+state: data/firehouse.db
+rules: [rules]
+dependency_maps: [maps]
+roles:
+  incident_lead: command-center
+targets:
+  command-center: {}
+  app-oncall: {}
+"""
+
+
+def env_var(target: str) -> str:
+    return "FIREHOUSE_ROUTING_KEY_" + target.upper().replace("-", "_")
+
+
+def all_keys() -> dict[str, str]:
+    """A routing key for every shipped target, as the environment would give them."""
+    return {env_var(name): f"{SECRET[:-2]}{index:02d}" for index, name in
+            enumerate(SHIPPED_TARGETS)}
+
+
+def write(tmp_path: Path, settings: str = SETTINGS, map_text: str = MAP,
+          rules: str = RULES) -> Path:
+    """A small complete configuration under tmp_path; returns the settings file."""
+    (tmp_path / "maps").mkdir(exist_ok=True)
+    (tmp_path / "rules").mkdir(exist_ok=True)
+    (tmp_path / "maps" / "web.yaml").write_text(map_text, encoding="utf-8")
+    (tmp_path / "rules" / "rules.yaml").write_text(rules, encoding="utf-8")
+    path = tmp_path / "firehouse.yml"
+    path.write_text(settings, encoding="utf-8")
+    return path
+
+
+def problems_of(path: Path, env: dict[str, str] | None = None) -> list[str]:
+    """The lines of the ConfigError that loading `path` must raise."""
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env or {})
+    return str(caught.value).splitlines()
+
+
+class TestShippedConfig:
+    """load_config on the shipped firehouse.yml, maps and rules."""
+
+    def test_loads_with_an_empty_environment(self) -> None:
+        """The shipped settings load, with paths relative to the file and dry run on."""
+        config = load_config(SHIPPED, env={})
+        settings = config.settings
+        assert isinstance(config, Config)
+        assert (settings.listen_host, settings.listen_port) == ("127.0.0.1", 9095)
+        assert settings.state == ROOT / "data" / "firehouse.db"
+        assert settings.rules == (ROOT / "rules",)
+        assert settings.dependency_maps == (ROOT / "dependency_maps",)
+        assert settings.pagerduty_url == "https://events.pagerduty.com"
+        assert settings.pagerduty_timeout == 10.0
+        assert settings.service_labels == ("service", "job")
+        assert settings.severity_labels == ("severity", "priority")
+        assert tuple(settings.targets) == SHIPPED_TARGETS
+        assert dict(settings.roles) == {
+            "incident_lead": "command-center", "senior_management": "ops-management",
+            "business_line": "business-line",
+        }
+        assert settings.dry_run is True
+        assert settings.bearer_token == ""
+        assert config.warnings == ()
+        assert len(config.graph.services) == 27
+        assert len(config.rules) == 5
+        assert config.target_for_role("incident_lead") == "command-center"
+        assert len(config.digest) == 16
+
+    def test_dry_run_auto_is_off_with_every_key(self) -> None:
+        """With a routing key for every target, `dry_run: auto` sends for real."""
+        config = load_config(SHIPPED, env=all_keys())
+        assert config.settings.dry_run is False
+        assert config.settings.targets["dba-oncall"].routing_key == all_keys()[
+            "FIREHOUSE_ROUTING_KEY_DBA_ONCALL"
+        ]
+
+    def test_dry_run_auto_with_some_keys_names_the_missing(self) -> None:
+        """With keys for only some targets, auto means live and each keyless target is an error."""
+        keys = all_keys()
+        del keys["FIREHOUSE_ROUTING_KEY_SEARCH_OWNER"]
+        line = SHIPPED.read_text(encoding="utf-8").splitlines().index("  search-owner: {}") + 1
+        assert problems_of(SHIPPED, keys) == [
+            f"{SHIPPED}:{line}: targets.search-owner: has no routing key (set "
+            "$FIREHOUSE_ROUTING_KEY_SEARCH_OWNER); a page to it would be lost",
+        ]
+
+    def test_digest_changes_with_the_settings(self) -> None:
+        """A different setting gives a different digest; the same one the same digest."""
+        first = load_config(SHIPPED, env={}).digest
+        assert load_config(SHIPPED, env={}).digest == first
+        assert load_config(SHIPPED, env={"FIREHOUSE_LISTEN": ":9999"}).digest != first
+
+
+class TestEnvironmentOverrides:
+    """FIREHOUSE_* variables override the settings file."""
+
+    def test_listen(self, tmp_path: Path) -> None:
+        """FIREHOUSE_LISTEN sets host and port; an empty host means every interface."""
+        path = write(tmp_path)
+        settings = load_config(path, {"FIREHOUSE_LISTEN": "[::1]:8080"}).settings
+        assert (settings.listen_host, settings.listen_port) == ("::1", 8080)
+        settings = load_config(path, {"FIREHOUSE_LISTEN": ":8081"}).settings
+        assert (settings.listen_host, settings.listen_port) == ("0.0.0.0", 8081)
+
+    def test_state_is_relative_to_the_working_directory(self, tmp_path: Path) -> None:
+        """FIREHOUSE_STATE is taken as given, not relative to the settings file."""
+        path = write(tmp_path)
+        settings = load_config(path, {"FIREHOUSE_STATE": "elsewhere/fh.db"}).settings
+        assert settings.state == Path("elsewhere/fh.db")
+
+    def test_pagerduty_url(self, tmp_path: Path) -> None:
+        """FIREHOUSE_PAGERDUTY_URL replaces the URL, without a trailing slash."""
+        path = write(tmp_path)
+        url = "http://127.0.0.1:18080/"
+        assert load_config(path, {"FIREHOUSE_PAGERDUTY_URL": url}).settings.pagerduty_url == (
+            "http://127.0.0.1:18080"
+        )
+
+    def test_rules_and_maps_as_path_lists(self, tmp_path: Path) -> None:
+        """FIREHOUSE_RULES and FIREHOUSE_DEPENDENCY_MAPS take colon-separated paths."""
+        path = write(tmp_path)
+        other = tmp_path / "other"
+        other.mkdir()
+        (other / "more.yaml").write_text(MAP.replace("web:", "api:"), encoding="utf-8")
+        (other / "rules.yaml").write_text(RULES.replace("everyone", "all"), encoding="utf-8")
+        config = load_config(path, {
+            "FIREHOUSE_DEPENDENCY_MAPS": f"{tmp_path / 'maps'}:{other / 'more.yaml'}",
+            "FIREHOUSE_RULES": str(other / "rules.yaml"),
+        })
+        assert config.settings.dependency_maps == (tmp_path / "maps", other / "more.yaml")
+        assert set(config.graph.services) == {"web", "api"}
+        assert [r.name for r in config.rules] == ["all"]
+
+    def test_webhook_token(self, tmp_path: Path) -> None:
+        """FIREHOUSE_WEBHOOK_TOKEN sets the bearer token, which is kept out of repr."""
+        path = write(tmp_path)
+        settings = load_config(path, {"FIREHOUSE_WEBHOOK_TOKEN": "s3cret-token"}).settings
+        assert settings.bearer_token == "s3cret-token"
+        assert "s3cret-token" not in repr(settings)
+
+    @pytest.mark.parametrize(("value", "dry"), [("true", True), ("1", True), ("yes", True)])
+    def test_dry_run_forced_on(self, tmp_path: Path, value: str, dry: bool) -> None:
+        """FIREHOUSE_DRY_RUN=true keeps dry run on even with every key present."""
+        path = write(tmp_path)
+        env = {"FIREHOUSE_DRY_RUN": value, env_var("command-center"): SECRET,
+               env_var("app-oncall"): SECRET}
+        assert load_config(path, env).settings.dry_run is dry
+
+    def test_dry_run_false_without_keys_names_the_variables(self, tmp_path: Path) -> None:
+        """FIREHOUSE_DRY_RUN=false with keyless targets is an error naming each variable."""
+        path = write(tmp_path)
+        assert problems_of(path, {"FIREHOUSE_DRY_RUN": "false"}) == [
+            f"{path}:8: targets.command-center: has no routing key (set "
+            "$FIREHOUSE_ROUTING_KEY_COMMAND_CENTER); a page to it would be lost",
+            f"{path}:9: targets.app-oncall: has no routing key (set "
+            "$FIREHOUSE_ROUTING_KEY_APP_ONCALL); a page to it would be lost",
+        ]
+
+    def test_bad_dry_run_value_names_the_variable(self, tmp_path: Path) -> None:
+        """A bad value from the environment is reported against the variable, not the file."""
+        path = write(tmp_path)
+        assert problems_of(path, {"FIREHOUSE_DRY_RUN": "perhaps"}) == [
+            "$FIREHOUSE_DRY_RUN: dry_run: must be auto, true or false (got 'perhaps')",
+        ]
+
+    def test_bad_listen_from_environment(self, tmp_path: Path) -> None:
+        """A bad FIREHOUSE_LISTEN is reported against the variable."""
+        path = write(tmp_path)
+        assert problems_of(path, {"FIREHOUSE_LISTEN": "localhost"}) == [
+            "$FIREHOUSE_LISTEN: listen: must be HOST:PORT (got 'localhost')",
+        ]
+
+    def test_empty_variable_is_ignored(self, tmp_path: Path) -> None:
+        """An empty variable does not override the file."""
+        path = write(tmp_path)
+        assert load_config(path, {"FIREHOUSE_LISTEN": ""}).settings.listen_port == 9095
+
+
+class TestRoutingKeys:
+    """Routing keys from the environment and from files; dry run follows them."""
+
+    def test_key_from_default_variable(self, tmp_path: Path) -> None:
+        """A target's key comes from FIREHOUSE_ROUTING_KEY_<NAME> by default."""
+        path = write(tmp_path)
+        env = {env_var("app-oncall"): SECRET, env_var("command-center"): FILE_SECRET}
+        target = load_config(path, env).settings.targets["app-oncall"]
+        assert target.routing_key == SECRET
+        assert target.key_source == "$FIREHOUSE_ROUTING_KEY_APP_ONCALL"
+        assert target.masked == "****EY42"
+
+    def test_key_from_named_variable(self, tmp_path: Path) -> None:
+        """routing_key_env names another variable."""
+        path = write(tmp_path, SETTINGS.replace(
+            "app-oncall: {}", "app-oncall: {routing_key_env: PD_APP_KEY}"))
+        env = {"PD_APP_KEY": SECRET, env_var("command-center"): FILE_SECRET}
+        target = load_config(path, env).settings.targets["app-oncall"]
+        assert (target.routing_key, target.key_source) == (SECRET, "$PD_APP_KEY")
+
+    def test_key_from_file_relative_to_settings(self, tmp_path: Path) -> None:
+        """routing_key_file is read, stripped, relative to the settings file."""
+        path = write(tmp_path, SETTINGS.replace(
+            "app-oncall: {}", "app-oncall: {routing_key_file: secrets/app.key}"))
+        (tmp_path / "secrets").mkdir()
+        (tmp_path / "secrets" / "app.key").write_text(FILE_SECRET + "\n", encoding="utf-8")
+        target = load_config(path, {env_var("command-center"): SECRET}).settings.targets[
+            "app-oncall"
+        ]
+        assert target.routing_key == FILE_SECRET
+        assert target.key_source == str(tmp_path / "secrets" / "app.key")
+
+    def test_unreadable_key_file(self, tmp_path: Path) -> None:
+        """A key file that cannot be read is a problem naming the setting and the path."""
+        path = write(tmp_path, SETTINGS.replace(
+            "app-oncall: {}", "app-oncall: {routing_key_file: missing.key}"))
+        assert problems_of(path) == [
+            f"{path}:9: targets.app-oncall.routing_key_file: cannot read: No such file or "
+            f"directory (got {str(tmp_path / 'missing.key')!r})",
+        ]
+
+    def test_key_file_that_is_not_text(self, tmp_path: Path) -> None:
+        """A key file that is not UTF-8 is a problem, not a crash, and quotes none of it."""
+        path = write(tmp_path, SETTINGS.replace(
+            "app-oncall: {}", "app-oncall: {routing_key_file: app.key}"))
+        (tmp_path / "app.key").write_bytes(b"\xff\xfe" + FILE_SECRET.encode())
+        lines = problems_of(path)
+        assert lines == [
+            f"{path}:9: targets.app-oncall.routing_key_file: cannot read: not UTF-8 text "
+            f"(got {str(tmp_path / 'app.key')!r})",
+        ]
+
+    def test_dry_run_auto_without_keys(self, tmp_path: Path) -> None:
+        """`dry_run: auto` with no key at all is dry."""
+        assert load_config(write(tmp_path), {}).settings.dry_run is True
+
+    def test_dry_run_auto_with_keys(self, tmp_path: Path) -> None:
+        """`dry_run: auto` with every key is live."""
+        env = {env_var("command-center"): SECRET, env_var("app-oncall"): SECRET}
+        assert load_config(write(tmp_path), env).settings.dry_run is False
+
+    def test_dry_run_false_in_file_with_a_keyless_target(self, tmp_path: Path) -> None:
+        """`dry_run: false` in the file with one keyless target names that target's variable."""
+        path = write(tmp_path, SETTINGS + "dry_run: false\n")
+        assert problems_of(path, {env_var("app-oncall"): SECRET}) == [
+            f"{path}:8: targets.command-center: has no routing key (set "
+            "$FIREHOUSE_ROUTING_KEY_COMMAND_CENTER); a page to it would be lost",
+        ]
+
+
+class TestSecretsStaySecret:
+    """Routing keys never appear in a repr or in an error."""
+
+    def test_target_repr(self) -> None:
+        """A Target's repr shows its name and source, never its key."""
+        target = Target("dba-oncall", SECRET, "$FIREHOUSE_ROUTING_KEY_DBA_ONCALL")
+        assert SECRET not in repr(target)
+        assert SECRET not in str(target)
+        assert "dba-oncall" in repr(target)
+
+    def test_mask(self) -> None:
+        """A masked key shows its last four characters only."""
+        assert mask(SECRET) == "****EY42"
+        assert mask("") == "(none)"
+
+    def test_settings_repr(self, tmp_path: Path) -> None:
+        """The settings' repr (also hashed into the digest) holds no routing key."""
+        env = {env_var("command-center"): SECRET, env_var("app-oncall"): FILE_SECRET}
+        config = load_config(write(tmp_path), env)
+        assert SECRET not in repr(config.settings)
+        assert FILE_SECRET not in repr(config.settings)
+
+    def test_config_error_with_keys_loaded(self, tmp_path: Path) -> None:
+        """An error raised while keys are loaded does not print them."""
+        path = write(tmp_path, SETTINGS.replace(
+            "app-oncall: {}", "app-oncall: {routing_key_file: app.key}") + "colour: red\n")
+        (tmp_path / "app.key").write_text(FILE_SECRET, encoding="utf-8")
+        with pytest.raises(ConfigError) as caught:
+            load_config(path, {env_var("command-center"): SECRET, "FIREHOUSE_DRY_RUN": "0"})
+        text = str(caught.value)
+        assert text == f"{path}:10: colour: unknown setting (got 'colour')"
+        assert SECRET not in text
+        assert FILE_SECRET not in text
+
+    def test_key_pasted_as_the_target(self, tmp_path: Path) -> None:
+        """A routing key pasted where the target's mapping belongs is refused, not echoed."""
+        path = write(tmp_path, SETTINGS.replace("app-oncall: {}", f"app-oncall: {SECRET}"))
+        text = "\n".join(problems_of(path))
+        assert SECRET not in text
+        assert text == (
+            f"{path}:9: targets.app-oncall: must be a mapping with routing_key_env or "
+            "routing_key_file"
+        )
+
+    def test_key_pasted_as_the_variable_name(self, tmp_path: Path) -> None:
+        """A routing key pasted as routing_key_env is refused, not echoed."""
+        pasted = "r0ut1ng-key+with/slashes=="
+        path = write(tmp_path, SETTINGS.replace(
+            "app-oncall: {}", f"app-oncall: {{routing_key_env: '{pasted}'}}"))
+        text = "\n".join(problems_of(path))
+        assert pasted not in text
+        assert text == (
+            f"{path}:9: targets.app-oncall.routing_key_env: must be the name of an environment "
+            "variable (letters, digits, _), not the routing key itself"
+        )
+
+
+class TestSettingsErrors:
+    """Bad settings are reported with file, line, key path and value."""
+
+    def test_unknown_setting(self, tmp_path: Path) -> None:
+        """A key the settings do not know is refused."""
+        path = write(tmp_path, SETTINGS + "pager_duty: {}\n")
+        assert problems_of(path) == [f"{path}:10: pager_duty: unknown setting (got 'pager_duty')"]
+
+    def test_unknown_nested_setting(self, tmp_path: Path) -> None:
+        """A key the pagerduty section does not know is refused with its path."""
+        path = write(tmp_path, SETTINGS + "pagerduty:\n  url: https://x.example\n  retries: 3\n")
+        assert problems_of(path) == [
+            f"{path}:12: pagerduty.retries: unknown setting (got 'retries')",
+        ]
+
+    @pytest.mark.parametrize("listen", ["9095", "localhost:http", "127.0.0.1:70000"])
+    def test_bad_listen(self, tmp_path: Path, listen: str) -> None:
+        """A listen address that is not HOST:PORT is refused with the value."""
+        path = write(tmp_path, SETTINGS.replace("127.0.0.1:9095", f"'{listen}'"))
+        assert problems_of(path) == [f"{path}:1: listen: must be HOST:PORT (got {listen!r})"]
+
+    def test_role_naming_an_undefined_target(self, tmp_path: Path) -> None:
+        """A command-center role must name a defined target."""
+        path = write(tmp_path, SETTINGS.replace(
+            "incident_lead: command-center", "incident_lead: command-centre"))
+        assert problems_of(path) == [
+            f"{path}:6: roles.incident_lead: names a target that is not defined in targets "
+            "(got 'command-centre')",
+        ]
+
+    def test_role_naming_a_list(self, tmp_path: Path) -> None:
+        """A role given a list instead of one target name is a problem, not a crash."""
+        path = write(tmp_path, SETTINGS.replace(
+            "incident_lead: command-center", "incident_lead: [command-center]"))
+        assert problems_of(path) == [
+            f"{path}:6: roles.incident_lead: names a target that is not defined in targets "
+            "(got ['command-center'])",
+        ]
+
+    def test_unknown_role(self, tmp_path: Path) -> None:
+        """Only command-center roles may be set here; leads come from the maps."""
+        path = write(tmp_path, SETTINGS.replace(
+            "  incident_lead: command-center",
+            "  incident_lead: command-center\n  technical_lead: app-oncall"))
+        assert problems_of(path) == [
+            f"{path}:7: roles.technical_lead: unknown role (the map gives technical and "
+            "service leads; here: incident_lead, senior_management, business_line) "
+            "(got 'technical_lead')",
+        ]
+
+    def test_missing_incident_lead(self, tmp_path: Path) -> None:
+        """Without an incident lead, unmapped alerts would have nobody to page."""
+        path = write(tmp_path, SETTINGS.replace(
+            "roles:\n  incident_lead: command-center\n", ""))
+        assert problems_of(path) == [
+            f"{path}:1: roles.incident_lead: missing: the command center's target is required, "
+            "unmapped alerts page it",
+        ]
+
+    def test_map_owner_naming_an_undefined_target(self, tmp_path: Path) -> None:
+        """A map owner that is no settings target is reported at the owner's line."""
+        path = write(tmp_path, map_text=MAP.replace("app-oncall", "app-on-call"))
+        assert problems_of(path) == [
+            f"{tmp_path / 'maps' / 'web.yaml'}:6: services.web.owners.technical_lead: names a "
+            "target that is not defined in the settings' targets (got 'app-on-call')",
+        ]
+
+    def test_rule_paging_an_undefined_target(self, tmp_path: Path) -> None:
+        """A rule paging a name that is neither role nor target is reported."""
+        path = write(tmp_path, rules=RULES.replace("incident_lead]", "incident-lead]"))
+        assert problems_of(path) == [
+            f"{tmp_path / 'rules' / 'rules.yaml'}:3: rules[0].page[1]: unknown role or target "
+            "(got 'incident-lead')",
+        ]
+
+    def test_all_problems_at_once_sorted(self, tmp_path: Path) -> None:
+        """Problems from settings, maps and rules come in one error, sorted by file and line."""
+        path = write(
+            tmp_path,
+            SETTINGS.replace("127.0.0.1:9095", "nowhere") + "log_level: loud\n",
+            map_text=MAP.replace("tier: 1", "tier: 7"),
+            rules=RULES.replace("incident_lead]", "incident-lead]"),
+        )
+        assert problems_of(path) == [
+            f"{path}:1: listen: must be HOST:PORT (got 'nowhere')",
+            f"{path}:10: log_level: must be debug, info, warning or error (got 'loud')",
+            f"{tmp_path / 'maps' / 'web.yaml'}:3: services.web.tier: must be an integer from 1 "
+            "(most critical) to 4 (got 7)",
+            f"{tmp_path / 'rules' / 'rules.yaml'}:3: rules[0].page[1]: unknown role or target "
+            "(got 'incident-lead')",
+        ]
+
+    def test_missing_settings_file(self, tmp_path: Path) -> None:
+        """A settings file that does not exist is a problem, not a traceback."""
+        missing = tmp_path / "nope.yml"
+        lines = problems_of(missing)
+        assert lines[0].startswith(f"{missing}: cannot read file: ")
+
+    def test_empty_pagerduty_section(self, tmp_path: Path) -> None:
+        """An empty `pagerduty:` section means the defaults."""
+        path = write(tmp_path, SETTINGS + "pagerduty:\n")
+        assert load_config(path, {}).settings.pagerduty_url == "https://events.pagerduty.com"
+
+
+class TestRelativePaths:
+    """Paths in a settings file are relative to that file, wherever the daemon runs."""
+
+    def test_paths_resolve_against_the_file(self, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+        """state, rules and maps resolve against the settings file's folder, not cwd."""
+        etc = tmp_path / "etc"
+        etc.mkdir()
+        path = write(etc)
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        monkeypatch.chdir(elsewhere)
+        settings = load_config(Path("../etc/firehouse.yml"), {}).settings
+        assert settings.state == tmp_path / "etc" / "data" / "firehouse.db"
+        assert settings.rules == (tmp_path / "etc" / "rules",)
+        assert settings.dependency_maps == (tmp_path / "etc" / "maps",)
+        assert path.parent == etc
+
+    def test_absolute_paths_are_kept(self, tmp_path: Path) -> None:
+        """An absolute path in the settings file is used as written."""
+        path = write(tmp_path, SETTINGS.replace("data/firehouse.db", "/var/lib/fh/state.db"))
+        assert load_config(path, {}).settings.state == Path("/var/lib/fh/state.db")

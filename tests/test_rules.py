@@ -1,0 +1,477 @@
+"""Tests of daemon.rules: matchers, conditions, evaluation order, and strict loading."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from types import MappingProxyType
+
+import pytest
+import yaml
+
+from daemon.errors import ConfigError
+from daemon.graph import Dependency, Service, ServiceGraph, build_graph, load_maps
+from daemon.rules import (
+    DEFAULT_RULE,
+    Rule,
+    Subject,
+    When,
+    check,
+    evaluate,
+    load_rules,
+    parse_matcher,
+)
+
+ROOT = Path(__file__).parent.parent
+BAD_RULES = Path(__file__).parent / "testdata" / "rules"
+TARGETS = {"command-center", "dba-oncall"}
+
+
+def matches(text: str, **labels: str) -> bool:
+    return parse_matcher(text).matches(labels)
+
+
+def service(name: str, tier: int, component: str, *deps: str,
+            business: str | None = None) -> Service:
+    return Service(
+        name=name, tier=tier, component=component,
+        owners=MappingProxyType({"technical_lead": "app-oncall"}),
+        business_service=business, depends_on=tuple(Dependency(d) for d in deps),
+    )
+
+
+@pytest.fixture(scope="module")
+def graph() -> ServiceGraph:
+    """db (tier 2) under api (tier 1, online-checkout) and report (tier 4, batch)."""
+    return build_graph([
+        service("db", 2, "dbms"),
+        service("api", 1, "application", "db", business="online-checkout"),
+        service("report", 4, "batch", "db"),
+    ])
+
+
+def subject(graph: ServiceGraph, name: str | None, **labels: str) -> Subject:
+    found = graph.services[name] if name else None
+    return Subject(labels, found, graph.impact([name] if name else []))
+
+
+def load_text(tmp_path: Path, text: str, targets: set[str] = TARGETS) -> tuple[Rule, ...]:
+    """Rules from YAML text; fails the test on any problem."""
+    path = tmp_path / "rules.yaml"
+    path.write_text(text, encoding="utf-8")
+    rules, problems = load_rules([path], targets)
+    assert problems == []
+    return rules
+
+
+def rule(name: str, *, match: str = "", when: When | None = None, page: tuple[str, ...] = (),
+         severity: str | None = None, floor: str | None = None, cont: bool = False) -> Rule:
+    return Rule(
+        name=name, matchers=(parse_matcher(match),) if match else (), when=when or When(),
+        page=page, severity=severity, severity_floor=floor, continue_=cont,
+    )
+
+
+class TestMatcher:
+    """parse_matcher and Matcher.matches with Alertmanager's semantics."""
+
+    def test_equal(self) -> None:
+        """`=` matches the exact value only."""
+        assert matches('severity="critical"', severity="critical")
+        assert not matches('severity="critical"', severity="Critical")
+
+    def test_not_equal(self) -> None:
+        """`!=` matches any other value."""
+        assert matches('env!="dev"', env="prod")
+        assert not matches('env!="dev"', env="dev")
+
+    def test_missing_label_is_empty_for_not_equal(self) -> None:
+        """An unset label is the empty string, so `env!="dev"` matches it."""
+        assert matches('env!="dev"')
+
+    def test_missing_label_matches_empty_regex(self) -> None:
+        """An unset label matches `env=~""`, and a set one does not."""
+        assert matches('env=~""')
+        assert not matches('env=~""', env="prod")
+
+    def test_missing_label_does_not_equal_a_value(self) -> None:
+        """An unset label does not match `env="prod"`."""
+        assert not matches('env="prod"')
+
+    def test_regex_is_anchored(self) -> None:
+        """`=~"warn"` does not match "warning": the whole value must match."""
+        assert not matches('severity=~"warn"', severity="warning")
+        assert matches('severity=~"warn.*"', severity="warning")
+
+    def test_regex_alternation_is_anchored_as_a_whole(self) -> None:
+        """`=~"a|b"` matches "a" or "b", never "ab" or "xa"."""
+        assert matches('x=~"a|b"', x="b")
+        assert not matches('x=~"a|b"', x="ab")
+        assert not matches('x=~"a|b"', x="xa")
+
+    def test_negative_regex(self) -> None:
+        """`!~` matches what the regex does not."""
+        assert matches('env!~"prod|staging"', env="dev")
+        assert not matches('env!~"prod|staging"', env="staging")
+        assert matches('env!~"prod|staging"')
+
+    def test_case_insensitive_flag(self) -> None:
+        """A leading (?i), common in Alertmanager configs, is accepted and honoured."""
+        assert matches('severity=~"(?i)critical"', severity="CRITICAL")
+
+    def test_quotes_are_optional(self) -> None:
+        """An unquoted value is taken as written, spaces around the operator ignored."""
+        matcher = parse_matcher("severity = critical")
+        assert (matcher.label, matcher.op, matcher.value) == ("severity", "=", "critical")
+
+    def test_escapes_in_quoted_value(self) -> None:
+        """Escaped quotes, backslashes and newlines are undone as Alertmanager does."""
+        assert parse_matcher(r'summary="say \"hi\""').value == 'say "hi"'
+        assert parse_matcher(r'path="C:\\temp"').value == "C:\\temp"
+        assert parse_matcher(r'text="a\nb"').value == "a\nb"
+
+    def test_other_backslashes_stay_literal(self) -> None:
+        """A backslash before any other character stays, so `\\d` is a regex digit."""
+        matcher = parse_matcher(r'code=~"5\d\d"')
+        assert matcher.value == r"5\d\d"
+        assert matcher.matches({"code": "503"})
+        assert not matcher.matches({"code": "5xx"})
+
+    def test_string_form(self) -> None:
+        """A matcher prints in Alertmanager's form, quoting and escaping its value."""
+        assert str(parse_matcher('severity =~ crit.*')) == 'severity=~"crit.*"'
+        assert str(parse_matcher(r'summary!="say \"hi\""')) == r'summary!="say \"hi\""'
+
+    def test_string_form_parses_back(self) -> None:
+        """Printing then parsing a matcher gives the same matcher."""
+        for text in ('a="x"', r'b!="q\"uote"', r'c=~"back\\slash"', 'd!~"new\\nline"'):
+            matcher = parse_matcher(text)
+            again = parse_matcher(str(matcher))
+            assert (again.label, again.op, again.value) == (
+                matcher.label, matcher.op, matcher.value,
+            )
+
+    def test_bad_syntax(self) -> None:
+        """Text without a label and an operator is refused."""
+        with pytest.raises(ValueError, match=r'^expected label="value" with one of = != =~ !~$'):
+            parse_matcher("severity")
+
+    def test_bad_label_name(self) -> None:
+        """A label name must not start with a digit."""
+        with pytest.raises(ValueError, match="expected label"):
+            parse_matcher('1severity="critical"')
+
+    def test_bad_regex(self) -> None:
+        """An invalid regular expression is refused with the position in the value itself."""
+        message = "invalid regular expression: missing ), unterminated subpattern at position 0"
+        with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+            parse_matcher('service=~"(postgres"')
+
+
+class TestMatchForms:
+    """The four ways a rule's `match` can be written."""
+
+    def test_string_form(self, tmp_path: Path) -> None:
+        """A single matcher string."""
+        (loaded,) = load_text(tmp_path, """
+rules:
+  - name: critical
+    match: 'severity="critical"'
+    page: [incident_lead]
+""")
+        assert [str(m) for m in loaded.matchers] == ['severity="critical"']
+
+    def test_list_form(self, tmp_path: Path) -> None:
+        """A list of matcher strings; all must match."""
+        (loaded,) = load_text(tmp_path, """
+rules:
+  - name: prod databases
+    match: ['env="prod"', 'service=~"postgres-.*"']
+    page: [technical_lead]
+""")
+        assert [str(m) for m in loaded.matchers] == ['env="prod"', 'service=~"postgres-.*"']
+
+    def test_brace_form_with_commas_inside_quotes(self, tmp_path: Path) -> None:
+        """`{a="x", b=~"y,z"}` splits on commas outside quotes only."""
+        (loaded,) = load_text(tmp_path, """
+rules:
+  - name: braces
+    match: '{a="x", b=~"y,z"}'
+    page: [technical_lead]
+""")
+        assert [(m.label, m.op, m.value) for m in loaded.matchers] == [
+            ("a", "=", "x"), ("b", "=~", "y,z"),
+        ]
+        assert loaded.matchers[1].matches({"b": "y,z"})
+
+    def test_brace_form_with_escaped_quote(self, tmp_path: Path) -> None:
+        """An escaped quote does not end the quoted value, so its comma stays inside."""
+        (loaded,) = load_text(tmp_path, r"""
+rules:
+  - name: braces
+    match: '{msg="a\", b", c="d"}'
+    page: [technical_lead]
+""")
+        assert [(m.label, m.value) for m in loaded.matchers] == [("msg", 'a", b'), ("c", "d")]
+
+    def test_map_form(self, tmp_path: Path) -> None:
+        """A {label: value} map means equality matchers; numbers are compared as text."""
+        (loaded,) = load_text(tmp_path, """
+rules:
+  - name: map
+    match: {severity: critical, code: 500}
+    page: [technical_lead]
+""")
+        assert [(m.label, m.op, m.value) for m in loaded.matchers] == [
+            ("severity", "=", "critical"), ("code", "=", "500"),
+        ]
+
+
+class TestCheck:
+    """check: whether one rule matches a subject, and the reason when it does not."""
+
+    def test_matcher_miss_with_value(self, graph: ServiceGraph) -> None:
+        """A failed matcher says which, and the label's actual value."""
+        verdict = check(rule("r", match='severity="critical"'),
+                        subject(graph, "db", severity="warning"))
+        assert not verdict.matched
+        assert verdict.reason == 'severity="critical" failed (severity="warning")'
+
+    def test_matcher_miss_unset(self, graph: ServiceGraph) -> None:
+        """A failed matcher on an unset label says it is unset."""
+        verdict = check(rule("r", match='env="prod"'), subject(graph, "db"))
+        assert verdict.reason == 'env="prod" failed (env unset)'
+
+    def test_mapped(self, graph: ServiceGraph) -> None:
+        """`mapped: false` matches unmapped alerts and says why it misses mapped ones."""
+        unmapped_only = rule("r", when=When(mapped=False))
+        assert check(unmapped_only, subject(graph, None)).matched
+        miss = check(unmapped_only, subject(graph, "db"))
+        assert (miss.matched, miss.reason) == (False, "service is mapped")
+        miss = check(rule("r", when=When(mapped=True)), subject(graph, None))
+        assert (miss.matched, miss.reason) == (False, "service is unmapped")
+
+    def test_tier_at_most(self, graph: ServiceGraph) -> None:
+        """`tier_at_most` looks at the most critical tier in the blast radius."""
+        tier_one = rule("r", when=When(tier_at_most=1))
+        assert check(tier_one, subject(graph, "db")).matched
+        miss = check(tier_one, subject(graph, "report"))
+        assert (miss.matched, miss.reason) == (False, "most critical tier hit is 4, needs <= 1")
+
+    def test_tier_at_most_unmapped(self, graph: ServiceGraph) -> None:
+        """An unmapped alert hits no tier, and the reason says so plainly."""
+        miss = check(rule("r", when=When(tier_at_most=3)), subject(graph, None))
+        assert miss.reason == "most critical tier hit is none, needs <= 3"
+
+    def test_impacted_at_least(self, graph: ServiceGraph) -> None:
+        """`impacted_at_least` counts impacted services, not the failing one."""
+        assert check(rule("r", when=When(impacted_at_least=2)), subject(graph, "db")).matched
+        miss = check(rule("r", when=When(impacted_at_least=3)), subject(graph, "db"))
+        assert (miss.matched, miss.reason) == (False, "2 services impacted, needs >= 3")
+
+    def test_business_service(self, graph: ServiceGraph) -> None:
+        """`business_service` matches when any listed business service is hit."""
+        hit = rule("r", when=When(business_service=("product-search", "online-checkout")))
+        assert check(hit, subject(graph, "db")).matched
+        miss = check(rule("r", when=When(business_service=("product-search",))),
+                     subject(graph, "db"))
+        assert (miss.matched, miss.reason) == (
+            False, "no business service of ['product-search'] is hit",
+        )
+
+    def test_component(self, graph: ServiceGraph) -> None:
+        """`component` looks at the alert's own service."""
+        databases = rule("r", when=When(component=("dbms", "cache")))
+        assert check(databases, subject(graph, "db")).matched
+        miss = check(databases, subject(graph, "api"))
+        assert (miss.matched, miss.reason) == (
+            False, "component is application, needs one of ['dbms', 'cache']",
+        )
+        miss = check(databases, subject(graph, None))
+        assert miss.reason == "component is none, needs one of ['dbms', 'cache']"
+
+    def test_all_conditions_hold(self, graph: ServiceGraph) -> None:
+        """A rule whose matchers and conditions all hold matches."""
+        verdict = check(
+            rule("r", match='severity=~"warn.*"',
+                 when=When(mapped=True, tier_at_most=1, impacted_at_least=1,
+                           business_service=("online-checkout",), component=("dbms",))),
+            subject(graph, "db", severity="warning"),
+        )
+        assert (verdict.matched, verdict.reason) == (True, "matched")
+
+
+class TestEvaluate:
+    """evaluate: order, `continue`, the default rule, and severity."""
+
+    def test_first_match_stops(self, graph: ServiceGraph) -> None:
+        """A matching rule without `continue` stops: later rules are not even checked."""
+        rules = [
+            rule("a", page=("technical_lead",)),
+            rule("b", page=("incident_lead",)),
+        ]
+        outcome = evaluate(rules, subject(graph, "db"), "error")
+        assert outcome.roles == ("technical_lead",)
+        assert [r.name for r in outcome.matched] == ["a"]
+        assert [v.rule.name for v in outcome.verdicts] == ["a"]
+
+    def test_continue_adds_and_goes_on(self, graph: ServiceGraph) -> None:
+        """A matching rule with `continue` adds its roles and evaluation goes on."""
+        rules = [
+            rule("lead", page=("service_lead",), cont=True),
+            rule("misses", match='env="prod"', page=("senior_management",)),
+            rule("all", page=("technical_lead", "service_lead", "incident_lead")),
+            rule("never reached", page=("business_line",)),
+        ]
+        outcome = evaluate(rules, subject(graph, "db"), "error")
+        assert outcome.roles == ("service_lead", "technical_lead", "incident_lead")
+        assert [r.name for r in outcome.matched] == ["lead", "all"]
+        assert [(v.rule.name, v.matched) for v in outcome.verdicts] == [
+            ("lead", True), ("misses", False), ("all", True),
+        ]
+
+    def test_default_rule_when_nothing_matches(self, graph: ServiceGraph) -> None:
+        """With no match, the built-in default pages the technical and incident leads."""
+        outcome = evaluate([rule("prod", match='env="prod"', page=("business_line",))],
+                           subject(graph, "db"), "warning")
+        assert outcome.matched == (DEFAULT_RULE,)
+        assert outcome.roles == ("technical_lead", "incident_lead")
+        assert outcome.severity == "warning"
+        assert outcome.verdicts[-1].reason == "no rule matched"
+
+    def test_default_rule_with_no_rules(self, graph: ServiceGraph) -> None:
+        """An empty rule set falls back to the default."""
+        assert evaluate([], subject(graph, None), "critical").matched == (DEFAULT_RULE,)
+
+    def test_fixed_severity_overrides_potential(self, graph: ServiceGraph) -> None:
+        """A rule's `severity` replaces the potential severity, even a higher one."""
+        outcome = evaluate([rule("quiet", page=("technical_lead",), severity="warning")],
+                           subject(graph, "report"), "critical")
+        assert outcome.severity == "warning"
+
+    def test_floor_raises(self, graph: ServiceGraph) -> None:
+        """A `severity_floor` above the potential severity raises it."""
+        outcome = evaluate([rule("loud", page=("technical_lead",), floor="critical")],
+                           subject(graph, "report"), "info")
+        assert outcome.severity == "critical"
+
+    def test_floor_never_lowers(self, graph: ServiceGraph) -> None:
+        """A `severity_floor` below the potential severity changes nothing."""
+        outcome = evaluate([rule("floor", page=("technical_lead",), floor="info")],
+                           subject(graph, "db"), "error")
+        assert outcome.severity == "error"
+
+    def test_fixed_severity_wins_over_an_earlier_floor(self, graph: ServiceGraph) -> None:
+        """When one matched rule raises the floor and another fixes severity, the fix wins."""
+        rules = [
+            rule("floor", page=("service_lead",), floor="critical", cont=True),
+            rule("fixed", page=("technical_lead",), severity="warning"),
+        ]
+        assert evaluate(rules, subject(graph, "db"), "info").severity == "warning"
+
+    def test_roles_are_not_repeated(self, graph: ServiceGraph) -> None:
+        """A role paged by two matching rules appears once, in first-seen order."""
+        rules = [
+            rule("a", page=("incident_lead", "technical_lead"), cont=True),
+            rule("b", page=("technical_lead", "senior_management")),
+        ]
+        assert evaluate(rules, subject(graph, "db"), "error").roles == (
+            "incident_lead", "technical_lead", "senior_management",
+        )
+
+
+class TestLoadRules:
+    """load_rules: the shipped rules, and bad files with exact messages."""
+
+    def test_shipped_rules_load_with_shipped_targets(self) -> None:
+        """The shipped rules load without a problem against firehouse.yml's targets."""
+        settings = yaml.safe_load((ROOT / "firehouse.yml").read_text(encoding="utf-8"))
+        rules, problems = load_rules([ROOT / "rules"], set(settings["targets"]))
+        assert problems == []
+        assert [r.name for r in rules] == [
+            "unmapped alerts go to the command center",
+            "tier-4 batch jobs page only their own team",
+            "network faults page the network lead, incident lead and management at once",
+            "tier-1 impact brings in the service lead",
+            "call the fire department first",
+        ]
+        assert rules[-1].catches_everything
+        assert rules[3].continue_
+
+    def test_shipped_rules_on_the_shipped_map(self) -> None:
+        """A payments-database alert brings in the service lead, then the fire department."""
+        settings = yaml.safe_load((ROOT / "firehouse.yml").read_text(encoding="utf-8"))
+        rules, _ = load_rules([ROOT / "rules"], set(settings["targets"]))
+        shop, _ = load_maps([ROOT / "dependency_maps"])
+        db = shop.services["postgres-payments"]
+        outcome = evaluate(rules, Subject({"severity": "warning"}, db,
+                                          shop.impact([db.name])), "critical")
+        assert outcome.roles == ("service_lead", "technical_lead", "incident_lead")
+        assert outcome.severity == "critical"
+
+    @pytest.mark.parametrize(("name", "expected"), [
+        ("invalid_regex.yaml",
+         "4: rules[0].match: invalid regular expression: missing ), unterminated subpattern "
+         """at position 0 (got 'service=~"(postgres|mysql"')"""),
+        ("unknown_role.yaml", "4: rules[0].page[1]: unknown role or target (got 'the_boss')"),
+        ("unknown_key.yaml", "4: rules[0].matches: unknown key (got 'matches')"),
+        ("bad_list_matcher.yaml",
+         "6: rules[0].match[1]: expected label=\"value\" with one of = != =~ !~ "
+         "(got 'service')"),
+    ])
+    def test_one_problem(self, name: str, expected: str) -> None:
+        """Each bad file yields exactly its one problem, located and named."""
+        _, problems = load_rules([BAD_RULES / name], TARGETS)
+        assert [str(p) for p in problems] == [f"{BAD_RULES / name}:{expected}"]
+
+    def test_unreachable_rule(self) -> None:
+        """A rule after a catch-all without `continue` is reported as unreachable."""
+        file = BAD_RULES / "unreachable_rule.yaml"
+        _, problems = load_rules([file], TARGETS)
+        assert [str(p) for p in problems] == [
+            f"{file}:5: rules[1]: can never match: rule 'everyone' at {file}:3 catches every "
+            "alert without 'continue: true' (got 'databases')"
+        ]
+
+    def test_duplicate_name(self) -> None:
+        """Two rules with one name are reported at the second, naming the first."""
+        file = BAD_RULES / "duplicate_name.yaml"
+        _, problems = load_rules([file], TARGETS)
+        assert [str(p) for p in problems] == [
+            f"{file}:6: rules[1].name: duplicate rule name, first at {file}:3 "
+            "(got 'critical alerts')"
+        ]
+
+    def test_target_may_be_paged_directly(self, tmp_path: Path) -> None:
+        """A rule may page a target by name instead of a role."""
+        (loaded,) = load_text(tmp_path, """
+rules:
+  - name: dba direct
+    page: [dba-oncall]
+""")
+        assert loaded.page == ("dba-oncall",)
+
+    def test_bad_when_and_severity_reported_together(self, tmp_path: Path) -> None:
+        """Every problem of a rule is reported at once, each at its own line, sorted."""
+        path = tmp_path / "rules.yaml"
+        path.write_text("""rules:
+  - name: loud
+    when: {tier_at_most: 1.0, colour: red}
+    page: [incident_lead]
+    severity: urgent
+    continue: maybe
+""", encoding="utf-8")
+        _, problems = load_rules([path], TARGETS)
+        assert str(ConfigError(problems)).splitlines() == [
+            f"{path}:3: rules[0].when.colour: unknown condition (got 'colour')",
+            f"{path}:3: rules[0].when.tier_at_most: must be 1, 2, 3 or 4 (got 1.0)",
+            f"{path}:5: rules[0].severity: must be one of info, warning, error, critical "
+            "(got 'urgent')",
+            f"{path}:6: rules[0].continue: must be true or false (got 'maybe')",
+        ]
+
+    def test_missing_path(self, tmp_path: Path) -> None:
+        """A rules path that does not exist is reported once."""
+        missing = tmp_path / "nope"
+        _, problems = load_rules([missing], TARGETS)
+        assert [str(p) for p in problems] == [f"{missing}: no such file or directory"]

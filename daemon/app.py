@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import aiohttp
@@ -25,15 +26,19 @@ from daemon.store import Store
 from daemon.store.sqlite import SqliteStore
 
 log = logging.getLogger("firehouse")
+# Settings built into the store, the socket, the HTTP app or the PagerDuty client at start.
+RESTART_ONLY = ("state", "listen_host", "listen_port", "max_body_bytes", "pagerduty_url",
+                "pagerduty_timeout")
 
 
 class Firehouse:
     """The running daemon: owns the store, the workers and the listening socket."""
 
     def __init__(self, config: Config, config_path: Path | None, store: Store | None = None,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, env: Mapping[str, str] | None = None) -> None:
         self.config = config
         self.config_path = config_path
+        self.env = env  # what reloads read instead of os.environ, when given
         self.metrics = metrics or Metrics()
         self.store: Store = store or SqliteStore(config.settings.state)
         self.accepting = False
@@ -51,14 +56,18 @@ class Firehouse:
     def reload(self) -> Config:
         """Build and validate the new configuration completely, then swap it in."""
         try:
-            config = load_config(self.config_path)
+            config = load_config(self.config_path, self.env)
         except ConfigError as exc:
             self.metrics.reload_ok.set(0)
-            log.error("reload failed; keeping configuration %s:\n%s", self.config.digest, exc)
+            # The problems are the message; a traceback would only bury them.
+            log.error("reload failed; keeping configuration %s:\n%s",  # noqa: TRY400
+                      self.config.digest, exc)
             raise
-        if config.settings.state != self.config.settings.state:
-            log.warning("state path changes only on restart; keeping %s",
-                        self.config.settings.state)
+        for name in RESTART_ONLY:
+            old, new = getattr(self.config.settings, name), getattr(config.settings, name)
+            if new != old:
+                log.warning("setting %s changes only on restart; still using %s (not %s)",
+                            name, old, new)
         self._activate(config)
         log.info("configuration reloaded digest=%s", config.digest)
         return config
@@ -72,7 +81,14 @@ class Firehouse:
                                 len(config.graph.services), len(config.rules), time.time())
 
     async def start(self) -> None:
-        """Open the store, load state, start the workers, then listen."""
+        """Open the store, load state, start the workers, then listen; undone on failure."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
         settings = self.config.settings
         await self.store.open()
         await self.dispatcher.load()
@@ -85,9 +101,7 @@ class Firehouse:
         await self.runner.setup()
         site = web.TCPSite(self.runner, settings.listen_host, settings.listen_port)
         await site.start()
-        server = getattr(site, "_server", None)
-        sockets = getattr(server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else settings.listen_port
+        self.port = self.runner.addresses[0][1]
         self.accepting = True
         mode = "DRY-RUN (no routing keys: events are logged, not sent)" if settings.dry_run \
             else f"sending to {settings.pagerduty_url}"
@@ -99,11 +113,13 @@ class Firehouse:
         """Stop in stages, each with its own timeout: intake, requests, workers, store."""
         self.accepting = False
         if self.runner is not None:
+            runner, self.runner = self.runner, None
             log.info("shutdown: finishing in-flight requests")
-            await self.runner.cleanup()
+            await runner.cleanup()
         if self.deliverer is not None:
             self.deliverer.stop()
-        for task in self._tasks:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
             try:
                 await asyncio.wait_for(task, timeout=10.0)
             except TimeoutError:
@@ -112,7 +128,8 @@ class Firehouse:
             except asyncio.CancelledError:
                 pass
         if self.session is not None:
-            await self.session.close()
+            session, self.session = self.session, None
+            await session.close()
         log.info("shutdown: closing the store")
         await self.store.close()
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from daemon.alerts import Alert, Webhook
 from daemon.config import Config
-from daemon.graph import SEVERITIES, Impact, Service, ServiceGraph, higher
+from daemon.graph import DOWN, SEVERITIES, Impact, Service, ServiceGraph, higher
 from daemon.rules import Outcome, Subject, evaluate
 
 TRIGGER = "trigger"
@@ -29,6 +29,7 @@ DEDUP_KEY_LIMIT = 255
 CLIENT = "Firehouse"
 SUMMARY_ROLES = frozenset({"senior_management", "business_line"})
 _TOP = 10
+RESOLVE_PRIORITY = 0
 
 # Words seen in the wild for severity, mapped to PagerDuty's four values.
 SEVERITY_WORDS: Mapping[str, str] = MappingProxyType({
@@ -111,6 +112,7 @@ class OutboundEvent:
     dedup_key: str = ""
     action: str = TRIGGER
     body: Mapping[str, Any] = field(default_factory=dict)
+    # Higher is sent first when the outbox has a backlog: new pages by severity, then resolves.
     priority: int = 0
 
 
@@ -202,6 +204,11 @@ def cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def trigger_priority(severity: str) -> int:
+    """Outbox priority of a trigger: critical pages first, every page before any resolve."""
+    return RESOLVE_PRIORITY + 1 + SEVERITIES.index(severity)
+
+
 def dedup_key(incident_id: str, target: str) -> str:
     """The stable PagerDuty dedup key of an incident's page on one target."""
     key = f"firehouse/{incident_id}/{target}"
@@ -241,11 +248,11 @@ def apply(state: State, decision: Decision) -> State:
                 if by_fp.get(fp) == incident.id:
                     del by_fp[fp]
     for incident_id_, fp in decision.seen:
-        incident = open_.get(incident_id_)
-        if incident is not None and decision.now is not None and fp in incident.alerts:
-            alerts = dict(incident.alerts)
+        seen = open_.get(incident_id_)
+        if seen is not None and decision.now is not None and fp in seen.alerts:
+            alerts = dict(seen.alerts)
             alerts[fp] = replace(alerts[fp], last_seen=decision.now)
-            open_[incident_id_] = replace(incident, alerts=MappingProxyType(alerts))
+            open_[incident_id_] = replace(seen, alerts=MappingProxyType(alerts))
     resolved.update(decision.resolutions)
     return State(MappingProxyType(open_), MappingProxyType(by_fp), MappingProxyType(resolved))
 
@@ -292,29 +299,47 @@ class _Work:
             self.seen.append((existing, alert.fingerprint))
             self._explain(alert, service, label, "already open", incident_id=existing)
             return
-        resolved_start = self.resolutions.get(
-            alert.fingerprint, self.resolved.get(alert.fingerprint))
-        if alert.starts_at is not None and resolved_start == alert.starts_at:
+        known, resolved_start = self._last_resolution(alert.fingerprint)
+        if known and _not_after(alert.starts_at, resolved_start):
+            # Occurrences of one alert never overlap: a firing that started no later than a
+            # resolved occurrence is a late copy (HA peer, retry), not a new fire. Without a
+            # startsAt there is no telling, and paging again is the cheaper mistake.
             self._explain(alert, service, label, "stale repeat of a resolved alert")
             return
         self._open(alert, service, label)
+
+    def _last_resolution(self, fingerprint: str) -> tuple[bool, datetime | None]:
+        """Whether a resolution of the alert is remembered, and when that occurrence began."""
+        if fingerprint in self.resolutions:
+            return True, self.resolutions[fingerprint]
+        if fingerprint in self.resolved:
+            return True, self.resolved[fingerprint]
+        return False, None
 
     def resolve(self, alert: Alert) -> None:
         service, label = locate(alert.labels, self.config.graph, self.settings.service_labels)
         existing = self.by_fp.get(alert.fingerprint)
         if existing is None:
-            known = self.resolutions.get(alert.fingerprint, self.resolved.get(alert.fingerprint))
-            if alert.fingerprint in self.resolved and known == alert.starts_at:
+            known, resolved_start = self._last_resolution(alert.fingerprint)
+            if known and (alert.starts_at is None
+                          or _not_after(alert.starts_at, resolved_start)):
                 self._explain(alert, service, label, "already resolved")
             else:
                 # Remembered, so that a late copy of its firing notification pages nobody.
                 self.resolutions[alert.fingerprint] = alert.starts_at
                 self._explain(alert, service, label, "resolution of an alert never seen firing")
             return
-        self.resolutions[alert.fingerprint] = alert.starts_at
         incident = self.changed.get(existing) or self.open[existing]
         alerts = dict(incident.alerts)
         record = alerts[alert.fingerprint]
+        if (alert.starts_at is not None and record.starts_at is not None
+                and alert.starts_at < record.starts_at):
+            # A late copy (HA peer, retry) of the resolution of an earlier occurrence: the
+            # occurrence that is open now has not ended, so its pages must stay up.
+            self._explain(alert, service, label, "stale resolution of an earlier occurrence",
+                          incident_id=existing)
+            return
+        self.resolutions[alert.fingerprint] = alert.starts_at
         alerts[alert.fingerprint] = replace(
             record, status=RESOLVED, ends_at=alert.ends_at or self.now, last_seen=self.now)
         self.timeline.append(Note(incident.id, self.now, "alert_resolved",
@@ -327,11 +352,13 @@ class _Work:
                 self.events.append(OutboundEvent(
                     incident.id, page.target, page.routing_key, page.dedup_key, RESOLVE,
                     MappingProxyType({"event_action": RESOLVE, "dedup_key": page.dedup_key}),
-                    priority=1,
+                    priority=RESOLVE_PRIORITY,
                 ))
             self.timeline.append(Note(incident.id, self.now, "resolved",
                                       f"incident resolved; {len(pages)} page(s) resolved"))
-            del self.by_fp[alert.fingerprint]
+            for fp in alerts:
+                if self.by_fp.get(fp) == incident.id:
+                    del self.by_fp[fp]
         else:
             incident = replace(incident, updated_at=self.now, alerts=MappingProxyType(alerts))
         self.changed[incident.id] = incident
@@ -354,7 +381,7 @@ class _Work:
             severity=alert_severity, first_seen=self.now, last_seen=self.now,
         )
         title = self._title(record, service, impact, severity)
-        summary = impact_summary(impact, graph)
+        summary = impact_summary(impact)
         pages = tuple(
             Page(target, roles, dedup_key(ident, target), severity,
                  self._routing_key(target))
@@ -376,7 +403,7 @@ class _Work:
             body = self._trigger_body(incident, record, page, service)
             self.events.append(OutboundEvent(
                 ident, page.target, page.routing_key, page.dedup_key, TRIGGER,
-                MappingProxyType(body), priority=2 - SEVERITIES.index(severity) // 2,
+                MappingProxyType(body), priority=trigger_priority(severity),
             ))
             self.timeline.append(Note(ident, self.now, "paged",
                                       f"paged {page.target} as {', '.join(page.roles)} "
@@ -479,6 +506,11 @@ class _Work:
         return body
 
 
+def _not_after(start: datetime | None, resolved_start: datetime | None) -> bool:
+    """Whether an occurrence that began at `start` is known to have ended."""
+    return start is not None and resolved_start is not None and start <= resolved_start
+
+
 def _business_leads(graph: ServiceGraph, impact: Impact) -> list[str]:
     """The service lead of each business service hit: the one on its most critical service."""
     leads: list[str] = []
@@ -494,11 +526,10 @@ def _business_leads(graph: ServiceGraph, impact: Impact) -> list[str]:
     return leads
 
 
-def impact_summary(impact: Impact, graph: ServiceGraph) -> dict[str, Any]:
+def impact_summary(impact: Impact) -> dict[str, Any]:
     """The impact, small enough for a page: top entries with totals, and explaining paths."""
-    down = [s for s in impact.impacted if s.state == "down"]
-    degraded = [s for s in impact.impacted if s.state != "down"]
-    del graph
+    down = list(impact.down)
+    degraded = [s for s in impact.impacted if s.state != DOWN]
     return {
         "failing": list(impact.failing),
         "most_critical_tier": impact.most_critical_tier,

@@ -35,7 +35,8 @@ class Dispatcher:
         self.on_commit = on_commit
         self.state = State()
         self._lock = asyncio.Lock()
-        self._generation = 0
+        self._in_flight = 0
+        self._stale = False
 
     @property
     def retention_seconds(self) -> float:
@@ -56,32 +57,41 @@ class Dispatcher:
         async with self._lock:
             now = self.clock()
             decision = decide(webhook, self.config, self.state, now)
-            generation = self._generation
             if decision.changes_anything:
                 # Advance now so the next webhook decides on top of this one; undone below
                 # (by reloading) if the commit fails.
                 self.state = apply(self.state, decision)
+                self._in_flight += 1
         if decision.changes_anything:
             try:
                 await self.store.commit(decision)
             except StoreError:
-                await self._recover(generation)
+                self._stale = True
                 raise
+            finally:
+                await self._settle()
             if decision.events:
                 self.on_commit()
         self._count(decision)
         return decision
 
-    async def _recover(self, generation: int) -> None:
+    async def _settle(self) -> None:
+        """After a commit: once none is in flight, replace a state that a failure spoiled.
+
+        Reloading while other commits are in flight would forget their decisions, and the
+        next repeat of their alerts would page again under new dedup keys.
+        """
         async with self._lock:
-            if self._generation != generation:
+            self._in_flight -= 1
+            if not self._stale or self._in_flight:
                 return
-            self._generation += 1
             log.error("commit failed; reloading engine state from the store")
             try:
                 await self.load()
             except StoreError:
-                log.exception("could not reload state; keeping the in-memory state")
+                log.exception("could not reload state; will retry after the next commit")
+            else:
+                self._stale = False
 
     def _count(self, decision: Decision) -> None:
         for incident in decision.incidents:

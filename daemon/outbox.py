@@ -33,7 +33,7 @@ def utcnow() -> datetime:
 
 
 def backoff(attempts: int, base: float, cap: float, rng: random.Random) -> float:
-    """Seconds to wait before attempt `attempts + 1`: exponential, capped, with full jitter."""
+    """Seconds to wait before attempt `attempts + 1`: exponential, capped, jittered by half."""
     ceiling = min(cap, base * (2 ** min(attempts, 30)))
     return rng.uniform(ceiling / 2, ceiling)
 
@@ -60,7 +60,7 @@ class Deliverer:
         self.batch = batch
         self.base_delay = base_delay
         self.max_delay = max_delay
-        self.rng = rng or random.Random()
+        self.rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
         self._wake = asyncio.Event()
         self._stopping = False
 
@@ -89,6 +89,9 @@ class Deliverer:
 
     async def _sleep_until_due(self) -> None:
         self._wake.clear()
+        if self._stopping:
+            # stop() came during the last batch: its wake-up was just cleared.
+            return
         next_at = await self.store.next_attempt_at()
         timeout = 60.0
         if next_at is not None:
@@ -99,8 +102,20 @@ class Deliverer:
     async def deliver_due(self) -> int:
         """Send one batch of due events concurrently; returns how many were attempted."""
         events = await self.store.due_events(self.clock(), self.batch)
-        if events:
-            await asyncio.gather(*(self._deliver(e) for e in events))
+        # Every attempt finishes before the next batch is read: an event still in flight
+        # would otherwise be read again and sent twice, or overtaken by its own resolve.
+        results = await asyncio.gather(*(self._deliver(e) for e in events),
+                                       return_exceptions=True)
+        failures: list[Exception] = []
+        for event, result in zip(events, results, strict=True):
+            if isinstance(result, Exception):
+                log.error("could not deliver or record %s", _describe(event), exc_info=result)
+                failures.append(result)
+            elif isinstance(result, BaseException):
+                raise result
+        if failures:
+            # Those events are still pending and due: let run() pause rather than resend.
+            raise failures[0]
         return len(events)
 
     async def _deliver(self, event: StoredEvent) -> None:

@@ -6,7 +6,6 @@ outcome of a closed set, which is also the metric label. Retrying is the outbox'
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -109,5 +108,3 @@ class PagerDutyClient:
             return SendResult(TIMEOUT, 0, f"no answer within {self.timeout.total:g}s")
         except aiohttp.ClientError as exc:
             return SendResult(CONNECTION_ERROR, 0, f"{type(exc).__name__}: {exc}"[:_MESSAGE_LIMIT])
-        except asyncio.CancelledError:
-            raise

@@ -21,15 +21,17 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from daemon.alerts import parse_body
 from daemon.errors import ConfigError, PayloadError, StoreError
+from daemon.store import StoredEvent
 
 if TYPE_CHECKING:
     from daemon.app import Firehouse
 
 log = logging.getLogger("firehouse.server")
-APP_KEY = web.AppKey("firehouse", "Firehouse")
+APP_KEY: web.AppKey[Firehouse] = web.AppKey("firehouse")
 MAX_BODY_KEY = web.AppKey("max_body", int)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-_JSON_TYPES = ("application/json",)
+# A missing Content-Type reads as application/octet-stream; old senders omit it.
+_JSON_TYPES = ("application/json", "application/octet-stream")
 
 
 def error(status: int, message: str) -> web.Response:
@@ -47,9 +49,10 @@ def authorized(request: web.Request, token: str, basic: tuple[str, str] | None) 
         return hmac.compare_digest(value.strip().encode(), token.encode())
     if basic is not None and scheme.lower() == "basic":
         try:
-            user, _, password = base64.b64decode(value.strip(), validate=True).decode().partition(":")
+            decoded = base64.b64decode(value.strip(), validate=True).decode()
         except (binascii.Error, UnicodeDecodeError):
             return False
+        user, _, password = decoded.partition(":")
         ok_user = hmac.compare_digest(user.encode(), basic[0].encode())
         ok_password = hmac.compare_digest(password.encode(), basic[1].encode())
         return ok_user and ok_password
@@ -78,7 +81,7 @@ async def alertmanager_webhook(request: web.Request) -> web.Response:
     if not firehouse.accepting:
         metrics.webhooks.labels("unavailable").inc()
         return error(503, "shutting down or not ready; retry")
-    if request.content_type not in _JSON_TYPES and request.content_type != "application/octet-stream":
+    if request.content_type not in _JSON_TYPES:
         metrics.webhooks.labels("unsupported_media_type").inc()
         return error(415, f"Content-Type must be application/json, got {request.content_type}")
     try:
@@ -102,11 +105,12 @@ async def alertmanager_webhook(request: web.Request) -> web.Response:
         decision = await firehouse.dispatcher.handle(webhook)
     except StoreError as exc:
         metrics.webhooks.labels("store_error").inc()
-        log.error("could not store decision: %s", exc)
+        log.error("could not store decision: %s", exc)  # noqa: TRY400 - the message says it all
         return error(503, "could not store the decision; retry")
     metrics.webhooks.labels("accepted").inc()
     metrics.webhook_seconds.observe(time.perf_counter() - started)
-    opened = sorted({e.incident_id for e in decision.explanations if e.action == "opened"})
+    opened = sorted({e.incident_id for e in decision.explanations
+                     if e.action == "opened" and e.incident_id is not None})
     return web.json_response({
         "status": "success",
         "alerts": len(webhook.alerts),
@@ -184,7 +188,7 @@ async def outbox(request: web.Request) -> web.Response:
     })
 
 
-def _event_json(event: Any) -> dict[str, Any]:
+def _event_json(event: StoredEvent) -> dict[str, Any]:
     return {
         "id": event.id, "incident_id": event.incident_id, "target": event.target,
         "dedup_key": event.dedup_key, "action": event.action, "state": event.state,

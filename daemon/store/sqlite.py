@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -91,10 +92,15 @@ class SqliteStore:
         self._flusher: asyncio.Task[None] | None = None
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        """Run `fn` on the connection's thread; SQLite and OS errors become StoreError."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"state database {self.path}: {exc}") from exc
 
     @property
     def conn(self) -> sqlite3.Connection:
+        """The open connection; use it only from the store's thread."""
         if self._conn is None:
             raise StoreError("store is not open")
         return self._conn
@@ -104,37 +110,55 @@ class SqliteStore:
         await self._run(self._open)
 
     def _open(self) -> None:
+        conn = self._connect()
+        try:
+            self._prepare(conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    def _connect(self) -> sqlite3.Connection:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            # Created private before SQLite touches it: SQLite gives its -wal and -shm files
+            # the database's mode, and all three hold routing keys.
+            os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
+            return sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open state database {self.path}: {exc}") from exc
+
+    def _prepare(self, conn: sqlite3.Connection) -> None:
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             # FULL: a commit that answered Alertmanager 200 survives power loss.
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA busy_timeout=5000")
             check = conn.execute("PRAGMA quick_check").fetchone()[0]
-            if check != "ok":
-                raise StoreError(f"state database {self.path} is corrupt: {check}")
+        except sqlite3.Error as exc:
+            raise StoreError(f"state database {self.path} is unusable: {exc}") from exc
+        if check != "ok":
+            raise StoreError(f"state database {self.path} is corrupt: {check}")
+        if mode != "wal":
+            log.warning("state database %s: journal mode is %s, not wal (file system without "
+                        "shared memory?); commits stay durable but are slower", self.path, mode)
+        try:
             conn.executescript(SCHEMA)
             row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             if row is None:
                 conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
-            elif int(row[0]) > SCHEMA_VERSION:
-                raise StoreError(f"state database {self.path} has schema version {row[0]}, "
-                                 f"newer than this Firehouse ({SCHEMA_VERSION})")
         except sqlite3.Error as exc:
-            conn.close()
             raise StoreError(f"state database {self.path} is unusable: {exc}") from exc
-        except StoreError:
-            conn.close()
-            raise
-        try:
-            self.path.chmod(0o600)  # it holds routing keys
-        except OSError:
-            log.warning("could not restrict permissions of %s", self.path)
-        self._conn = conn
+        if row is not None and int(row[0]) > SCHEMA_VERSION:
+            raise StoreError(f"state database {self.path} has schema version {row[0]}, "
+                             f"newer than this Firehouse ({SCHEMA_VERSION})")
+        for path in (self.path, *(self.path.with_name(self.path.name + s)
+                                   for s in ("-wal", "-shm"))):
+            try:
+                if path.exists():
+                    path.chmod(0o600)  # files made by an older version may be readable
+            except OSError:
+                log.warning("could not restrict permissions of %s", path)
 
     async def close(self) -> None:
         """Finish pending writes and close the connection."""
@@ -160,8 +184,13 @@ class SqliteStore:
             batch, self._pending = self._pending, []
             try:
                 await self._run(self._write, [d for d, _ in batch])
-            except (sqlite3.Error, OSError) as exc:
-                error = StoreError(f"could not write to {self.path}: {exc}")
+            except Exception as exc:
+                if not isinstance(exc, StoreError):
+                    # A bug, not the disk; still a StoreError for the callers, so that the
+                    # webhook is answered 503 (retried) and the engine state is reloaded.
+                    log.exception("unexpected error writing to %s", self.path)
+                error = exc if isinstance(exc, StoreError) else StoreError(
+                    f"could not write to {self.path}: {exc!r}")
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(error)
@@ -176,10 +205,12 @@ class SqliteStore:
         try:
             for decision in decisions:
                 self._write_one(conn, decision)
+            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            # Some failures (disk full, I/O error) have rolled back already.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
 
     @staticmethod
     def _write_one(conn: sqlite3.Connection, decision: Decision) -> None:
@@ -289,10 +320,7 @@ class SqliteStore:
             "last_error=? WHERE id=?", (DEAD, now.timestamp(), status, error, event_id))
 
     async def _update(self, sql: str, args: tuple[Any, ...]) -> None:
-        try:
-            await self._run(self.conn.execute, sql, args)
-        except sqlite3.Error as exc:
-            raise StoreError(f"could not update the outbox in {self.path}: {exc}") from exc
+        await self._run(lambda: self.conn.execute(sql, args))
 
     async def oldest_pending_at(self) -> datetime | None:
         """When the oldest event still waiting for delivery was created."""
@@ -304,7 +332,7 @@ class SqliteStore:
         """Number of outbox rows per state."""
         rows = await self._run(lambda: self.conn.execute(
             "SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall())
-        return {state: count for state, count in rows}
+        return dict(rows)
 
     async def list_events(self, state: str | None, limit: int) -> list[StoredEvent]:
         """Outbox rows, newest first, optionally of one state."""

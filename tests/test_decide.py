@@ -1,0 +1,315 @@
+"""The pure decision core: no I/O, an explicit `now`, the repository's maps and rules."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+
+from daemon.alerts import parse_body
+from daemon.config import Config
+from daemon.decide import (
+    DEDUP_KEY_LIMIT,
+    RESOLVE,
+    SUMMARY_LIMIT,
+    TRIGGER,
+    Decision,
+    OutboundEvent,
+    State,
+    apply,
+    business_summary,
+    decide,
+    dedup_key,
+    map_severity,
+)
+from daemon.rules import Rule
+from tests.helpers import (
+    FIXTURES,
+    NOW,
+    STARTED,
+    alert,
+    make_config,
+    resolved,
+    routing_key,
+    webhook,
+)
+from tests.pagerduty_standin import EVENT_PATH, validate
+
+SEVERITY_LABELS = ("severity", "priority")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+@pytest.fixture(scope="module")
+def config() -> Config:
+    """The repository's settings, maps and rules, with a routing key for every target."""
+    return make_config()
+
+
+def pg_lag(starts_at: datetime = STARTED) -> dict[str, Any]:
+    """A replication-lag warning on the payments database (tier 1, under checkout)."""
+    labels = {"alertname": "PostgresReplicationLag", "service": "postgres-payments",
+              "severity": "warning", "instance": "pg-payments-1:9187"}
+    return alert(labels, annotations={"summary": "replica 40s behind"}, starts_at=starts_at)
+
+
+def triggers(decision: Decision) -> list[OutboundEvent]:
+    """The trigger events of a decision."""
+    return [e for e in decision.events if e.action == TRIGGER]
+
+
+def resolves(decision: Decision) -> list[OutboundEvent]:
+    """The resolve events of a decision."""
+    return [e for e in decision.events if e.action == RESOLVE]
+
+
+def step(state: State, decision: Decision) -> State:
+    """The state once `decision` is stored, as the dispatcher advances it."""
+    return apply(state, decision)
+
+
+class TestMapSeverity:
+    @pytest.mark.parametrize(
+        ("labels", "expected"),
+        [
+            ({"severity": "page"}, "critical"),
+            ({"severity": "major"}, "error"),
+            ({"severity": "exception"}, "error"),
+            ({"severity": " WARNING "}, "warning"),
+            ({"severity": "info"}, "info"),
+            ({}, "error"),
+            ({"severity": "purple"}, "critical"),
+            ({"severity": "", "priority": "P0"}, "critical"),
+        ],
+        ids=["page", "major", "exception", "case-and-space", "info", "missing", "unknown",
+             "empty-falls-back-to-priority"],
+    )
+    def test_words_map_to_pagerduty_severities(
+        self, labels: dict[str, str], expected: str
+    ) -> None:
+        """Severity words seen in the wild map to PagerDuty's four values, erring upward."""
+        assert map_severity(labels, SEVERITY_LABELS) == expected
+
+
+class TestDecideFiring:
+    def test_warning_on_tier1_database_pages_every_role_at_critical(self, config: Config) -> None:
+        """A warning on postgres-payments pages DBA, command center, checkout owner at critical."""
+        decision = decide(webhook(pg_lag()), config, State(), NOW)
+
+        sent = triggers(decision)
+        assert sorted(e.target for e in sent) == ["checkout-owner", "command-center", "dba-oncall"]
+        assert {e.body["payload"]["severity"] for e in sent} == {"critical"}
+        assert all(e.routing_key == routing_key(e.target) for e in sent)
+        (incident,) = decision.incidents
+        assert incident.severity == "critical"
+        assert incident.mapped
+        assert sent[0].body["payload"]["custom_details"]["alert_severity"] == "warning"
+
+    def test_unmapped_alert_pages_only_the_command_center_flagged(self, config: Config) -> None:
+        """An alert on a service in no map pages only the command center, flagged unmapped."""
+        labels = {"alertname": "DiskFull", "service": "mystery-box", "severity": "warning"}
+        decision = decide(webhook(alert(labels)), config, State(), NOW)
+
+        (event,) = triggers(decision)
+        assert event.target == "command-center"
+        assert event.body["payload"]["severity"] == "warning"
+        assert event.body["payload"]["custom_details"]["unmapped"] is True
+        assert "UNMAPPED" in event.body["payload"]["summary"]
+        assert not decision.incidents[0].mapped
+
+    def test_same_webhook_twice_triggers_once(self, config: Config) -> None:
+        """The same notification again (HA peer, repeat) triggers nothing new."""
+        first = decide(webhook(pg_lag()), config, State(), NOW)
+        later = NOW + timedelta(seconds=30)
+        second = decide(webhook(pg_lag()), config, step(State(), first), later)
+
+        assert len(triggers(first)) == 3
+        assert second.events == ()
+        assert second.incidents == ()
+        assert [e.action for e in second.explanations] == ["already open"]
+
+    def test_mixed_payload_is_decided_per_alert(self, config: Config) -> None:
+        """A mixed notification opens and resolves each alert by its own status."""
+        old = alert({"alertname": "CartSlow", "service": "cart", "severity": "warning"})
+        state = step(State(), decide(webhook(old), config, State(), NOW))
+        new = pg_lag()
+
+        # Alertmanager's top-level status says "resolved" here; only the alerts count.
+        decision = decide(webhook(new, resolved(old), status="resolved"), config, state,
+                          NOW + timedelta(minutes=1))
+
+        actions = {(e.alertname, e.action) for e in decision.explanations}
+        assert actions == {("PostgresReplicationLag", "opened"), ("CartSlow", "resolved")}
+        (cart_incident,) = state.open.values()
+        assert len(triggers(decision)) == 3
+        assert {e.dedup_key for e in resolves(decision)} == {
+            p.dedup_key for p in cart_incident.pages}
+
+    def test_real_mixed_fixture_is_decided_per_alert(self, config: Config) -> None:
+        """In the real mixed payload each firing alert opens and each resolved one is remembered."""
+        raw = (FIXTURES / "am_issue1051_mixed_firing_and_resolved.json").read_bytes()
+        notification = parse_body(raw)
+        decision = decide(notification, config, State(), NOW)
+
+        by_fp = {e.fingerprint: e.action for e in decision.explanations}
+        for item in notification.alerts:
+            expected = "opened" if item.firing else "resolution of an alert never seen firing"
+            assert by_fp[item.fingerprint] == expected
+        assert {fp for fp, _ in decision.resolutions} == {
+            a.fingerprint for a in notification.alerts if not a.firing}
+
+
+class TestDecideResolving:
+    def test_resolve_reaches_every_dedup_key_through_the_same_routing_keys(
+        self, config: Config
+    ) -> None:
+        """A resolve reaches each page through its trigger's routing key, even after a rotation."""
+        opened = decide(webhook(pg_lag()), config, State(), NOW)
+        rotated = make_config(salt="rotated")
+
+        decision = decide(webhook(resolved(pg_lag())), rotated, step(State(), opened),
+                          NOW + timedelta(minutes=10))
+
+        pages = {(e.dedup_key, e.routing_key) for e in triggers(opened)}
+        assert {(e.dedup_key, e.routing_key) for e in resolves(decision)} == pages
+        assert triggers(decision) == []
+        (incident,) = decision.incidents
+        assert incident.status == "resolved"
+
+    def test_resolve_event_carries_only_action_and_dedup_key(self, config: Config) -> None:
+        """A resolve event's body is exactly event_action and dedup_key."""
+        opened = decide(webhook(pg_lag()), config, State(), NOW)
+        decision = decide(webhook(resolved(pg_lag())), config, step(State(), opened), NOW)
+
+        for event in resolves(decision):
+            assert dict(event.body) == {"event_action": "resolve", "dedup_key": event.dedup_key}
+
+    def test_late_duplicate_of_firing_after_resolve_opens_nothing(self, config: Config) -> None:
+        """A late copy of the firing (same startsAt) after its resolve opens nothing."""
+        state = step(State(), decide(webhook(pg_lag()), config, State(), NOW))
+        state = step(state, decide(webhook(resolved(pg_lag())), config, state, NOW))
+
+        late = decide(webhook(pg_lag()), config, state, NOW + timedelta(seconds=5))
+
+        assert late.events == ()
+        assert [e.action for e in late.explanations] == ["stale repeat of a resolved alert"]
+
+    def test_refire_with_new_starts_at_opens_a_new_incident(self, config: Config) -> None:
+        """A re-fire with a new startsAt opens a new incident under new dedup keys."""
+        first = decide(webhook(pg_lag()), config, State(), NOW)
+        state = step(State(), first)
+        state = step(state, decide(webhook(resolved(pg_lag())), config, state, NOW))
+
+        again = decide(webhook(pg_lag(starts_at=NOW + timedelta(minutes=1))), config, state,
+                       NOW + timedelta(minutes=2))
+
+        assert len(triggers(again)) == 3
+        old_keys = {e.dedup_key for e in triggers(first)}
+        assert not old_keys & {e.dedup_key for e in triggers(again)}
+
+    def test_late_resolve_of_an_earlier_occurrence_keeps_the_new_one_open(
+        self, config: Config
+    ) -> None:
+        """A late resolve of an earlier occurrence leaves the current one's pages up."""
+        state = step(State(), decide(webhook(pg_lag()), config, State(), NOW))
+        state = step(state, decide(webhook(resolved(pg_lag())), config, state, NOW))
+        later = pg_lag(starts_at=NOW + timedelta(minutes=1))
+        state = step(state, decide(webhook(later), config, state, NOW + timedelta(minutes=2)))
+
+        stale = decide(webhook(resolved(pg_lag())), config, state, NOW + timedelta(minutes=3))
+
+        assert stale.events == ()
+        assert len(step(state, stale).open) == 1
+
+    def test_resolution_of_an_alert_never_seen_is_remembered(self, config: Config) -> None:
+        """A resolve of an alert never seen is remembered, so its late firing pages nobody."""
+        decision = decide(webhook(resolved(pg_lag())), config, State(), NOW)
+        state = step(State(), decision)
+
+        assert decision.events == ()
+        assert [starts for _, starts in decision.resolutions] == [STARTED]
+        late = decide(webhook(pg_lag()), config, state, NOW + timedelta(seconds=5))
+        assert late.events == ()
+
+    def test_firing_older_than_a_remembered_resolution_opens_nothing(
+        self, config: Config
+    ) -> None:
+        """A firing that began before the last resolved occurrence opens nothing."""
+        newer = pg_lag(starts_at=STARTED + timedelta(minutes=2))
+        state = step(State(), decide(webhook(resolved(newer)), config, State(), NOW))
+
+        late = decide(webhook(pg_lag()), config, state, NOW + timedelta(seconds=5))
+
+        assert late.events == ()
+
+
+class TestDedupKey:
+    def test_dedup_key_is_bounded_and_stable(self) -> None:
+        """A dedup key is at most 255 characters and fixed by incident and target."""
+        long_target = "t" * 300
+        assert len(dedup_key("0123456789abcdef", long_target)) <= DEDUP_KEY_LIMIT
+        assert dedup_key("abc", long_target) == dedup_key("abc", long_target)
+        assert dedup_key("abc", "dba-oncall") == dedup_key("abc", "dba-oncall")
+        assert dedup_key("abc", "dba-oncall") != dedup_key("abc", "command-center")
+
+    def test_dedup_keys_survive_from_trigger_to_resolve(self, config: Config) -> None:
+        """The keys a decision triggers are the keys its incident's resolve events use."""
+        opened = decide(webhook(pg_lag()), config, State(), NOW)
+        closing = decide(webhook(resolved(pg_lag())), config, step(State(), opened), NOW)
+
+        assert sorted(e.dedup_key for e in triggers(opened)) == sorted(
+            e.dedup_key for e in resolves(closing))
+        assert all(len(e.dedup_key) <= DEDUP_KEY_LIMIT for e in opened.events)
+
+
+class TestSummary:
+    def test_long_annotation_is_cut_to_pagerduty_limit(self, config: Config) -> None:
+        """The 4,955-character annotation pages with a spec-valid summary of <= 1024 characters."""
+        raw = (FIXTURES / "prometheus_bot_v3_very_long_annotation.json").read_bytes()
+        decision = decide(parse_body(raw), config, State(), NOW)
+
+        assert triggers(decision)
+        for event in triggers(decision):
+            summary = event.body["payload"]["summary"]
+            assert len(summary) <= SUMMARY_LIMIT
+            assert summary.endswith("…")
+            body = {**event.body, "routing_key": event.routing_key}
+            assert validate(EVENT_PATH, body) == []
+
+    def test_control_characters_in_labels_do_not_reach_the_summary(self, config: Config) -> None:
+        """Control characters in labels and annotations never reach a summary."""
+        labels = {"alertname": "Disk\x00Full\r\nFAKE: all clear\x1b[0m", "service": "bad\x85svc",
+                  "severity": "critical"}
+        item = alert(labels, annotations={"summary": "line one\nline two\ttabbed\x7f"})
+        decision = decide(webhook(item), config, State(), NOW)
+
+        assert triggers(decision)
+        for event in triggers(decision):
+            assert not _CONTROL.search(event.body["payload"]["summary"])
+        for note in decision.timeline:
+            assert not _CONTROL.search(note.message)
+
+    @pytest.mark.parametrize(("role", "target"), [("senior_management", "ops-management"),
+                                                  ("business_line", "business-line")])
+    def test_summary_roles_get_plain_summary_without_labels(
+        self, config: Config, role: str, target: str
+    ) -> None:
+        """Management and the business line get the plain summary, without labels or links."""
+        first = Rule(name="summary roles too", page=(role, "technical_lead"))
+        with_role = dataclasses.replace(config, rules=(first,))
+        labels = {"alertname": "PostgresDown", "service": "postgres-payments",
+                  "severity": "critical", "instance": "pg-payments-1:9187"}
+        decision = decide(webhook(alert(labels)), with_role, State(), NOW)
+
+        by_target = {e.target: e for e in triggers(decision)}
+        plain = by_target[target].body
+        assert plain["payload"]["summary"] == business_summary(decision.incidents[0])
+        assert "online-checkout" in plain["payload"]["summary"]
+        assert "pg-payments-1" not in json.dumps(dict(plain), ensure_ascii=False)
+        assert "labels" not in plain["payload"]["custom_details"]
+        assert "links" not in plain
+        technical = by_target["dba-oncall"].body
+        assert technical["payload"]["custom_details"]["labels"]["instance"] == "pg-payments-1:9187"

@@ -1,0 +1,96 @@
+"""The dispatcher: decisions on in-memory state, committed to a real SQLite store."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from daemon.config import Config
+from daemon.decide import Decision
+from daemon.dispatch import Dispatcher
+from daemon.errors import StoreError
+from daemon.metrics import Metrics
+from daemon.store.sqlite import SqliteStore
+from tests.helpers import NOW, alert, make_config, webhook
+
+
+class GatedStore(SqliteStore):
+    """A SQLite store whose commits wait for the test, and may then fail like a bad disk."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.gates: dict[str, asyncio.Event] = {}
+        self.failing: set[str] = set()
+
+    async def commit(self, decision: Decision) -> None:
+        """Wait for the alert's gate, then fail or commit for real."""
+        name = decision.explanations[0].alertname
+        if name in self.gates:
+            await self.gates[name].wait()
+        if name in self.failing:
+            raise StoreError(f"could not write to {self.path}: disk I/O error")
+        await super().commit(decision)
+
+
+@pytest.fixture(scope="module")
+def config() -> Config:
+    """The repository's configuration with a routing key for every target."""
+    return make_config()
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[GatedStore]:
+    """An open gated store on a fresh database file."""
+    opened = GatedStore(tmp_path / "state.db")
+    await opened.open()
+    yield opened
+    await opened.close()
+
+
+def on(service: str, name: str) -> dict[str, object]:
+    """A critical alert on a service of the example map."""
+    return alert({"alertname": name, "service": service, "severity": "critical"})
+
+
+class TestDispatcher:
+    async def test_failed_commit_is_forgotten_so_the_retry_pages(
+        self, store: GatedStore, config: Config
+    ) -> None:
+        """After a failed commit the engine forgets that decision, so Alertmanager's retry pages."""
+        dispatcher = Dispatcher(store, config, Metrics(), lambda: NOW, lambda: None)
+        store.failing.add("PaymentsDown")
+
+        with pytest.raises(StoreError):
+            await dispatcher.handle(webhook(on("payments", "PaymentsDown")))
+        store.failing.clear()
+        retried = await dispatcher.handle(webhook(on("payments", "PaymentsDown")))
+
+        assert len(retried.events) == 3
+
+    async def test_failure_does_not_forget_a_commit_still_in_flight(
+        self, store: GatedStore, config: Config
+    ) -> None:
+        """A failed commit does not make the engine forget another decision committed meanwhile."""
+        dispatcher = Dispatcher(store, config, Metrics(), lambda: NOW, lambda: None)
+        store.gates = {"CartDown": asyncio.Event(), "OrdersDown": asyncio.Event()}
+        store.failing.add("CartDown")
+        cart = webhook(on("cart", "CartDown"))
+        orders = webhook(on("orders", "OrdersDown"))
+        failing = asyncio.create_task(dispatcher.handle(cart))
+        in_flight = asyncio.create_task(dispatcher.handle(orders))
+        await asyncio.sleep(0)  # both decided, both commits waiting
+
+        store.gates["CartDown"].set()
+        with pytest.raises(StoreError):
+            await failing
+        store.gates["OrdersDown"].set()
+        first = await in_flight
+
+        store.failing.clear()
+
+        assert first.events
+        assert (await dispatcher.handle(orders)).events == ()
+        assert (await dispatcher.handle(cart)).events

@@ -1,0 +1,263 @@
+"""The SQLite store, on real database files in a temporary directory."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import sqlite3
+import stat
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from daemon.config import Config
+from daemon.decide import RESOLVE, TRIGGER, Decision, State, apply, decide
+from daemon.errors import StoreError
+from daemon.store import DEAD, DELIVERED, DRY_RUN, PENDING
+from daemon.store.sqlite import SqliteStore
+from tests.helpers import NOW, alert, make_config, resolved, routing_key, target_names, webhook
+
+DAY = 24 * 3600.0
+
+
+@pytest.fixture(scope="module")
+def config() -> Config:
+    """The repository's configuration with a routing key for every target."""
+    return make_config()
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    """An open store on a fresh database file."""
+    opened = SqliteStore(tmp_path / "state.db")
+    await opened.open()
+    yield opened
+    await opened.close()
+
+
+def db_alert(service: str = "postgres-payments", name: str = "PostgresDown",
+             severity: str = "critical") -> dict[str, Any]:
+    """A firing alert on a service of the example map."""
+    return alert({"alertname": name, "service": service, "severity": severity})
+
+
+def open_and_resolve(config: Config) -> tuple[Decision, Decision]:
+    """Two decisions: an incident opened with three pages, then resolved."""
+    firing = db_alert()
+    opened = decide(webhook(firing), config, State(), NOW)
+    closed = decide(webhook(resolved(firing)), config, apply(State(), opened),
+                    NOW + timedelta(minutes=5))
+    return opened, closed
+
+
+class TestCommitAndLoad:
+    async def test_state_survives_a_restart(self, tmp_path: Path, config: Config) -> None:
+        """What was committed is the engine state after close and reopen of the same file."""
+        path = tmp_path / "state.db"
+        one, two = db_alert(), db_alert(service="cart", name="CartSlow", severity="warning")
+        first = decide(webhook(one, two), config, State(), NOW)
+        state = apply(State(), first)
+        second = decide(webhook(resolved(two), one), config, state, NOW + timedelta(minutes=1))
+        state = apply(state, second)
+        before = SqliteStore(path)
+        await before.open()
+        await before.commit(first)
+        await before.commit(second)
+        await before.close()
+
+        after = SqliteStore(path)
+        await after.open()
+        try:
+            loaded = await after.load_state(NOW + timedelta(minutes=2), DAY)
+        finally:
+            await after.close()
+
+        assert dict(loaded.open) == dict(state.open)
+        assert dict(loaded.by_fingerprint) == dict(state.by_fingerprint)
+        assert dict(loaded.resolved) == dict(state.resolved)
+        repeat = decide(webhook(one), config, loaded, NOW + timedelta(minutes=3))
+        assert repeat.events == ()
+
+    async def test_resolutions_older_than_retention_are_not_loaded(
+        self, store: SqliteStore, config: Config
+    ) -> None:
+        """A resolution is forgotten by the engine once it is older than the retention."""
+        await store.commit(decide(webhook(resolved(db_alert())), config, State(), NOW))
+
+        assert len((await store.load_state(NOW + timedelta(hours=1), DAY)).resolved) == 1
+        assert (await store.load_state(NOW + timedelta(days=2), DAY)).resolved == {}
+
+    async def test_concurrent_commits_share_transactions(
+        self, store: SqliteStore, config: Config
+    ) -> None:
+        """Many decisions committed concurrently are all stored, in fewer transactions."""
+        decisions = []
+        state = State()
+        for n in range(50):
+            decision = decide(webhook(db_alert(name=f"Alert{n}")), config, state, NOW)
+            state = apply(state, decision)
+            decisions.append(decision)
+        statements: list[str] = []
+        store.conn.set_trace_callback(statements.append)
+
+        await asyncio.gather(*(store.commit(d) for d in decisions))
+
+        store.conn.set_trace_callback(None)
+        transactions = statements.count("COMMIT")
+        assert 1 <= transactions < len(decisions)
+        loaded = await store.load_state(NOW, DAY)
+        assert len(loaded.open) == 50
+        assert (await store.outbox_counts())[PENDING] == sum(len(d.events) for d in decisions)
+
+
+    async def test_unwritable_decision_fails_its_commit_instead_of_hanging(
+        self, store: SqliteStore, config: Config
+    ) -> None:
+        """A decision that cannot be written fails with StoreError, and the store stays usable."""
+        good = decide(webhook(db_alert()), config, State(), NOW)
+        event = dataclasses.replace(good.events[0], body={"not json": {1, 2}})
+
+        with pytest.raises(StoreError, match="could not write"):
+            await asyncio.wait_for(store.commit(Decision(events=(event,), now=NOW)), 5)
+
+        await store.commit(good)
+        assert (await store.outbox_counts())[PENDING] == len(good.events)
+
+
+class TestOpen:
+    async def test_wal_and_full_synchronous(self, store: SqliteStore) -> None:
+        """The database runs in WAL mode with synchronous=FULL."""
+        other = sqlite3.connect(store.path)
+        try:
+            assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        finally:
+            other.close()
+        assert store.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+    async def test_database_files_are_private(self, tmp_path: Path, config: Config) -> None:
+        """The database and its -wal and -shm files, which hold routing keys, are mode 0600."""
+        old_umask = os.umask(0o022)  # the usual umask, under which files are world-readable
+        try:
+            opened = SqliteStore(tmp_path / "state.db")
+            await opened.open()
+            await opened.commit(decide(webhook(db_alert()), config, State(), NOW))
+            files = sorted(tmp_path.iterdir())
+            modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in files}
+            await opened.close()
+        finally:
+            os.umask(old_umask)
+        assert {"state.db", "state.db-wal", "state.db-shm"} <= set(modes)
+        assert set(modes.values()) == {0o600}
+
+    async def test_corrupt_file_fails_open_naming_it(self, tmp_path: Path) -> None:
+        """A file of garbage fails open() with a StoreError naming the file."""
+        path = tmp_path / "state.db"
+        path.write_bytes(b"this is not a database, it is a shopping list\n" * 200)
+        corrupt = SqliteStore(path)
+
+        with pytest.raises(StoreError, match=str(path)):
+            await corrupt.open()
+        await corrupt.close()
+
+
+class TestOutbox:
+    async def test_due_events_hold_a_resolve_behind_its_pending_trigger(
+        self, store: SqliteStore, config: Config
+    ) -> None:
+        """due_events gives one event per dedup key and never a resolve before its trigger."""
+        opened, closed = open_and_resolve(config)
+        await store.commit(opened)
+        await store.commit(closed)
+        later = NOW + timedelta(hours=1)
+
+        first = await store.due_events(later, 100)
+        assert sorted(e.action for e in first) == [TRIGGER] * 3
+        assert len({e.dedup_key for e in first}) == 3
+        for event in first:
+            await store.mark_retry(event.id, later + timedelta(minutes=1), 500, "server_error")
+        assert await store.due_events(later, 100) == []
+
+        await store.mark_delivered(first[0].id, later, DELIVERED, 202)
+        (resolve,) = await store.due_events(later, 100)
+        assert (resolve.action, resolve.dedup_key) == (RESOLVE, first[0].dedup_key)
+
+    async def test_most_urgent_event_comes_first(self, store: SqliteStore, config: Config) -> None:
+        """With a backlog, a critical page is handed out before an earlier info page."""
+        quiet = alert({"alertname": "Lonely", "service": "nowhere", "severity": "info"})
+        loud = alert({"alertname": "Fire", "service": "nowhere-else", "severity": "critical"})
+        await store.commit(decide(webhook(quiet), config, State(), NOW))
+        await store.commit(decide(webhook(loud), config, State(), NOW))
+
+        (event,) = await store.due_events(NOW, 1)
+
+        assert event.body["payload"]["severity"] == "critical"
+
+    async def test_delivery_state_transitions(self, store: SqliteStore, config: Config) -> None:
+        """mark_retry keeps an event pending until its time, mark_dead and mark_delivered end it."""
+        opened, _ = open_and_resolve(config)
+        await store.commit(opened)
+        a, b, c = await store.due_events(NOW, 10)
+        retry_at = NOW + timedelta(seconds=30)
+
+        await store.mark_retry(a.id, retry_at, 503, "server_error: busy")
+        await store.mark_dead(b.id, NOW, 400, "client_error: Event object is invalid")
+        await store.mark_delivered(c.id, NOW, DRY_RUN, 0)
+
+        rows = {e.id: e for e in await store.list_events(None, 10)}
+        assert (rows[a.id].state, rows[a.id].attempts, rows[a.id].last_error) == (
+            PENDING, 1, "server_error: busy")
+        assert rows[a.id].next_attempt_at == retry_at
+        assert (rows[b.id].state, rows[b.id].attempts) == (DEAD, 1)
+        assert "Event object is invalid" in rows[b.id].last_error
+        assert rows[c.id].state == DRY_RUN
+        assert await store.outbox_counts() == {PENDING: 1, DEAD: 1, DRY_RUN: 1}
+        assert await store.next_attempt_at() == retry_at
+        assert await store.due_events(retry_at - timedelta(seconds=1), 10) == []
+        assert [e.id for e in await store.due_events(retry_at, 10)] == [a.id]
+        await store.mark_delivered(a.id, retry_at, DELIVERED, 202)
+        assert await store.next_attempt_at() is None
+        assert await store.oldest_pending_at() is None
+        assert [e.id for e in await store.list_events(DELIVERED, 10)] == [a.id]
+
+    async def test_a_dead_trigger_does_not_block_its_resolve(
+        self, store: SqliteStore, config: Config
+    ) -> None:
+        """Once a trigger is dead, the resolve queued behind it becomes due."""
+        opened, closed = open_and_resolve(config)
+        await store.commit(opened)
+        await store.commit(closed)
+        triggers = await store.due_events(NOW, 10)
+
+        await store.mark_dead(triggers[0].id, NOW, 400, "client_error")
+
+        due = await store.due_events(NOW + timedelta(minutes=5), 10)
+        assert (RESOLVE, triggers[0].dedup_key) in {(e.action, e.dedup_key) for e in due}
+
+
+class TestIncidentApi:
+    async def test_incident_json_never_contains_routing_keys(
+        self, store: SqliteStore, config: Config
+    ) -> None:
+        """list_incidents and get_incident return JSON without any routing key."""
+        opened, closed = open_and_resolve(config)
+        await store.commit(opened)
+        await store.commit(closed)
+        incident_id = opened.incidents[0].id
+
+        listed = await store.list_incidents(None, 10)
+        one = await store.get_incident(incident_id)
+
+        assert one is not None
+        assert [i["id"] for i in listed] == [incident_id]
+        assert {p["target"] for p in one["pages"]} == {e.target for e in opened.events}
+        assert one["timeline"][0]["kind"] == "opened"
+        text = json.dumps([listed, one])
+        for target in target_names():
+            assert routing_key(target) not in text
+        assert "routing_key" not in text
+        assert await store.get_incident("no-such-incident") is None

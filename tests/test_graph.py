@@ -98,7 +98,7 @@ class TestLoadShippedMaps:
             Dependency("dns"), Dependency("postgres-payments"), Dependency("egress-proxy"),
             Dependency("kafka", SOFT),
         )
-        assert payments.source == f"{SHIPPED_MAPS / 'example-shop.yaml'}:307"
+        assert payments.source == f"{SHIPPED_MAPS / 'example-shop.yaml'}:308"
 
     def test_aliases_resolve(self, shop: ServiceGraph) -> None:
         """A service is found by its name or by any of its aliases."""
@@ -177,7 +177,7 @@ class TestImpact:
         assert len(impact.impacted) == 26
         assert all(s.state == DOWN for s in impact.impacted)
         assert impact.business_services == ("customer-login", "online-checkout", "product-search")
-        assert dict(impact.tier_counts) == {1: 13, 2: 9, 3: 3, 4: 2}
+        assert dict(impact.tier_counts) == {1: 12, 2: 10, 3: 3, 4: 2}
 
     def test_severity_from_a_tier_one_down(self, shop: ServiceGraph) -> None:
         """A tier-2 failure that takes a tier-1 service down implies critical."""

@@ -390,13 +390,13 @@ class TestLoadRules:
         assert problems == []
         assert [r.name for r in rules] == [
             "unmapped alerts go to the command center",
+            "tier-1 impact brings in the service lead",
             "tier-4 batch jobs page only their own team",
             "network faults page the network lead, incident lead and management at once",
-            "tier-1 impact brings in the service lead",
             "call the fire department first",
         ]
         assert rules[-1].catches_everything
-        assert rules[3].continue_
+        assert rules[1].continue_
 
     def test_shipped_rules_on_the_shipped_map(self) -> None:
         """A payments-database alert brings in the service lead, then the fire department."""

@@ -21,7 +21,7 @@ from daemon.errors import ConfigError, PayloadError, StoreError
 class _Formatter(logging.Formatter):
     """logfmt-style lines with RFC 3339 UTC timestamps, like Alertmanager's."""
 
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         stamp = datetime.fromtimestamp(record.created, UTC)
         return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
 

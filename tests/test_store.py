@@ -186,6 +186,20 @@ class TestOutbox:
         (resolve,) = await store.due_events(later, 100)
         assert (resolve.action, resolve.dedup_key) == (RESOLVE, first[0].dedup_key)
 
+    async def test_next_attempt_ignores_events_held_behind_their_key(
+        self, store: SqliteStore, config: Config
+    ) -> None:
+        """A resolve held behind a trigger that waits for a retry does not count as due."""
+        opened, closed = open_and_resolve(config)
+        await store.commit(opened)
+        await store.commit(closed)
+        retry_at = NOW + timedelta(minutes=30)  # after the resolves were due
+        for event in await store.due_events(NOW, 100):
+            await store.mark_retry(event.id, retry_at, 503, "server_error")
+
+        assert await store.due_events(NOW, 100) == []
+        assert await store.next_attempt_at() == retry_at
+
     async def test_most_urgent_event_comes_first(self, store: SqliteStore, config: Config) -> None:
         """With a backlog, a critical page is handed out before an earlier info page."""
         quiet = alert({"alertname": "Lonely", "service": "nowhere", "severity": "info"})

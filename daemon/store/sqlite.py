@@ -296,8 +296,12 @@ class SqliteStore:
 
     async def next_attempt_at(self) -> datetime | None:
         """When the earliest pending event becomes due."""
+        # Only events not held back behind an earlier one of the same key: a resolve that
+        # is due while its trigger waits for a retry must not make the worker spin.
         row = await self._run(lambda: self.conn.execute(
-            "SELECT MIN(next_attempt_at) FROM outbox WHERE state = ?", (PENDING,)).fetchone())
+            "SELECT MIN(o.next_attempt_at) FROM outbox o WHERE o.state = ? "
+            "AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.dedup_key = o.dedup_key "
+            "AND p.state = ? AND p.id < o.id)", (PENDING, PENDING)).fetchone())
         return _dt(row[0])
 
     async def mark_delivered(self, event_id: int, now: datetime, state: str, status: int) -> None:

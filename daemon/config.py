@@ -17,7 +17,8 @@ from types import MappingProxyType
 from typing import Any
 
 from daemon.errors import ConfigError, Problem
-from daemon.graph import DEFAULT_TIER_SEVERITY, SEVERITIES, ServiceGraph, load_maps, map_files
+from daemon.graph import DEFAULT_TIER_SEVERITY, SEVERITIES, ServiceGraph
+from daemon.maps import load_maps, map_files
 from daemon.rules import Rule, load_rules, rule_files
 from daemon.yamlsrc import LocatedDict, load_file, shown
 

@@ -22,9 +22,9 @@ from daemon.graph import (
     ServiceGraph,
     build_graph,
     higher,
-    load_maps,
     lower_by_one,
 )
+from daemon.maps import load_maps
 
 ROOT = Path(__file__).parent.parent
 SHIPPED_MAPS = ROOT / "dependency_maps"

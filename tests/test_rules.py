@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from daemon.errors import ConfigError
-from daemon.graph import Dependency, Service, ServiceGraph, build_graph, load_maps
+from daemon.graph import Dependency, Service, ServiceGraph, build_graph
+from daemon.maps import load_maps
 from daemon.rules import (
     DEFAULT_RULE,
     Rule,

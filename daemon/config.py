@@ -17,8 +17,8 @@ from types import MappingProxyType
 from typing import Any
 
 from daemon.errors import ConfigError, Problem
-from daemon.graph import DEFAULT_TIER_SEVERITY, SEVERITIES, ServiceGraph
-from daemon.maps import load_maps, map_files
+from daemon.graph import DEFAULT_TIER_SEVERITY, OWNER_ROLES, SEVERITIES, ServiceGraph
+from daemon.maps import MapDefaults, MapOptions, load_maps, map_files, owner_key
 from daemon.rules import Rule, load_rules, rule_files
 from daemon.yamlsrc import LocatedDict, load_file, shown
 
@@ -82,6 +82,7 @@ class Settings:
     max_body_bytes: int = 4 * 1024 * 1024
     resolved_retention_hours: float = 24.0
     log_level: str = "info"
+    map_options: MapOptions = field(default_factory=MapOptions)
     source: str = "(built-in defaults)"
 
 
@@ -106,7 +107,8 @@ def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> Conf
     problems: list[Problem] = []
     settings = load_settings(path, env, problems)
     targets = set(settings.targets)
-    graph, map_problems = load_maps(list(settings.dependency_maps), targets, settings.tier_severity)
+    graph, map_problems = load_maps(list(settings.dependency_maps), targets, settings.tier_severity,
+                                    settings.map_options)
     problems.extend(map_problems)
     rules, rule_problems = load_rules(list(settings.rules), targets)
     problems.extend(rule_problems)
@@ -156,7 +158,8 @@ class _Reader:
     _KEYS = frozenset({
         "listen", "state", "rules", "dependency_maps", "pagerduty", "service_labels",
         "severity_labels", "roles", "targets", "tier_severity", "dry_run", "auth",
-        "max_body_bytes", "resolved_retention_hours", "log_level",
+        "max_body_bytes", "resolved_retention_hours", "log_level", "backstage_owners",
+        "map_defaults",
     })
 
     def __init__(self, raw: LocatedDict, file: str, problems: list[Problem]) -> None:
@@ -239,6 +242,8 @@ class _Reader:
             max_body_bytes=int(self._number("max_body_bytes", 4 * 1024 * 1024, 1024, 1 << 30)),
             resolved_retention_hours=self._number("resolved_retention_hours", 24.0, 0.0, 24 * 365),
             log_level=level,
+            map_options=MapOptions(MappingProxyType(self._backstage_owners(targets)),
+                                   self._map_defaults(targets)),
             source=self.file,
         )
 
@@ -389,6 +394,65 @@ class _Reader:
             self.bad("roles.incident_lead", "missing: the command center's target is required, "
                      "unmapped alerts page it")
         return roles
+
+    def _backstage_owners(self, targets: dict[str, Target]) -> dict[str, Mapping[str, str]]:
+        raw = self.get("backstage_owners", {}) or {}
+        if not isinstance(raw, dict):
+            self.bad("backstage_owners", "must map Backstage owners to {technical_lead: TARGET, "
+                     "service_lead: TARGET}", raw)
+            return {}
+        result: dict[str, Mapping[str, str]] = {}
+        for owner, roles in raw.items():
+            key = f"backstage_owners.{owner}"
+            normal = owner_key(str(owner))
+            if normal is None:
+                self.bad(key, "must be an owner ref such as team-a, group:default/team-a or "
+                         "user:guest", owner)
+            elif normal in result:
+                self.bad(key, f"names the owner {normal!r} a second time", owner)
+            elif not isinstance(roles, dict):
+                self.bad(key, "must map technical_lead and service_lead to targets", roles)
+            else:
+                result[normal] = MappingProxyType(self._leads(key, roles, targets))
+        return result
+
+    def _map_defaults(self, targets: dict[str, Target]) -> MapDefaults:
+        raw = self.get("map_defaults", {}) or {}
+        defaults = MapDefaults()
+        if not isinstance(raw, dict):
+            self.bad("map_defaults", "must be a mapping of tier, component, technical_lead and "
+                     "service_lead", raw)
+            return defaults
+        tier, component = raw.get("tier", defaults.tier), raw.get("component", defaults.component)
+        for key in raw:
+            if key not in ("tier", "component", *OWNER_ROLES):
+                self.bad(f"map_defaults.{key}", "unknown setting", key)
+        if isinstance(tier, bool) or not isinstance(tier, int) or not 1 <= tier <= 4:
+            self.bad("map_defaults.tier", "must be an integer from 1 (most critical) to 4", tier)
+            tier = defaults.tier
+        if not isinstance(component, str) or not component:
+            self.bad("map_defaults.component", "must be a non-empty string", component)
+            component = defaults.component
+        roles = {k: v for k, v in raw.items() if k in OWNER_ROLES}
+        leads = self._leads("map_defaults", roles, targets)
+        return MapDefaults(tier, component, MappingProxyType(leads))
+
+    def _leads(self, key: str, raw: dict[str, Any], targets: dict[str, Target]) -> dict[str, str]:
+        """Role -> target of a settings mapping (a backstage_owners entry, map_defaults)."""
+        leads: dict[str, str] = {}
+        for role, target in raw.items():
+            if role not in OWNER_ROLES:
+                self.bad(f"{key}.{role}", f"unknown role (expected one of "
+                         f"{', '.join(OWNER_ROLES)})", role)
+            elif not isinstance(target, str) or not target:
+                self.bad(f"{key}.{role}", "must be a target name", target)
+            else:
+                if target not in targets:
+                    self.bad(f"{key}.{role}", "names a target that is not defined in targets",
+                             target)
+                # Kept even when undefined: reported once here, not again for every service.
+                leads[role] = target
+        return leads
 
     def _tier_severity(self) -> dict[int, str]:
         raw = self.get("tier_severity")

@@ -17,7 +17,7 @@ from typing import Any
 
 from daemon.alerts import Alert, Webhook
 from daemon.config import Config
-from daemon.graph import DOWN, SEVERITIES, Impact, Service, ServiceGraph, higher
+from daemon.graph import DEGRADED, DOWN, SEVERITIES, Impact, Service, ServiceGraph, higher
 from daemon.rules import Outcome, Subject, evaluate
 
 TRIGGER = "trigger"
@@ -450,9 +450,9 @@ class _Work:
         text = f"[{severity.upper()}] {record.name} on {where}"
         if service is None:
             text += " (UNMAPPED: not in any dependency map)"
-        elif impact.impacted:
+        elif impact.impacted_total:
             business = ", ".join(impact.business_services) or "no business service"
-            text += (f" — impacts {len(impact.impacted)} service(s), tier "
+            text += (f" — impacts {impact.impacted_total} service(s), tier "
                      f"{impact.most_critical_tier}, {business}")
         detail = record.annotations.get("summary") or record.annotations.get("description")
         if detail:
@@ -527,20 +527,26 @@ def _business_leads(graph: ServiceGraph, impact: Impact) -> list[str]:
 
 
 def impact_summary(impact: Impact) -> dict[str, Any]:
-    """The impact, small enough for a page: top entries with totals, and explaining paths."""
-    down = list(impact.down)
-    degraded = [s for s in impact.impacted if s.state != DOWN]
+    """The impact, small enough for a page: top entries with totals, root causes, and the
+    chains that explain the most critical impacted services."""
     return {
         "failing": list(impact.failing),
         "most_critical_tier": impact.most_critical_tier,
         "business_services": list(impact.business_services),
         "tier_counts": {str(k): v for k, v in impact.tier_counts.items()},
-        "impacted_total": len(impact.impacted),
-        "down_total": len(down),
-        "degraded_total": len(degraded),
-        "down": [s.name for s in down[:_TOP]],
-        "degraded": [s.name for s in degraded[:_TOP]],
-        "why": [s.explain() for s in impact.impacted[:5]],
+        "impacted_total": impact.impacted_total,
+        "down_total": impact.down_total,
+        "degraded_total": impact.degraded_total,
+        "down": [s.name for s in impact.top(_TOP, DOWN)],
+        "degraded": [s.name for s in impact.top(_TOP, DEGRADED)],
+        "root_causes": [
+            {"services": list(c.services), "most_critical_tier": c.most_critical_tier,
+             "takes_down": c.down_total, "impacts": c.impacted_total,
+             "business_services": list(c.business_services)}
+            for c in impact.root_causes[:_TOP]
+        ],
+        "root_causes_total": len(impact.root_causes),
+        "why": [s.explain() for s in impact.top(5)],
         "implied_severity": impact.severity,
     }
 

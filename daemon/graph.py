@@ -8,9 +8,10 @@ edges only is *down*; one that needs a soft edge on every path is *degraded*.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TypeVar
 
 import networkx as nx
 
@@ -23,6 +24,7 @@ DEFAULT_TIER_SEVERITY: Mapping[int, str] = MappingProxyType(
     {1: "critical", 2: "error", 3: "warning", 4: "info"}
 )
 OWNER_ROLES = ("technical_lead", "service_lead")
+T = TypeVar("T")
 _NO_LINES: Mapping[str, int] = MappingProxyType({})
 
 
@@ -69,21 +71,99 @@ class ImpactedService:
         return f"{self.name} is {self.state} because {chain} is failing"
 
 
-@dataclass(frozen=True, slots=True)
-class Impact:
-    """What a set of failing services takes down or degrades."""
+_NO_COUNTS: Mapping[int, int] = MappingProxyType({})
+BITSET_LIMIT = 20_000
 
-    failing: tuple[str, ...]
-    impacted: tuple[ImpactedService, ...]
+
+@dataclass(frozen=True, slots=True)
+class RootCause:
+    """A probable root cause: failing services (a cycle counts as one) and what they take down."""
+
+    services: tuple[str, ...]
     most_critical_tier: int | None
+    down_total: int
+    impacted_total: int
     business_services: tuple[str, ...]
-    tier_counts: Mapping[int, int]
-    severity: str | None
+
+    @property
+    def name(self) -> str:
+        """The candidate's name: its service, or its cycle's members joined."""
+        return " <-> ".join(self.services)
+
+
+@dataclass(frozen=True, slots=True)
+class _Walk:
+    """A breadth-first walk from the failing services: the services first reached at each
+    distance, through hard edges only (down) and beyond that (degraded)."""
+
+    down: list[set[int]]
+    degraded: list[set[int]]
+
+
+class Impact:
+    """What a set of failing services takes down or degrades.
+
+    The totals are computed with the query; the impacted services themselves, with the
+    chain that explains each, only when asked for (a page needs the top few and totals).
+    """
+
+    __slots__ = ("_blame", "_graph", "_impacted", "_sources", "_walk", "business_services",
+                 "degraded_total", "down_total", "failing", "most_critical_tier",
+                 "root_causes", "severity", "tier_counts")
+
+    def __init__(self, graph: ServiceGraph | None = None, sources: tuple[int, ...] = (), *,
+                 failing: tuple[str, ...] = (), most_critical_tier: int | None = None,
+                 business_services: tuple[str, ...] = (),
+                 tier_counts: Mapping[int, int] = _NO_COUNTS, severity: str | None = None,
+                 down_total: int = 0, degraded_total: int = 0,
+                 blame: Mapping[int, tuple[int, ...]] | None = None,
+                 walk: _Walk | None = None) -> None:
+        self._graph = graph
+        self._sources = sources
+        self._blame: Mapping[int, tuple[int, ...]] = blame or {}
+        self._walk = walk
+        self._impacted: tuple[ImpactedService, ...] | None = None
+        self.failing = failing
+        self.most_critical_tier = most_critical_tier
+        self.business_services = business_services
+        self.tier_counts = tier_counts
+        self.severity = severity
+        self.down_total = down_total
+        self.degraded_total = degraded_total
+        self.root_causes: tuple[RootCause, ...] = ()
+
+    @property
+    def impacted_total(self) -> int:
+        """How many services (other than the failing ones) are down or degraded."""
+        return self.down_total + self.degraded_total
+
+    def top(self, limit: int, state: str | None = None) -> tuple[ImpactedService, ...]:
+        """At most `limit` impacted services (of one `state` if given), most critical first:
+        by tier, down before degraded, then nearest first."""
+        if self._graph is None or limit <= 0:
+            return ()
+        return self._graph._top(self, limit, state)
+
+    @property
+    def impacted(self) -> tuple[ImpactedService, ...]:
+        """Every impacted service, most critical first (built on first use)."""
+        if self._impacted is None:
+            self._impacted = self.top(self.impacted_total)
+        return self._impacted
 
     @property
     def down(self) -> tuple[ImpactedService, ...]:
         """The impacted services that are down."""
         return tuple(s for s in self.impacted if s.state == DOWN)
+
+    def blame(self, service: str) -> tuple[str, ...]:
+        """For a failing service, the chain of failing dependencies down to its root cause."""
+        if self._graph is None:
+            return (service,)
+        index = self._graph._index.position.get(service)
+        if index is None:
+            return (service,)
+        return self._graph._names(self._graph._blame_chain(self._blame, index))
 
 
 def severity_rank(severity: str) -> int:
@@ -105,15 +185,58 @@ def lower_by_one(severity: str) -> str:
     return SEVERITIES[max(0, severity_rank(severity) - 1)]
 
 
+@dataclass(frozen=True, slots=True)
+class _Bits:
+    """Reverse reachability as bitsets (bit i = service i): who is hit when a service fails."""
+
+    reach: tuple[int, ...]
+    reach_hard: tuple[int, ...]
+    tiers: Mapping[int, int]
+    business: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Index:
+    """The map as integer-indexed adjacency lists, precomputed once per load for fast queries."""
+
+    names: tuple[str, ...]
+    position: Mapping[str, int]
+    tiers: tuple[int, ...]
+    business: tuple[str | None, ...]
+    tier_sets: Mapping[int, frozenset[int]]
+    business_sets: tuple[tuple[str, frozenset[int]], ...]
+    hard_dependents: tuple[tuple[int, ...], ...]
+    soft_dependents: tuple[tuple[int, ...], ...]
+    all_dependents: tuple[tuple[int, ...], ...]
+    hard_dependencies: tuple[tuple[int, ...], ...]
+    dependencies: tuple[tuple[int, ...], ...]
+    component: tuple[int, ...]
+    bits: _Bits | None
+
+
+_CACHE_LIMIT = 4096
+
+
 @dataclass(frozen=True)
 class ServiceGraph:
-    """An immutable, validated dependency map with its networkx graph."""
+    """An immutable, validated dependency map with its networkx graph.
+
+    The map changes rarely and alerts arrive often, so what an impact query needs is
+    precomputed when the map is built: integer adjacency lists, cycles (strongly connected
+    components) and, for maps up to BITSET_LIMIT services, every service's reverse
+    reachability as a bitset, which turns a query's totals into a few big-integer operations.
+    Results are cached per failing set.
+    """
 
     services: Mapping[str, Service]
     aliases: Mapping[str, str]
     graph: nx.DiGraph
     tier_severity: Mapping[int, str] = field(default_factory=lambda: DEFAULT_TIER_SEVERITY)
     cycles: tuple[tuple[str, ...], ...] = ()
+    _index: _Index = field(default_factory=lambda: _build_index({}, nx.DiGraph()), repr=False,
+                           compare=False)
+    _cache: dict[tuple[int, ...], Impact] = field(default_factory=dict, repr=False,
+                                                 compare=False)
 
     def resolve(self, name: str) -> Service | None:
         """The service called `name` directly or through an alias."""
@@ -124,68 +247,353 @@ class ServiceGraph:
         return service
 
     def impact(self, failing: Iterable[str]) -> Impact:
-        """Union of the blast radii of `failing`, with business impact and implied severity."""
-        sources = sorted({name for name in failing if name in self.services})
-        down = self._reach(sources, hard_only=True)
-        reached = self._reach(sources, hard_only=False)
-        impacted: list[ImpactedService] = []
-        severity: str | None = None
-        for name in sources:
-            severity = higher(severity, self.tier_severity[self.services[name].tier])
-        for name, path in reached.items():
-            if name in sources:
-                continue
-            state = DOWN if name in down else DEGRADED
-            tier = self.services[name].tier
-            tier_sev = self.tier_severity[tier]
-            severity = higher(severity, tier_sev if state == DOWN else lower_by_one(tier_sev))
-            # A down service is explained by its all-hard chain, which may be longer than
-            # the shortest chain through a soft edge; distance and path must agree.
-            best_path = down.get(name, path)
-            impacted.append(ImpactedService(name, tier, state, len(best_path) - 1, best_path))
-        impacted.sort(key=lambda s: (s.tier, s.state != DOWN, s.distance, s.name))
-        every = [*sources, *(s.name for s in impacted)]
-        tiers = [self.services[n].tier for n in every]
-        counts: dict[int, int] = {}
-        for tier in tiers:
-            counts[tier] = counts.get(tier, 0) + 1
-        business = sorted(
-            {b for n in every if (b := self.services[n].business_service) is not None}
-        )
-        return Impact(
-            failing=tuple(sources),
-            impacted=tuple(impacted),
-            most_critical_tier=min(tiers) if tiers else None,
-            business_services=tuple(business),
-            tier_counts=MappingProxyType(dict(sorted(counts.items()))),
-            severity=severity,
-        )
+        """Union of the blast radii of `failing`, with business impact, implied severity and
+        probable root causes. Unknown names are ignored."""
+        position = self._index.position
+        sources = tuple(sorted({position[n] for n in failing if n in position}))
+        cached = self._cache.get(sources)
+        if cached is None:
+            cached = self._impact(sources)
+            if len(self._cache) >= _CACHE_LIMIT:
+                self._cache.clear()
+            self._cache[sources] = cached
+        return cached
 
-    def _reach(self, sources: list[str], *, hard_only: bool) -> dict[str, tuple[str, ...]]:
-        """Breadth-first walk against the edges: each reached dependent with its path."""
-        paths: dict[str, tuple[str, ...]] = {name: (name,) for name in sources}
-        queue = deque(sources)
-        pred = self.graph.pred
+    def _names(self, nodes: Iterable[int]) -> tuple[str, ...]:
+        names = self._index.names
+        return tuple(names[i] for i in nodes)
+
+    # -- totals ----------------------------------------------------------------------------
+
+    def _impact(self, sources: tuple[int, ...]) -> Impact:
+        if not sources:
+            return Impact()
+        idx = self._index
+        blame = self._find_blame(sources)
+        walk: _Walk | None = None
+        if idx.bits is not None:
+            down_counts, degraded_counts, hit = self._count_bits(sources)
+        else:
+            walk = self._walk(sources)
+            down_counts, degraded_counts, hit = self._count_walk(sources, walk)
+        severity: str | None = None
+        counts: dict[int, int] = {}
+        for tier in (1, 2, 3, 4):
+            if down_counts[tier]:
+                severity = higher(severity, self.tier_severity[tier])
+            if degraded_counts[tier]:
+                severity = higher(severity, lower_by_one(self.tier_severity[tier]))
+            if down_counts[tier] + degraded_counts[tier]:
+                counts[tier] = down_counts[tier] + degraded_counts[tier]
+        impact = Impact(
+            self, sources,
+            failing=tuple(sorted(self._names(sources))),
+            most_critical_tier=min(counts),
+            business_services=tuple(sorted(hit)),
+            tier_counts=MappingProxyType(counts),
+            severity=severity,
+            down_total=sum(down_counts) - len(sources),
+            degraded_total=sum(degraded_counts),
+            blame=blame,
+            walk=walk,
+        )
+        impact.root_causes = self._rank_roots(sources, blame, impact)
+        return impact
+
+    def _count_bits(self, sources: tuple[int, ...]) -> tuple[list[int], list[int], set[str]]:
+        """Per-tier counts of failing-or-down and of degraded services, and business hit."""
+        bits = self._index.bits
+        assert bits is not None
+        failing = reach = reach_hard = 0
+        for node in sources:
+            failing |= 1 << node
+            reach |= bits.reach[node]
+            reach_hard |= bits.reach_hard[node]
+        down = reach_hard | failing
+        degraded = reach & ~down
+        hit_mask = down | degraded
+        down_counts = [0] * 5
+        degraded_counts = [0] * 5
+        for tier, mask in bits.tiers.items():
+            down_counts[tier] = (down & mask).bit_count()
+            degraded_counts[tier] = (degraded & mask).bit_count()
+        hit = {name for name, mask in bits.business if hit_mask & mask}
+        return down_counts, degraded_counts, hit
+
+    def _walk(self, sources: tuple[int, ...]) -> _Walk:
+        """Breadth-first walk against the edges, a level at a time with set operations: down
+        through hard edges only, then degraded through whatever else reaches further."""
+        idx = self._index
+        hard, soft, every = idx.hard_dependents, idx.soft_dependents, idx.all_dependents
+        seen = set(sources)
+        down: list[set[int]] = [set(sources)]
+        while True:
+            reached: set[int] = set()
+            for node in down[-1]:
+                reached.update(hard[node])
+            reached -= seen
+            if not reached:
+                break
+            seen |= reached
+            down.append(reached)
+        degraded: list[set[int]] = [set()]
+        level = 0
+        while level < len(down) or degraded[-1]:
+            reached = set()
+            # From a down service only soft edges lead anywhere new; from a degraded one, all.
+            for node in down[level] if level < len(down) else ():
+                reached.update(soft[node])
+            for node in degraded[-1]:
+                reached.update(every[node])
+            reached -= seen
+            seen |= reached
+            degraded.append(reached)
+            level += 1
+        while degraded and not degraded[-1]:
+            degraded.pop()
+        return _Walk(down, degraded)
+
+    def _count_walk(self, sources: tuple[int, ...], walk: _Walk
+                    ) -> tuple[list[int], list[int], set[str]]:
+        idx = self._index
+        down = set().union(*walk.down)
+        degraded = set().union(*walk.degraded)
+        down_counts = [0] * 5
+        degraded_counts = [0] * 5
+        for tier, members in idx.tier_sets.items():
+            down_counts[tier] = len(down & members)
+            degraded_counts[tier] = len(degraded & members)
+        hit = {name for name, members in idx.business_sets
+               if not (members.isdisjoint(down) and members.isdisjoint(degraded))}
+        return down_counts, degraded_counts, hit
+
+    # -- the services themselves -----------------------------------------------------------
+
+    def _top(self, impact: Impact, limit: int, state: str | None) -> tuple[ImpactedService, ...]:
+        idx = self._index
+        if impact._walk is None and (idx.bits is None or limit > 64):
+            impact._walk = self._walk(impact._sources)
+        walk = impact._walk
+        found: list[ImpactedService] = []
+        for tier in (1, 2, 3, 4):
+            members = idx.tier_sets.get(tier, frozenset())
+            for is_down in (True, False):
+                wanted = limit - len(found)
+                if (state is not None and is_down != (state == DOWN)) or wanted <= 0:
+                    continue
+                picked: list[int] = []
+                if walk is None:
+                    picked = self._members_bits(impact, tier, is_down, wanted)
+                else:
+                    levels = walk.down[1:] if is_down else walk.degraded[1:]
+                    for level in levels:
+                        picked.extend(sorted(level & members)[: wanted - len(picked)])
+                        if len(picked) >= wanted:
+                            break
+                bucket = [self._describe(impact, node, is_down) for node in picked]
+                bucket.sort(key=lambda s: (s.distance, s.name))
+                found.extend(bucket)
+        return tuple(found)
+
+    def _members_bits(self, impact: Impact, tier: int, is_down: bool, wanted: int) -> list[int]:
+        bits = self._index.bits
+        assert bits is not None
+        failing = reach = reach_hard = 0
+        for node in impact._sources:
+            failing |= 1 << node
+            reach |= bits.reach[node]
+            reach_hard |= bits.reach_hard[node]
+        mask = reach_hard & ~failing if is_down else reach & ~reach_hard & ~failing
+        mask &= bits.tiers.get(tier, 0)
+        members: list[int] = []
+        while mask and len(members) < wanted:
+            low = mask & -mask
+            members.append(low.bit_length() - 1)
+            mask ^= low
+        return members
+
+    def _describe(self, impact: Impact, node: int, is_down: bool) -> ImpactedService:
+        """Describe one impacted service with its shortest chain to a failing service, found
+        by walking its own dependencies (hard ones only when it is down), then on through the
+        failing service's failing dependencies to the root cause."""
+        idx = self._index
+        failing = set(impact._sources)
+        adjacency = idx.hard_dependencies if is_down else idx.dependencies
+        came_from = {node: -1}
+        queue = deque([node])
+        end = node
         while queue:
             current = queue.popleft()
-            for dependent, attrs in pred[current].items():
-                if dependent in paths or (hard_only and attrs["kind"] != HARD):
-                    continue
-                paths[dependent] = (*paths[current], dependent)
-                queue.append(dependent)
-        return paths
+            if current in failing:
+                end = current
+                break
+            for dependency in adjacency[current]:
+                if dependency not in came_from:
+                    came_from[dependency] = current
+                    queue.append(dependency)
+        forward = [end]
+        while came_from[forward[-1]] != -1:
+            forward.append(came_from[forward[-1]])
+        # `forward` runs failing service -> ... -> node; the root cause goes in front.
+        chain = list(reversed(self._blame_chain(impact._blame, end)))[:-1] + forward
+        return ImpactedService(idx.names[node], idx.tiers[node], DOWN if is_down else DEGRADED,
+                               len(forward) - 1, self._names(chain))
+
+    # -- root causes -----------------------------------------------------------------------
+
+    def _find_blame(self, sources: tuple[int, ...]) -> dict[int, tuple[int, ...]]:
+        """For each failing service with a failing dependency (outside its own cycle), the
+        chain of dependencies to the nearest such one. Those without are root causes."""
+        idx = self._index
+        failing = set(sources)
+        if len(failing) < 2:
+            return {}
+        blame: dict[int, tuple[int, ...]] = {}
+        for start in sources:
+            own = idx.component[start]
+            came_from: dict[int, int] = {start: -1}
+            queue = deque([start])
+            while queue:
+                node = queue.popleft()
+                if node in failing and idx.component[node] != own:
+                    chain = [node]
+                    while came_from[chain[-1]] != -1:
+                        chain.append(came_from[chain[-1]])
+                    blame[start] = tuple(reversed(chain))
+                    break
+                for dependency in idx.dependencies[node]:
+                    if dependency not in came_from:
+                        came_from[dependency] = node
+                        queue.append(dependency)
+        return blame
+
+    def _blame_chain(self, blame: Mapping[int, tuple[int, ...]], node: int) -> list[int]:
+        """From a failing service along its blamed failing dependencies to a root cause."""
+        chain = [node]
+        while chain[-1] in blame:
+            chain.extend(blame[chain[-1]][1:])
+        return chain
+
+    def _rank_roots(self, sources: tuple[int, ...], blame: Mapping[int, tuple[int, ...]],
+                    whole: Impact) -> tuple[RootCause, ...]:
+        """Root causes by what they take down: most critical tier hit, then how much."""
+        idx = self._index
+        groups: dict[int, list[int]] = {}
+        for node in sources:
+            if node not in blame:
+                groups.setdefault(idx.component[node], []).append(node)
+        causes: list[RootCause] = []
+        for members in groups.values():
+            own = whole if len(members) == len(sources) else self.impact(self._names(members))
+            causes.append(RootCause(tuple(sorted(self._names(members))),
+                                    own.most_critical_tier, own.down_total,
+                                    own.impacted_total, own.business_services))
+        causes.sort(key=lambda c: (c.most_critical_tier or 99, -c.down_total,
+                                   -c.impacted_total, c.services))
+        return tuple(causes)
+
+
+def _reachability(size: int, edges: list[tuple[int, int]]) -> tuple[int, ...]:
+    """For every node, the bitset of nodes that reach it along `edges` (dependent,
+    dependency); members of a cycle reach each other."""
+    graph = nx.DiGraph()
+    graph.add_nodes_from(range(size))
+    graph.add_edges_from(edges)
+    condensed = nx.condensation(graph)
+    members: dict[int, int] = {}
+    for component, data in condensed.nodes(data=True):
+        mask = 0
+        for node in data["members"]:
+            mask |= 1 << node
+        members[component] = mask
+    above: dict[int, int] = {}
+    for component in nx.topological_sort(condensed):
+        mask = 0
+        for dependent in condensed.predecessors(component):
+            mask |= above[dependent] | members[dependent]
+        above[component] = mask
+    mapping = condensed.graph["mapping"]
+    return tuple(
+        above[mapping[node]] | (members[mapping[node]] & ~(1 << node)) for node in range(size)
+    )
+
+
+def _group(values: Sequence[T]) -> dict[T, list[int]]:
+    """The positions of each distinct value."""
+    groups: dict[T, list[int]] = {}
+    for position, value in enumerate(values):
+        groups.setdefault(value, []).append(position)
+    return groups
+
+
+def _build_index(by_name: Mapping[str, Service], graph: nx.DiGraph) -> _Index:
+    names = tuple(by_name)
+    position = {name: i for i, name in enumerate(names)}
+    size = len(names)
+    hard: list[list[int]] = [[] for _ in names]
+    soft: list[list[int]] = [[] for _ in names]
+    every: list[list[int]] = [[] for _ in names]
+    hard_deps: list[list[int]] = [[] for _ in names]
+    deps: list[list[int]] = [[] for _ in names]
+    edges: list[tuple[int, int]] = []
+    hard_edges: list[tuple[int, int]] = []
+    for name, service in by_name.items():
+        me = position[name]
+        for dep in service.depends_on:
+            other = position.get(dep.service)
+            if other is None or other in deps[me]:
+                continue  # unknown ones are reported by the loader; the rest still works
+            deps[me].append(other)
+            every[other].append(me)
+            edges.append((me, other))
+            if dep.kind == HARD:
+                hard[other].append(me)
+                hard_deps[me].append(other)
+                hard_edges.append((me, other))
+            else:
+                soft[other].append(me)
+    component = [0] * size
+    for number, group in enumerate(nx.strongly_connected_components(graph)):
+        for member in group:
+            component[position[member]] = number
+    tiers = tuple(by_name[n].tier for n in names)
+    business = tuple(by_name[n].business_service for n in names)
+    bits = None
+    if 0 < size <= BITSET_LIMIT:
+        tier_masks: dict[int, int] = {}
+        business_masks: dict[str, int] = {}
+        for node in range(size):
+            tier_masks[tiers[node]] = tier_masks.get(tiers[node], 0) | 1 << node
+            if (carried := business[node]) is not None:
+                business_masks[carried] = business_masks.get(carried, 0) | 1 << node
+        bits = _Bits(
+            reach=_reachability(size, edges), reach_hard=_reachability(size, hard_edges),
+            tiers=MappingProxyType(tier_masks), business=tuple(sorted(business_masks.items())),
+        )
+    return _Index(
+        names=names, position=MappingProxyType(position), tiers=tiers, business=business,
+        tier_sets=MappingProxyType({t: frozenset(m) for t, m in _group(tiers).items()}),
+        business_sets=tuple(sorted(
+            (name, frozenset(m)) for name, m in _group(business).items() if name is not None
+        )),
+        hard_dependents=tuple(map(tuple, hard)), soft_dependents=tuple(map(tuple, soft)),
+        all_dependents=tuple(map(tuple, every)), hard_dependencies=tuple(map(tuple, hard_deps)),
+        dependencies=tuple(map(tuple, deps)), component=tuple(component), bits=bits,
+    )
 
 
 def build_graph(services: Iterable[Service], tier_severity: Mapping[int, str] | None = None
                 ) -> ServiceGraph:
-    """Build the immutable map from validated services (dependencies must exist)."""
+    """Build the immutable map from validated services (dependencies on unknown services are
+    left out: the loader reports them)."""
     by_name = {s.name: s for s in services}
     graph = nx.DiGraph()
     graph.add_nodes_from(by_name)
     aliases: dict[str, str] = {}
     for service in by_name.values():
         for dep in service.depends_on:
-            graph.add_edge(service.name, dep.service, kind=dep.kind)
+            if dep.service in by_name:
+                graph.add_edge(service.name, dep.service, kind=dep.kind)
         for alias in service.aliases:
             aliases[alias] = service.name
     cycles = tuple(
@@ -199,4 +607,5 @@ def build_graph(services: Iterable[Service], tier_severity: Mapping[int, str] | 
         graph=graph,
         tier_severity=MappingProxyType(dict(tier_severity or DEFAULT_TIER_SEVERITY)),
         cycles=tuple(sorted(cycles)),
+        _index=_build_index(by_name, graph),
     )

@@ -172,8 +172,8 @@ def check(rule: Rule, subject: Subject) -> Verdict:
         hit = "none" if impact.most_critical_tier is None else impact.most_critical_tier
         return Verdict(rule, False, f"most critical tier hit is {hit}, "
                                     f"needs <= {when.tier_at_most}")
-    if when.impacted_at_least is not None and len(impact.impacted) < when.impacted_at_least:
-        return Verdict(rule, False, f"{len(impact.impacted)} services impacted, "
+    if when.impacted_at_least is not None and impact.impacted_total < when.impacted_at_least:
+        return Verdict(rule, False, f"{impact.impacted_total} services impacted, "
                                     f"needs >= {when.impacted_at_least}")
     if when.business_service is not None and not set(when.business_service) & set(
         impact.business_services

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from types import MappingProxyType
@@ -154,8 +155,12 @@ class TestImpact:
         assert checkout.state == DOWN
         # A soft chain (volume-storage -> kafka ··> checkout) is shorter, but does not
         # explain "down"; the distance must count the hops of the path that is shown.
-        assert checkout.path == ("volume-storage", "postgres-payments", "payments", "checkout")
-        assert checkout.distance == 3
+        # Two hard chains are equally short (through postgres-payments or postgres-users).
+        assert checkout.path[0] == "volume-storage"
+        assert checkout.path[-1] == "checkout"
+        assert checkout.distance == len(checkout.path) - 1 == 3
+        for dependency, dependent in itertools.pairwise(checkout.path):
+            assert Dependency(dependency, HARD) in shop.services[dependent].depends_on
 
     def test_impacted_order(self, shop: ServiceGraph) -> None:
         """Impacted services are ordered by tier, down before degraded, then distance, name."""
@@ -313,7 +318,7 @@ class TestBadMaps:
         ("alias_clash.yaml",
          "13: services.web-v2.aliases[1]: alias already names service 'web' (got 'web')"),
         ("invalid_yaml.yaml",
-         "6: invalid YAML: expected <block end>, but found '<block mapping start>'"),
+         "6: invalid YAML: did not find expected key"),
         ("duplicate_key.yaml", "6: services.web.tier: duplicate key"),
     ])
     def test_one_problem(self, name: str, expected: str) -> None:

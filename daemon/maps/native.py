@@ -2,25 +2,47 @@
 
 from __future__ import annotations
 
-import re
 from types import MappingProxyType
 from typing import Any
 
 from daemon.errors import Problem
 from daemon.graph import HARD, OWNER_ROLES, SOFT, Dependency, Service
+from daemon.maps.found import BAD_NAME, SERVICE_NAME, Definition, Found, Mention
 from daemon.yamlsrc import LocatedDict, LocatedList, shown
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
 _SERVICE_KEYS = frozenset(
     {"tier", "business_service", "component", "description", "owners", "aliases", "depends_on"}
 )
 
 
 def source_line(service: Service) -> int:
+    """The line a service is defined at (0 when unknown)."""
     return int(service.source.rsplit(":", 1)[1]) if ":" in service.source else 0
 
 
-def parse_native(
+def read_native(doc: Any, file: str, found: Found) -> None:
+    """Add the services of one native map document to `found`, with the names they write."""
+    for service in _parse_native(doc, file, found.problems, found.defined):
+        _record(service, file, found)
+
+
+def _record(service: Service, file: str, found: Found) -> None:
+    where = f"services.{service.name}"
+    line = source_line(service)
+    found.definitions.append(Definition(service, where, f"{where}.depends_on"))
+
+    def mention(key: str, name: str) -> Mention:
+        return Mention(name, file, service.lines.get(key, line), f"{where}.{key}", name)
+
+    for index, dep in enumerate(service.depends_on):
+        found.services.append(mention(f"depends_on[{index}]", dep.service))
+    for index, alias in enumerate(service.aliases):
+        found.aliases.append((service.name, mention(f"aliases[{index}]", alias)))
+    for role, target in service.owners.items():
+        found.targets.append(mention(f"owners.{role}", target))
+
+
+def _parse_native(
     doc: Any, file: str, problems: list[Problem], defined: set[str]
 ) -> list[Service]:
     if doc is None:
@@ -60,8 +82,8 @@ def _parse_service(
             Problem(file, at or line, path, message, shown(value) if value != "" else "")
         )
 
-    if not _NAME.match(name):
-        bad("", "invalid service name: use letters, digits and . _ : / -", name)
+    if not SERVICE_NAME.match(name):
+        bad("", BAD_NAME, name)
     if not isinstance(body, LocatedDict):
         bad("", "must be a mapping with at least 'tier', 'component' and 'owners'")
         return None

@@ -42,8 +42,8 @@ def percentile(values: list[float], q: float) -> float:
 
 def measure(size: int, queries: int, seed: int = 7) -> dict[str, Any]:
     """Load a generated map of `size` services and time impact queries on it."""
-    from daemon.decide import impact_summary  # noqa: PLC0415 - after the baseline RSS
-    from daemon.maps import load_maps  # noqa: PLC0415
+    from daemon.decide import impact_summary
+    from daemon.maps import load_maps
 
     with tempfile.TemporaryDirectory() as tmp:
         path = write(size, Path(tmp), seed)

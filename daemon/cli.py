@@ -16,6 +16,7 @@ from daemon.alerts import parse_body
 from daemon.config import Config, load_config, mask
 from daemon.decide import Decision, State, decide
 from daemon.errors import ConfigError, PayloadError, StoreError
+from daemon.render import impact_dot, impact_json, impact_text
 
 
 class _Formatter(logging.Formatter):
@@ -170,23 +171,11 @@ def cmd_impact(args: argparse.Namespace) -> int:
         names.append(service.name)
     impact = graph.impact(names)
     if args.format == "json":
-        print(json.dumps({
-            "failing": list(impact.failing), "severity": impact.severity,
-            "most_critical_tier": impact.most_critical_tier,
-            "business_services": list(impact.business_services),
-            "tier_counts": {str(k): v for k, v in impact.tier_counts.items()},
-            "impacted": [
-                {"service": s.name, "tier": s.tier, "state": s.state, "distance": s.distance,
-                 "path": list(s.path)} for s in impact.impacted
-            ],
-        }, indent=2))
-        return 0
-    print(f"failing: {', '.join(impact.failing)}")
-    print(f"implied severity: {impact.severity}; most critical tier: "
-          f"{impact.most_critical_tier}; business services: "
-          f"{', '.join(impact.business_services) or 'none'}")
-    for s in impact.impacted:
-        print(f"  {s.state:8} tier {s.tier}  {s.name}  ({' -> '.join(reversed(s.path))})")
+        print(json.dumps(impact_json(impact), indent=2))
+    elif args.format == "dot":
+        print(impact_dot(impact, graph))
+    else:
+        print(impact_text(impact))
     return 0
 
 
@@ -213,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain.set_defaults(func=cmd_explain)
     impact = add("impact", "show the blast radius of services failing together")
     impact.add_argument("services", nargs="+", metavar="SERVICE")
-    impact.add_argument("--format", choices=("text", "json"), default="text")
+    impact.add_argument("--format", choices=("text", "json", "dot"), default="text",
+                        help="dot: a Graphviz picture (firehouse impact X --format dot | dot -Tsvg)")
     impact.set_defaults(func=cmd_impact)
     return parser
 

@@ -539,12 +539,7 @@ def impact_summary(impact: Impact) -> dict[str, Any]:
         "degraded_total": impact.degraded_total,
         "down": [s.name for s in impact.top(_TOP, DOWN)],
         "degraded": [s.name for s in impact.top(_TOP, DEGRADED)],
-        "root_causes": [
-            {"services": list(c.services), "most_critical_tier": c.most_critical_tier,
-             "takes_down": c.down_total, "impacts": c.impacted_total,
-             "business_services": list(c.business_services)}
-            for c in impact.root_causes[:_TOP]
-        ],
+        "root_causes": [c.to_json() for c in impact.root_causes[:_TOP]],
         "root_causes_total": len(impact.root_causes),
         "why": [s.explain() for s in impact.top(5)],
         "implied_severity": impact.severity,

@@ -81,6 +81,7 @@ class RootCause:
 
     services: tuple[str, ...]
     most_critical_tier: int | None
+    down_tier: int | None
     down_total: int
     impacted_total: int
     business_services: tuple[str, ...]
@@ -89,6 +90,17 @@ class RootCause:
     def name(self) -> str:
         """The candidate's name: its service, or its cycle's members joined."""
         return " <-> ".join(self.services)
+
+    def to_json(self) -> dict[str, object]:
+        """The candidate as JSON-ready data, for pages and the API."""
+        return {
+            "services": list(self.services),
+            "most_critical_tier": self.most_critical_tier,
+            "most_critical_tier_down": self.down_tier,
+            "takes_down": self.down_total,
+            "impacts": self.impacted_total,
+            "business_services": list(self.business_services),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,12 +120,12 @@ class Impact:
     """
 
     __slots__ = ("_blame", "_graph", "_impacted", "_sources", "_walk", "business_services",
-                 "degraded_total", "down_total", "failing", "most_critical_tier",
+                 "degraded_total", "down_tier", "down_total", "failing", "most_critical_tier",
                  "root_causes", "severity", "tier_counts")
 
     def __init__(self, graph: ServiceGraph | None = None, sources: tuple[int, ...] = (), *,
                  failing: tuple[str, ...] = (), most_critical_tier: int | None = None,
-                 business_services: tuple[str, ...] = (),
+                 down_tier: int | None = None, business_services: tuple[str, ...] = (),
                  tier_counts: Mapping[int, int] = _NO_COUNTS, severity: str | None = None,
                  down_total: int = 0, degraded_total: int = 0,
                  blame: Mapping[int, tuple[int, ...]] | None = None,
@@ -125,6 +137,8 @@ class Impact:
         self._impacted: tuple[ImpactedService, ...] | None = None
         self.failing = failing
         self.most_critical_tier = most_critical_tier
+        # The most critical tier among the failing and down services (degraded ones aside).
+        self.down_tier = down_tier
         self.business_services = business_services
         self.tier_counts = tier_counts
         self.severity = severity
@@ -289,6 +303,7 @@ class ServiceGraph:
             self, sources,
             failing=tuple(sorted(self._names(sources))),
             most_critical_tier=min(counts),
+            down_tier=min(t for t in (1, 2, 3, 4) if down_counts[t]),
             business_services=tuple(sorted(hit)),
             tier_counts=MappingProxyType(counts),
             severity=severity,
@@ -476,7 +491,8 @@ class ServiceGraph:
 
     def _rank_roots(self, sources: tuple[int, ...], blame: Mapping[int, tuple[int, ...]],
                     whole: Impact) -> tuple[RootCause, ...]:
-        """Root causes by what they take down: most critical tier hit, then how much."""
+        """Root causes by what they take down: most critical tier down, then how many down,
+        then what they degrade."""
         idx = self._index
         groups: dict[int, list[int]] = {}
         for node in sources:
@@ -486,9 +502,10 @@ class ServiceGraph:
         for members in groups.values():
             own = whole if len(members) == len(sources) else self.impact(self._names(members))
             causes.append(RootCause(tuple(sorted(self._names(members))),
-                                    own.most_critical_tier, own.down_total,
+                                    own.most_critical_tier, own.down_tier, own.down_total,
                                     own.impacted_total, own.business_services))
-        causes.sort(key=lambda c: (c.most_critical_tier or 99, -c.down_total,
+        # What a cause takes down weighs more than what it only degrades.
+        causes.sort(key=lambda c: (c.down_tier or 99, -c.down_total, c.most_critical_tier or 99,
                                    -c.impacted_total, c.services))
         return tuple(causes)
 

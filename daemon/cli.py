@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     impact = add("impact", "show the blast radius of services failing together")
     impact.add_argument("services", nargs="+", metavar="SERVICE")
     impact.add_argument("--format", choices=("text", "json", "dot"), default="text",
-                        help="dot: a Graphviz picture (firehouse impact X --format dot | dot -Tsvg)")
+                        help="dot: a Graphviz picture (pipe into: dot -Tsvg)")
     impact.set_defaults(func=cmd_impact)
     return parser
 

@@ -247,7 +247,7 @@ class ServiceGraph:
     graph: nx.DiGraph
     tier_severity: Mapping[int, str] = field(default_factory=lambda: DEFAULT_TIER_SEVERITY)
     cycles: tuple[tuple[str, ...], ...] = ()
-    _index: _Index = field(default_factory=lambda: _build_index({}, nx.DiGraph()), repr=False,
+    _index: _Index = field(default_factory=lambda: _build_index({}), repr=False,
                            compare=False)
     _cache: dict[tuple[int, ...], Impact] = field(default_factory=dict, repr=False,
                                                  compare=False)
@@ -510,28 +510,78 @@ class ServiceGraph:
         return tuple(causes)
 
 
-def _reachability(size: int, edges: list[tuple[int, int]]) -> tuple[int, ...]:
-    """For every node, the bitset of nodes that reach it along `edges` (dependent,
-    dependency); members of a cycle reach each other."""
-    graph = nx.DiGraph()
-    graph.add_nodes_from(range(size))
-    graph.add_edges_from(edges)
-    condensed = nx.condensation(graph)
-    members: dict[int, int] = {}
-    for component, data in condensed.nodes(data=True):
-        mask = 0
-        for node in data["members"]:
-            mask |= 1 << node
-        members[component] = mask
-    above: dict[int, int] = {}
-    for component in nx.topological_sort(condensed):
-        mask = 0
-        for dependent in condensed.predecessors(component):
-            mask |= above[dependent] | members[dependent]
-        above[component] = mask
-    mapping = condensed.graph["mapping"]
+def _components(adjacency: Sequence[Sequence[int]]) -> list[list[int]]:
+    """Strongly connected components (iterative Tarjan), each emitted after every component
+    it reaches: for dependency edges, dependencies come before their dependents."""
+    size = len(adjacency)
+    index = [-1] * size
+    low = [0] * size
+    on_stack = [False] * size
+    stack: list[int] = []
+    found: list[list[int]] = []
+    counter = 0
+    for root in range(size):
+        if index[root] != -1:
+            continue
+        work = [(root, 0)]
+        while work:
+            node, child = work.pop()
+            if child == 0:
+                index[node] = low[node] = counter
+                counter += 1
+                stack.append(node)
+                on_stack[node] = True
+            recursed = False
+            neighbours = adjacency[node]
+            while child < len(neighbours):
+                nxt = neighbours[child]
+                child += 1
+                if index[nxt] == -1:
+                    work.append((node, child))
+                    work.append((nxt, 0))
+                    recursed = True
+                    break
+                if on_stack[nxt]:
+                    low[node] = min(low[node], index[nxt])
+            if recursed:
+                continue
+            if low[node] == index[node]:
+                members: list[int] = []
+                while True:
+                    member = stack.pop()
+                    on_stack[member] = False
+                    members.append(member)
+                    if member == node:
+                        break
+                found.append(members)
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+    return found
+
+
+def _reachability(dependencies: Sequence[Sequence[int]]) -> tuple[int, ...]:
+    """For every service, the bitset of services that depend on it, directly or not, along
+    `dependencies`; members of a cycle reach each other."""
+    components = _components(dependencies)
+    owner = [0] * len(dependencies)
+    members = [0] * len(components)
+    for number, group in enumerate(components):
+        for node in group:
+            owner[node] = number
+            members[number] |= 1 << node
+    above = [0] * len(components)
+    # Dependents first: a component's `above` is complete before it is pushed further down.
+    for number in range(len(components) - 1, -1, -1):
+        reach = above[number] | members[number]
+        for node in components[number]:
+            for dependency in dependencies[node]:
+                target = owner[dependency]
+                if target != number:
+                    above[target] |= reach
     return tuple(
-        above[mapping[node]] | (members[mapping[node]] & ~(1 << node)) for node in range(size)
+        above[owner[node]] | (members[owner[node]] & ~(1 << node))
+        for node in range(len(dependencies))
     )
 
 
@@ -543,7 +593,7 @@ def _group(values: Sequence[T]) -> dict[T, list[int]]:
     return groups
 
 
-def _build_index(by_name: Mapping[str, Service], graph: nx.DiGraph) -> _Index:
+def _build_index(by_name: Mapping[str, Service]) -> _Index:
     names = tuple(by_name)
     position = {name: i for i, name in enumerate(names)}
     size = len(names)
@@ -552,8 +602,6 @@ def _build_index(by_name: Mapping[str, Service], graph: nx.DiGraph) -> _Index:
     every: list[list[int]] = [[] for _ in names]
     hard_deps: list[list[int]] = [[] for _ in names]
     deps: list[list[int]] = [[] for _ in names]
-    edges: list[tuple[int, int]] = []
-    hard_edges: list[tuple[int, int]] = []
     for name, service in by_name.items():
         me = position[name]
         for dep in service.depends_on:
@@ -562,17 +610,15 @@ def _build_index(by_name: Mapping[str, Service], graph: nx.DiGraph) -> _Index:
                 continue  # unknown ones are reported by the loader; the rest still works
             deps[me].append(other)
             every[other].append(me)
-            edges.append((me, other))
             if dep.kind == HARD:
                 hard[other].append(me)
                 hard_deps[me].append(other)
-                hard_edges.append((me, other))
             else:
                 soft[other].append(me)
     component = [0] * size
-    for number, group in enumerate(nx.strongly_connected_components(graph)):
+    for number, group in enumerate(_components(deps)):
         for member in group:
-            component[position[member]] = number
+            component[member] = number
     tiers = tuple(by_name[n].tier for n in names)
     business = tuple(by_name[n].business_service for n in names)
     bits = None
@@ -584,7 +630,7 @@ def _build_index(by_name: Mapping[str, Service], graph: nx.DiGraph) -> _Index:
             if (carried := business[node]) is not None:
                 business_masks[carried] = business_masks.get(carried, 0) | 1 << node
         bits = _Bits(
-            reach=_reachability(size, edges), reach_hard=_reachability(size, hard_edges),
+            reach=_reachability(deps), reach_hard=_reachability(hard_deps),
             tiers=MappingProxyType(tier_masks), business=tuple(sorted(business_masks.items())),
         )
     return _Index(
@@ -613,16 +659,16 @@ def build_graph(services: Iterable[Service], tier_severity: Mapping[int, str] | 
                 graph.add_edge(service.name, dep.service, kind=dep.kind)
         for alias in service.aliases:
             aliases[alias] = service.name
-    cycles = tuple(
-        tuple(sorted(component))
-        for component in nx.strongly_connected_components(graph)
-        if len(component) > 1
-    )
+    index = _build_index(by_name)
+    groups: dict[int, list[str]] = {}
+    for node, number in enumerate(index.component):
+        groups.setdefault(number, []).append(index.names[node])
+    cycles = tuple(sorted(tuple(sorted(g)) for g in groups.values() if len(g) > 1))
     return ServiceGraph(
         services=MappingProxyType(by_name),
         aliases=MappingProxyType(aliases),
         graph=graph,
         tier_severity=MappingProxyType(dict(tier_severity or DEFAULT_TIER_SEVERITY)),
-        cycles=tuple(sorted(cycles)),
-        _index=_build_index(by_name, graph),
+        cycles=cycles,
+        _index=index,
     )

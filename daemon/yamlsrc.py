@@ -42,6 +42,17 @@ class _Loader(_Base):  # type: ignore[valid-type,misc]
 
     # (line, key, the mapping holding the key): the mapping gives the key its full path.
     duplicates: list[tuple[int, str, LocatedDict]]
+    # Implicit tag resolution runs a regex list per scalar; large maps repeat values a lot.
+    _resolved: dict[tuple[Any, str, tuple[bool, bool]], str]
+
+    def resolve(self, kind: Any, value: str, implicit: tuple[bool, bool]) -> str:
+        """PyYAML's tag resolution, cached per (kind, value, implicit) for this document."""
+        key = (kind, value, implicit)
+        tag = self._resolved.get(key)
+        if tag is None:
+            tag = super().resolve(kind, value, implicit)
+            self._resolved[key] = tag
+        return tag
 
 
 def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LocatedDict:
@@ -75,6 +86,7 @@ def load_documents(text: str, file: str) -> tuple[list[Any], list[Problem]]:
     """Parse every YAML document in `text`; syntax errors and duplicate keys become problems."""
     loader = _Loader(text)
     loader.duplicates = []
+    loader._resolved = {}
     docs: list[Any] = []
     problems: list[Problem] = []
     try:

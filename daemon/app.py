@@ -42,6 +42,7 @@ class Firehouse:
         self.metrics = metrics or Metrics()
         self.store: Store = store or SqliteStore(config.settings.state)
         self.accepting = False
+        self.last_auth_warning = 0.0
         self.session: aiohttp.ClientSession | None = None
         self.deliverer: Deliverer | None = None
         self._tasks: list[asyncio.Task[None]] = []

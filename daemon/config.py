@@ -24,6 +24,13 @@ from daemon.yamlsrc import LocatedDict, load_file, shown
 
 DEFAULT_SETTINGS_FILE = "firehouse.yml"
 DEFAULT_PAGERDUTY_URL = "https://events.pagerduty.com"
+# Alertmanager sends up to thousands of alerts in one notification (10,000 are about 3 MB),
+# and drops the whole group when it gets a 413: leave room above that.
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+# PagerDuty refuses an event whose routing (integration) key is not exactly this long.
+ROUTING_KEY_CHARS = 32
+# Below this length, even four characters are a large share of a secret: show none.
+_MASK_MIN_CHARS = 16
 _TARGET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _DIRECT_ROLES = ("incident_lead", "senior_management", "business_line")
@@ -56,8 +63,27 @@ class Target:
 
 
 def mask(secret: str) -> str:
-    """Hide all but the last four characters of a secret."""
-    return "(none)" if not secret else "****" + secret[-4:]
+    """Hide a secret; its last four characters are shown only when it has at least 16."""
+    if not secret:
+        return "(none)"
+    return "****" + secret[-4:] if len(secret) >= _MASK_MIN_CHARS else "****"
+
+
+def routing_key_fault(key: str) -> str | None:
+    """What keeps `key` from being a PagerDuty routing key, never quoting it; None if usable."""
+    where = []
+    if key[:1].isspace():
+        where.append("at the start")
+    if any(c.isspace() for c in key[1:-1]):
+        where.append("inside")
+    if len(key) > 1 and key[-1].isspace():
+        where.append("at the end")
+    if where:
+        return (f"must be {ROUTING_KEY_CHARS} characters without whitespace, got {len(key)} "
+                f"with whitespace {' and '.join(where)}")
+    if len(key) != ROUTING_KEY_CHARS:
+        return f"must be {ROUTING_KEY_CHARS} characters, got {len(key)}"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,11 +105,17 @@ class Settings:
     dry_run: bool = True
     bearer_token: str = field(default="", repr=False)
     basic_auth: tuple[str, str] | None = field(default=None, repr=False)
-    max_body_bytes: int = 4 * 1024 * 1024
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     resolved_retention_hours: float = 24.0
     log_level: str = "info"
     map_options: MapOptions = field(default_factory=MapOptions)
     source: str = "(built-in defaults)"
+
+    @property
+    def webhook_auth(self) -> str:
+        """How webhook requests must authenticate: bearer, basic, bearer or basic, or off."""
+        modes = [m for m, on in (("bearer", self.bearer_token), ("basic", self.basic_auth)) if on]
+        return " or ".join(modes) or "off"
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,7 +271,8 @@ class _Reader:
             dry_run=dry_run,
             bearer_token=self._secret(base, "auth.bearer_token", "auth.bearer_token_file"),
             basic_auth=self._basic_auth(base),
-            max_body_bytes=int(self._number("max_body_bytes", 4 * 1024 * 1024, 1024, 1 << 30)),
+            max_body_bytes=int(self._number("max_body_bytes", DEFAULT_MAX_BODY_BYTES, 1024,
+                                            1 << 30)),
             resolved_retention_hours=self._number("resolved_retention_hours", 24.0, 0.0, 24 * 365),
             log_level=level,
             map_options=MapOptions(MappingProxyType(self._backstage_owners(targets)),
@@ -346,12 +379,18 @@ class _Reader:
                          "variable (letters, digits, _), not the routing key itself")
                 env_name = default_env  # keeps the target defined: no cascade of errors
             file_name = options.get("routing_key_file")
+            # A key from the environment is judged exactly as given: PagerDuty would be sent
+            # a stray space too, and refuse every event.
             routing_key, source = env.get(env_name, ""), f"${env_name}"
             if file_name:
                 path = self._resolve(base, f"{key}.routing_key_file", str(file_name))
                 source = str(path)
                 routing_key = self._read_secret(path, f"{key}.routing_key_file")
-            targets[name] = Target(name, routing_key.strip(), source)
+            fault = routing_key_fault(routing_key) if routing_key else None
+            if fault is not None:
+                # Reported against where the key came from; the key itself is never shown.
+                self.problems.append(Problem(source, 0, key, f"routing key {fault}"))
+            targets[name] = Target(name, routing_key, source)
         return targets
 
     def _dry_run(self, targets: dict[str, Target]) -> bool:
@@ -474,22 +513,33 @@ class _Reader:
         value = self.get(key)
         file_value = self.get(file_key)
         if file_value:
-            return self._read_secret(self._resolve(base, file_key, str(file_value)), file_key)
+            # Alertmanager trims whitespace around the credentials it reads from a file: the
+            # same file must give the same secret here.
+            return self._read_secret(self._resolve(base, file_key, str(file_value)),
+                                     file_key).strip()
         if value is not None and not isinstance(value, str):
             self.bad(key, "must be a string", "(hidden)")
             return ""
         return value or ""
 
     def _read_secret(self, path: Path, key: str) -> str:
-        """The stripped content of a secret file; "" and a problem when it cannot be read."""
+        """A secret file's content without its final line break; "" and a problem when it
+        cannot be read or is empty (an empty token file must not turn authentication off)."""
         try:
-            return path.read_text(encoding="utf-8").strip()
+            text = path.read_text(encoding="utf-8")
         except OSError as exc:
             self.bad(key, f"cannot read: {exc.strerror or exc}", str(path))
+            return ""
         except UnicodeDecodeError:
             # The decoder's own message quotes a byte of the secret: say less.
             self.bad(key, "cannot read: not UTF-8 text", str(path))
-        return ""
+            return ""
+        # Editors and `echo` end a file with a line break; it is no part of the secret.
+        text = text.rstrip("\r\n")
+        if not text.strip():
+            self.bad(key, "is empty", str(path))
+            return ""
+        return text
 
     def _basic_auth(self, base: Path) -> tuple[str, str] | None:
         auth = self.get("auth", {}) or {}
@@ -507,7 +557,9 @@ class _Reader:
             return None
         password = self._secret(base, "auth.basic_auth.password", "auth.basic_auth.password_file")
         if not password:
-            self.bad("auth.basic_auth", "has no password (password or password_file)")
+            # An unreadable or empty password_file has been reported already.
+            if not basic.get("password_file"):
+                self.bad("auth.basic_auth", "has no password (password or password_file)")
             return None
         return basic["username"], password
 

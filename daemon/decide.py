@@ -8,6 +8,7 @@ unit-tested. The server, the store and the workers only carry decisions out.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -332,10 +333,12 @@ class _Work:
         incident = self.changed.get(existing) or self.open[existing]
         alerts = dict(incident.alerts)
         record = alerts[alert.fingerprint]
-        if (alert.starts_at is not None and record.starts_at is not None
-                and alert.starts_at < record.starts_at):
-            # A late copy (HA peer, retry) of the resolution of an earlier occurrence: the
-            # occurrence that is open now has not ended, so its pages must stay up.
+        if (alert.ends_at is not None and record.starts_at is not None
+                and alert.ends_at < record.starts_at):
+            # A late copy (HA peer, retry) of the resolution of an earlier occurrence: it
+            # ended before the open occurrence began, so the open one's pages must stay up.
+            # (startsAt cannot tell: Alertmanager keeps the earliest start when it merges
+            # copies of an alert, so a genuine resolution may carry an earlier startsAt.)
             self._explain(alert, service, label, "stale resolution of an earlier occurrence",
                           incident_id=existing)
             return
@@ -400,7 +403,7 @@ class _Work:
         self.timeline.append(Note(ident, self.now, "opened", f"{clean(title)} "
                                   f"(rules: {', '.join(incident.rules)})"))
         for page in pages:
-            body = self._trigger_body(incident, record, page, service)
+            body = fit_event(self._trigger_body(incident, record, page, service))
             self.events.append(OutboundEvent(
                 ident, page.target, page.routing_key, page.dedup_key, TRIGGER,
                 MappingProxyType(body), priority=trigger_priority(severity),
@@ -544,6 +547,49 @@ def impact_summary(impact: Impact) -> dict[str, Any]:
         "why": [s.explain() for s in impact.top(5)],
         "implied_severity": impact.severity,
     }
+
+
+EVENT_LIMIT = 500_000  # PagerDuty refuses events over 512 KB; leave room for the routing key
+_VALUE_LIMIT = 1024
+
+
+def event_size(body: Mapping[str, Any]) -> int:
+    """Bytes of the event as it is sent (JSON, non-ASCII escaped)."""
+    return len(json.dumps(body))
+
+
+def fit_event(body: dict[str, Any]) -> dict[str, Any]:
+    """The event, cut to fit PagerDuty's size limit instead of being refused whole: first long
+    label and annotation values, then annotations, then labels. What was cut is said in
+    `custom_details.firehouse_truncated`; the summary, severity and links always stay."""
+    if event_size(body) <= EVENT_LIMIT:
+        return body
+    details = dict(body["payload"]["custom_details"])
+    cuts: list[str] = []
+    steps = (
+        ("long label and annotation values cut to 1024 characters", _cut_values),
+        ("annotations left out", lambda d: d.pop("annotations", None)),
+        ("labels left out", lambda d: d.pop("labels", None)),
+        ("impact details left out", lambda d: d.pop("impact", None)),
+    )
+    for reason, step in steps:
+        step(details)
+        cuts.append(reason)
+        candidate = {**body, "payload": {**body["payload"], "custom_details": {
+            **details, "firehouse_truncated": "; ".join(cuts)}}}
+        if event_size(candidate) <= EVENT_LIMIT:
+            return candidate
+    payload = {k: v for k, v in body["payload"].items() if k != "custom_details"}
+    payload["custom_details"] = {"firehouse_truncated": "all details left out to fit 512 KB"}
+    return {**body, "payload": payload}
+
+
+def _cut_values(details: dict[str, Any]) -> None:
+    for key in ("labels", "annotations"):
+        values = details.get(key)
+        if isinstance(values, dict):
+            details[key] = {cut(str(k), _VALUE_LIMIT): cut(str(v), _VALUE_LIMIT)
+                            for k, v in values.items()}
 
 
 def business_summary(incident: Incident) -> str:

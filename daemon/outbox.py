@@ -75,17 +75,23 @@ class Deliverer:
 
     async def run(self) -> None:
         """Deliver until stopped; store errors are logged and retried, never fatal."""
+        failures = 0
         while not self._stopping:
             try:
                 delivered = await self.deliver_due()
+                failures = 0
                 if delivered:
                     continue
                 await self._sleep_until_due()
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("outbox worker error; retrying in 1s")
-                await asyncio.sleep(1.0)
+                # Typically the store (disk full): back off, or a batch that was sent but
+                # could not be recorded would be sent again every second.
+                failures += 1
+                delay = min(30.0, 2.0 ** (failures - 1))
+                log.exception("outbox worker error; retrying in %.0fs", delay)
+                await asyncio.sleep(delay)
 
     async def _sleep_until_due(self) -> None:
         self._wake.clear()

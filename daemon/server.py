@@ -62,8 +62,18 @@ def authorized(request: web.Request, token: str, basic: tuple[str, str] | None) 
 def require_auth(handler: Handler) -> Handler:
     """Wrap a handler so that it answers 401 without valid credentials."""
     async def wrapped(request: web.Request) -> web.StreamResponse:
-        settings = request.app[APP_KEY].config.settings
+        firehouse = request.app[APP_KEY]
+        settings = firehouse.config.settings
         if not authorized(request, settings.bearer_token, settings.basic_auth):
+            # Alertmanager drops a notification answered 401: make that visible here.
+            if request.path == "/webhook/alertmanager":
+                firehouse.metrics.webhooks.labels("unauthorized").inc()
+            now = time.monotonic()
+            if now - firehouse.last_auth_warning > 10.0:
+                firehouse.last_auth_warning = now
+                log.warning("rejected request without valid credentials path=%s remote=%s "
+                            "(further rejections within 10s are counted, not logged)",
+                            request.path, request.remote)
             return web.json_response(
                 {"status": "error", "error": "missing or invalid credentials"}, status=401,
                 headers={"WWW-Authenticate": 'Bearer realm="firehouse"'},
@@ -126,8 +136,9 @@ async def healthy(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
-    """Readiness: the store is open and webhooks are accepted."""
-    if request.app[APP_KEY].accepting:
+    """Readiness: webhooks are accepted and the store's last write succeeded."""
+    firehouse = request.app[APP_KEY]
+    if firehouse.accepting and firehouse.store.healthy:
         return web.Response(text="Ready.\n")
     return web.Response(text="Not ready.\n", status=503)
 

@@ -224,6 +224,21 @@ class TestDecideResolving:
         assert stale.events == ()
         assert len(step(state, stale).open) == 1
 
+    def test_resolve_with_an_earlier_merged_starts_at_still_resolves(
+        self, config: Config
+    ) -> None:
+        """A resolve whose startsAt moved earlier (Alertmanager merged an HA copy) resolves."""
+        opened = decide(webhook(pg_lag(starts_at=STARTED + timedelta(seconds=5))), config,
+                        State(), NOW)
+        state = step(State(), opened)
+        merged = resolved(pg_lag(starts_at=STARTED))
+
+        closed = decide(webhook(merged), config, state, NOW + timedelta(minutes=1))
+
+        assert sorted(e.dedup_key for e in closed.events if e.action == "resolve") == sorted(
+            e.dedup_key for e in triggers(opened))
+        assert step(state, closed).open == {}
+
     def test_resolution_of_an_alert_never_seen_is_remembered(self, config: Config) -> None:
         """A resolve of an alert never seen is remembered, so its late firing pages nobody."""
         decision = decide(webhook(resolved(pg_lag())), config, State(), NOW)
@@ -313,3 +328,40 @@ class TestSummary:
         assert "links" not in plain
         technical = by_target["dba-oncall"].body
         assert technical["payload"]["custom_details"]["labels"]["instance"] == "pg-payments-1:9187"
+
+
+class TestEventSize:
+    def test_huge_annotations_are_cut_to_fit(self, config: Config) -> None:
+        """A trigger whose annotations exceed 512 KB is cut to fit, never refused whole."""
+        from daemon.decide import EVENT_LIMIT, event_size  # noqa: PLC0415
+
+        huge = alert({"alertname": "HugeAnn", "service": "checkout", "severity": "warning"},
+                     annotations={"description": "trace\n" * 120_000, "summary": "short"})
+        decision = decide(webhook(huge), config, State(), NOW)
+
+        assert len(triggers(decision)) == 3
+        for event in triggers(decision):
+            body = dict(event.body)
+            assert event_size(body) <= EVENT_LIMIT
+            details = body["payload"]["custom_details"]
+            assert details["firehouse_truncated"] == (
+                "long label and annotation values cut to 1024 characters")
+            assert len(details["annotations"]["description"]) == 1024
+            assert details["annotations"]["summary"] == "short"
+            assert body["payload"]["severity"] == "critical"
+
+    def test_thousands_of_labels_are_left_out(self, config: Config) -> None:
+        """A trigger with too many labels to fit keeps its summary and drops the label dump."""
+        from daemon.decide import EVENT_LIMIT, event_size  # noqa: PLC0415
+
+        labels = {"alertname": "Wide", "service": "checkout"}
+        labels.update({f"label_{i:05d}": "x" * 100 for i in range(6000)})
+        decision = decide(webhook(alert(labels)), config, State(), NOW)
+
+        for event in triggers(decision):
+            body = dict(event.body)
+            assert event_size(body) <= EVENT_LIMIT
+            details = body["payload"]["custom_details"]
+            assert "labels" not in details
+            assert details["firehouse_truncated"].endswith("labels left out")
+            assert "Wide on checkout" in body["payload"]["summary"]

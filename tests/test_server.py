@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -197,6 +199,26 @@ class TestWebhook:
         assert status == expected
         assert api_status == expected
 
+    async def test_rejected_credentials_are_counted_and_logged(
+        self, tmp_path: Path, pd: PagerDutyStandIn, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A webhook refused for its credentials is counted and logged, since Alertmanager
+        drops it."""
+        settings = write_settings(tmp_path, auth={"bearer_token": TOKEN})
+        async with serving(tmp_path, pd, settings) as firehouse:
+            with caplog.at_level(logging.WARNING, logger="firehouse.server"):
+                for _ in range(3):
+                    status, _ = await firehouse.post(
+                        pg_down(), {**JSON, "Authorization": "Bearer wrong"})
+            _, metrics = await firehouse.get("/metrics")
+
+        assert status == 401
+        assert 'firehouse_webhooks_total{outcome="unauthorized"} 3.0' in metrics
+        warnings = [r.getMessage() for r in caplog.records
+                    if "without valid credentials" in r.getMessage()]
+        assert len(warnings) == 1  # rate-limited
+        assert "path=/webhook/alertmanager" in warnings[0]
+
     async def test_replayed_body_pages_once(self, tmp_path: Path, pd: PagerDutyStandIn) -> None:
         """The same notification sent twice (an HA pair) opens each PagerDuty alert once."""
         async with serving(tmp_path, pd) as firehouse:
@@ -240,6 +262,34 @@ class TestWebhook:
             healthy, _ = await firehouse.get("/-/healthy")
 
         assert (status, ready, healthy) == (503, 503, 200)
+
+
+class BrokenDiskStore(SqliteStore):
+    """A SQLite store whose transactions fail at the disk while `failing` is set."""
+
+    failing = False
+
+    def _write(self, decisions: list[Decision]) -> None:
+        if self.failing:
+            raise sqlite3.OperationalError("disk I/O error")
+        super()._write(decisions)
+
+
+class TestStoreHealth:
+    async def test_failed_write_makes_readiness_fail_until_a_write_succeeds(
+        self, tmp_path: Path, pd: PagerDutyStandIn
+    ) -> None:
+        """After a write to the store fails, /-/ready says so until a write succeeds again."""
+        store = BrokenDiskStore(tmp_path / "state.db")
+        async with serving(tmp_path, pd, store=store) as firehouse:
+            store.failing = True
+            refused, _ = await firehouse.post(pg_down())
+            not_ready, _ = await firehouse.get("/-/ready")
+            store.failing = False
+            accepted, _ = await firehouse.post(pg_down())
+            ready, _ = await firehouse.get("/-/ready")
+
+        assert (refused, not_ready, accepted, ready) == (503, 503, 200, 200)
 
 
 class TestEndpoints:

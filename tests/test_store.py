@@ -115,6 +115,29 @@ class TestCommitAndLoad:
         assert (await store.outbox_counts())[PENDING] == sum(len(d.events) for d in decisions)
 
 
+    async def test_one_bad_decision_fails_only_its_own_commit(
+        self, store: SqliteStore, config: Config
+    ) -> None:
+        """A decision that cannot be written fails alone; its batch mates are stored."""
+        decisions = []
+        state = State()
+        for n in range(10):
+            decision = decide(webhook(db_alert(name=f"Alert{n}")), config, state, NOW)
+            state = apply(state, decision)
+            decisions.append(decision)
+        # A lone surrogate cannot be encoded as UTF-8 for the incident's title column.
+        poisoned = dataclasses.replace(
+            decisions[4], incidents=(dataclasses.replace(decisions[4].incidents[0],
+                                                         title="bad \ud800"),))
+
+        results = await asyncio.gather(
+            *(store.commit(d) for d in [*decisions[:4], poisoned, *decisions[5:]]),
+            return_exceptions=True)
+
+        assert [type(r).__name__ for r in results] == ["NoneType"] * 4 + ["StoreError"] + [
+            "NoneType"] * 5
+        assert len((await store.load_state(NOW, DAY)).open) == 9
+
     async def test_unwritable_decision_fails_its_commit_instead_of_hanging(
         self, store: SqliteStore, config: Config
     ) -> None:
@@ -153,6 +176,23 @@ class TestOpen:
             os.umask(old_umask)
         assert {"state.db", "state.db-wal", "state.db-shm"} <= set(modes)
         assert set(modes.values()) == {0o600}
+
+    async def test_second_process_on_the_same_file_is_refused(self, tmp_path: Path) -> None:
+        """A second store on a state file that is in use fails to open, naming the holder."""
+        path = tmp_path / "state.db"
+        first = SqliteStore(path)
+        await first.open()
+        second = SqliteStore(path)
+        try:
+            holder = rf"in use by another Firehouse \(pid {os.getpid()}"
+            with pytest.raises(StoreError, match=holder):
+                await second.open()
+        finally:
+            await second.close()
+            await first.close()
+        third = SqliteStore(path)  # released on close
+        await third.open()
+        await third.close()
 
     async def test_corrupt_file_fails_open_naming_it(self, tmp_path: Path) -> None:
         """A file of garbage fails open() with a StoreError naming the file."""

@@ -36,6 +36,10 @@ class StoredEvent:
 class Store(Protocol):
     """Durable state of Firehouse. `commit` returns only once the decision is on disk."""
 
+    @property
+    def healthy(self) -> bool:
+        """Whether the last write succeeded (readiness reports it)."""
+
     async def open(self) -> None:
         """Open (creating or migrating) the store; raises StoreError if it is unusable."""
 

@@ -8,6 +8,7 @@ an fsync is shared by every webhook waiting on it.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import logging
 import os
@@ -90,6 +91,8 @@ class SqliteStore:
         self._conn: sqlite3.Connection | None = None
         self._pending: list[tuple[Decision, asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._lock_fd: int | None = None
+        self.healthy = True
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn` on the connection's thread; SQLite and OS errors become StoreError."""
@@ -110,13 +113,38 @@ class SqliteStore:
         await self._run(self._open)
 
     def _open(self) -> None:
+        self._lock()
         conn = self._connect()
         try:
             self._prepare(conn)
         except BaseException:
             conn.close()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
             raise
         self._conn = conn
+
+    def _lock(self) -> None:
+        """Hold an exclusive lock beside the database for as long as it is open: two
+        processes deciding on one file would page twice and leave incidents open."""
+        lock = self.path.with_name(self.path.name + ".lock")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o600)
+        except OSError as exc:
+            raise StoreError(f"cannot open lock file {lock}: {exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StoreError(f"state database {self.path} is in use by another Firehouse "
+                             f"(pid {holder}, lock {lock}); run one process per state file, "
+                             "or PostgreSQL for several replicas") from exc
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
 
     def _connect(self) -> sqlite3.Connection:
         try:
@@ -167,6 +195,9 @@ class SqliteStore:
         if self._conn is not None:
             await self._run(self._conn.close)
             self._conn = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the lock
+            self._lock_fd = None
         self._executor.shutdown(wait=True)
 
     # -- decisions -------------------------------------------------------------------------
@@ -184,20 +215,38 @@ class SqliteStore:
             batch, self._pending = self._pending, []
             try:
                 await self._run(self._write, [d for d, _ in batch])
-            except Exception as exc:
-                if not isinstance(exc, StoreError):
-                    # A bug, not the disk; still a StoreError for the callers, so that the
-                    # webhook is answered 503 (retried) and the engine state is reloaded.
-                    log.exception("unexpected error writing to %s", self.path)
-                error = exc if isinstance(exc, StoreError) else StoreError(
-                    f"could not write to {self.path}: {exc!r}")
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(error)
+            except Exception as exc:  # every failure is answered below, none is lost
+                if len(batch) == 1:
+                    self._fail(batch, exc)
+                    continue
+                # One bad decision must not fail the webhooks it happened to share a
+                # transaction with: write them one by one, failing only those that fail.
+                for decision, future in batch:
+                    try:
+                        await self._run(self._write, [decision])
+                    except Exception as single:
+                        self._fail([(decision, future)], single)
+                    else:
+                        self.healthy = True
+                        if not future.done():
+                            future.set_result(None)
             else:
+                self.healthy = True
                 for _, future in batch:
                     if not future.done():
                         future.set_result(None)
+
+    def _fail(self, batch: list[tuple[Decision, asyncio.Future[None]]], exc: Exception) -> None:
+        self.healthy = False
+        if not isinstance(exc, StoreError):
+            # A bug, not the disk; still a StoreError for the callers, so that the webhook
+            # is answered 503 (retried) and the engine state is reloaded.
+            log.error("unexpected error writing to %s: %r", self.path, exc)
+        error = exc if isinstance(exc, StoreError) else StoreError(
+            f"could not write to {self.path}: {exc!r}")
+        for _, future in batch:
+            if not future.done():
+                future.set_exception(error)
 
     def _write(self, decisions: list[Decision]) -> None:
         conn = self.conn
@@ -324,7 +373,12 @@ class SqliteStore:
             "last_error=? WHERE id=?", (DEAD, now.timestamp(), status, error, event_id))
 
     async def _update(self, sql: str, args: tuple[Any, ...]) -> None:
-        await self._run(lambda: self.conn.execute(sql, args))
+        try:
+            await self._run(lambda: self.conn.execute(sql, args))
+        except StoreError:
+            self.healthy = False
+            raise
+        self.healthy = True
 
     async def oldest_pending_at(self) -> datetime | None:
         """When the oldest event still waiting for delivery was created."""

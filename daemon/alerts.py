@@ -27,6 +27,10 @@ _FNV_OFFSET = 14695981039346656037
 _FNV_PRIME = 1099511628211
 _MASK64 = (1 << 64) - 1
 _SEPARATOR = 0xFF
+# What can put a UTF-16 surrogate into a decoded UTF-8 body: a `\uD800`-`\uDFFF` escape, or
+# a surrogate encoded as UTF-8 bytes (json decodes with "surrogatepass"). A false match (an
+# escaped backslash before "ud800") only costs a walk over the data.
+_SURROGATE_IN_BODY = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
 
 Labels = Mapping[str, str]
 _EMPTY: Labels = MappingProxyType({})
@@ -111,7 +115,44 @@ def parse_body(body: bytes) -> Webhook:
         # ValueError covers JSONDecodeError, UnicodeDecodeError and integers longer than
         # Python's digit limit; RecursionError is a body nested too deeply to decode.
         raise PayloadError(f"body is not valid JSON: {exc}") from exc
+    # json also decodes UTF-16 and UTF-32 bodies, where the byte pattern does not apply.
+    if not json.detect_encoding(body).startswith("utf-8") or _SURROGATE_IN_BODY.search(body):
+        data = _without_lone_surrogates(data)
     return parse_webhook(data)
+
+
+def _without_lone_surrogates(data: Any) -> Any:
+    """`data` with every lone surrogate in its strings, keys included, replaced by U+FFFD.
+
+    Such strings are valid JSON but cannot be encoded as UTF-8, so storing them would fail.
+    Iterative, because the data may be nested nearly as deep as the recursion limit.
+    """
+    if isinstance(data, str):
+        return _repair(data)
+    stack = [data]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            for index, item in enumerate(node):
+                if isinstance(item, str):
+                    node[index] = _repair(item)
+                elif isinstance(item, list | dict):
+                    stack.append(item)
+        elif isinstance(node, dict):
+            items = list(node.items())
+            node.clear()
+            for key, value in items:
+                if isinstance(value, list | dict):
+                    stack.append(value)
+                node[_repair(key)] = _repair(value) if isinstance(value, str) else value
+    return data
+
+
+def _repair(text: str) -> str:
+    """`text` with lone surrogates replaced by U+FFFD; a high-low pair becomes its character."""
+    # Through UTF-16, where a surrogate pair is the encoding of one character and a lone
+    # surrogate is an invalid unit that "replace" turns into U+FFFD.
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
 
 
 def parse_webhook(data: Any) -> Webhook:

@@ -595,7 +595,9 @@ def _cut_values(details: dict[str, Any]) -> None:
 def business_summary(incident: Incident) -> str:
     """A plain-language line for the business line and management: no labels, no hosts."""
     business = list(incident.impact.get("business_services", []))
-    since = incident.opened_at.strftime("%H:%M UTC")
+    # Since the fire started (the earliest alert), not since Firehouse heard of it.
+    starts = [a.starts_at for a in incident.alerts.values() if a.starts_at is not None]
+    since = min(starts, default=incident.opened_at).strftime("%Y-%m-%d %H:%M UTC")
     if business:
         return (f"Possible disruption of {', '.join(business)} since {since} "
                 f"(severity {incident.severity}). The technical teams have been paged.")

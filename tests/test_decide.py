@@ -323,6 +323,8 @@ class TestSummary:
         plain = by_target[target].body
         assert plain["payload"]["summary"] == business_summary(decision.incidents[0])
         assert "online-checkout" in plain["payload"]["summary"]
+        # Since the alert started, not since Firehouse heard of it.
+        assert f"since {STARTED:%Y-%m-%d %H:%M} UTC" in plain["payload"]["summary"]
         assert "pg-payments-1" not in json.dumps(dict(plain), ensure_ascii=False)
         assert "labels" not in plain["payload"]["custom_details"]
         assert "links" not in plain

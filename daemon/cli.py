@@ -12,25 +12,60 @@ from pathlib import Path
 from typing import Any
 
 from daemon import __version__
-from daemon.alerts import parse_body
+from daemon.alerts import parse_body, parse_time
 from daemon.config import Config, load_config, mask
 from daemon.decide import Decision, State, decide
 from daemon.errors import ConfigError, PayloadError, StoreError
 from daemon.render import impact_dot, impact_json, impact_text
 
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
-class _Formatter(logging.Formatter):
-    """logfmt-style lines with RFC 3339 UTC timestamps, like Alertmanager's."""
 
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+def logfmt_value(text: str) -> str:
+    """`text` as a logfmt value: bare when it can be, else quoted and escaped, on one line."""
+    if text and all(c.isprintable() and c not in ' ="' for c in text):
+        return text
+    return '"' + "".join(_escape(c) for c in text) + '"'
+
+
+def _escape(char: str) -> str:
+    """One character inside a quoted logfmt value."""
+    if char in _ESCAPES:
+        return _ESCAPES[char]
+    if char.isprintable():
+        return char
+    # Control characters and Unicode line separators would break the line or hide in it.
+    code = ord(char)
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
+class LogfmtFormatter(logging.Formatter):
+    """One logfmt line per record (ts, level, logger, msg), like Alertmanager's logs.
+
+    A message of several lines (a failed reload lists every problem) and a traceback keep
+    to the record's one line, their line breaks escaped as `\\n`.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record as `ts=… level=… logger=… msg=…`, plus `exc=…` for an exception."""
         stamp = datetime.fromtimestamp(record.created, UTC)
-        return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
+        ts = stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
+        fields = [("ts", ts), ("level", record.levelname), ("logger", record.name),
+                  ("msg", record.getMessage())]
+        # Structured fields passed as `extra={"fields": {...}}` become keys of their own.
+        extra = getattr(record, "fields", None)
+        if isinstance(extra, dict):
+            fields.extend((str(key), str(value)) for key, value in extra.items())
+        if record.exc_info:
+            fields.append(("exc", self.formatException(record.exc_info)))
+        if record.stack_info:
+            fields.append(("stack", self.formatStack(record.stack_info)))
+        return " ".join(f"{key}={logfmt_value(value)}" for key, value in fields)
 
 
 def _setup_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter(
-        "ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)s"))
+    handler.setFormatter(LogfmtFormatter())
     logging.basicConfig(level=level.upper(), handlers=[handler])
 
 
@@ -71,8 +106,6 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"  {problem}")
         return 1
     settings = config.settings
-    for warning in config.warnings:
-        print(f"  {warning}")
     print(f"SUCCESS: settings {settings.source}")
     print(f"  {len(config.graph.services)} services from "
           f"{', '.join(str(p) for p in settings.dependency_maps)}")
@@ -80,29 +113,54 @@ def cmd_check(args: argparse.Namespace) -> int:
     keys = sum(1 for t in settings.targets.values() if t.routing_key)
     print(f"  {len(settings.targets)} targets, {keys} with a routing key"
           + (" (dry-run: events are logged, not sent)" if settings.dry_run else ""))
+    auth = settings.webhook_auth
+    print(f"  webhook authentication: {auth}"
+          + (" (anyone who can reach the port can post alerts)" if auth == "off" else ""))
+    for warning in config.warnings:
+        print(f"  {warning}")
     return 0
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
     """Show what Firehouse would decide for a payload, sending and storing nothing."""
+    now = datetime.now(UTC)
+    if args.at:
+        at = _parse_at(args.at)
+        if at is None:
+            print(f"firehouse: --at: not an RFC 3339 time with a zone, such as "
+                  f"2026-01-31T09:00:00Z: {args.at!r}", file=sys.stderr)
+            return 2
+        now = at
     try:
         config = _load(args)
     except ConfigError as exc:
         print(f"firehouse: configuration is invalid:\n{exc}", file=sys.stderr)
         return 2
-    raw = sys.stdin.buffer.read() if args.payload == "-" else Path(args.payload).read_bytes()
+    try:
+        raw = sys.stdin.buffer.read() if args.payload == "-" else Path(args.payload).read_bytes()
+    except OSError as exc:
+        print(f"firehouse: cannot read payload {args.payload}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 1
     try:
         webhook = parse_body(raw)
     except PayloadError as exc:
         print(f"firehouse: payload rejected: {exc}", file=sys.stderr)
         return 1
-    now = datetime.fromisoformat(args.at).astimezone(UTC) if args.at else datetime.now(UTC)
     decision = decide(webhook, config, State(), now)
     if args.format == "json":
         print(json.dumps(_decision_json(decision), indent=2, ensure_ascii=False))
     else:
         _print_decision(decision, [r.reason for r in webhook.rejected])
     return 0
+
+
+def _parse_at(text: str) -> datetime | None:
+    """The `--at` time in UTC, read as Alertmanager's timestamps are; None when it is not one."""
+    try:
+        return parse_time(text)
+    except (ValueError, OverflowError):
+        return None
 
 
 def _decision_json(decision: Decision) -> dict[str, Any]:

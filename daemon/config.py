@@ -58,7 +58,7 @@ class Target:
 
     @property
     def masked(self) -> str:
-        """The routing key as it may appear in logs: only its last four characters."""
+        """The routing key as it may appear in logs (see `mask`)."""
         return mask(self.routing_key)
 
 
@@ -142,6 +142,12 @@ def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> Conf
     graph, map_problems = load_maps(list(settings.dependency_maps), targets, settings.tier_severity,
                                     settings.map_options)
     problems.extend(map_problems)
+    # Said only when the maps have no other problem: a map whose every service has an error
+    # fails to load anyway. (Not in load_maps: a single map file may rightly define nothing.)
+    if not graph.services and not any(not p.warning for p in map_problems):
+        problems.append(Problem(", ".join(str(p) for p in settings.dependency_maps), 0,
+                                "dependency_maps", "no services: every alert will be treated "
+                                "as unmapped", warning=True))
     rules, rule_problems = load_rules(list(settings.rules), targets)
     problems.extend(rule_problems)
     errors = [p for p in problems if not p.warning]
@@ -407,8 +413,12 @@ class _Reader:
             self.bad("dry_run", "must be auto, true or false", value)
             return True
         if not dry:
+            # A key file that is unreadable or empty has been reported already.
+            reported = {p.path for p in self.problems}
             for target in targets.values():
-                if not target.routing_key:
+                if not target.routing_key and (
+                    f"targets.{target.name}.routing_key_file" not in reported
+                ):
                     self.bad(f"targets.{target.name}", "has no routing key (set "
                              f"{target.key_source}); a page to it would be lost")
         return dry

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 import time
@@ -115,7 +114,8 @@ class Deliverer:
         failures: list[Exception] = []
         for event, result in zip(events, results, strict=True):
             if isinstance(result, Exception):
-                log.error("could not deliver or record %s", _describe(event), exc_info=result)
+                log.error("could not deliver or record", exc_info=result,
+                          extra={"fields": fields(event)})
                 failures.append(result)
             elif isinstance(result, BaseException):
                 raise result
@@ -126,7 +126,7 @@ class Deliverer:
 
     async def _deliver(self, event: StoredEvent) -> None:
         if not event.routing_key:
-            log.info("dry-run %s", _describe(event))
+            log.info("dry-run", extra={"fields": fields(event)})
             self.metrics.events_dry_run.inc()
             await self.store.mark_delivered(event.id, self.clock(), DRY_RUN, 0)
             return
@@ -140,35 +140,37 @@ class Deliverer:
     async def _record(self, event: StoredEvent, result: SendResult) -> None:
         now = self.clock()
         if result.outcome == OK:
-            log.info("sent %s status=%d", _describe(event), result.status)
+            log.info("sent", extra={"fields": {**fields(event), "status": result.status}})
             await self.store.mark_delivered(event.id, now, DELIVERED, result.status)
         elif result.retryable:
             delay = backoff(event.attempts, self.base_delay, self.max_delay, self.rng)
             if result.retry_after is not None:
                 delay = max(delay, min(result.retry_after, self.max_delay))
-            log.warning("retry in %.1fs %s outcome=%s status=%d error=%s", delay,
-                        _describe(event), result.outcome, result.status,
-                        json.dumps(result.message))
+            log.warning("retry", extra={"fields": {
+                **fields(event), "in": f"{delay:.1f}s", "outcome": result.outcome,
+                "status": result.status, "error": result.message}})
             await self.store.mark_retry(event.id, now + timedelta(seconds=delay),
                                         result.status, f"{result.outcome}: {result.message}")
         else:
-            log.error("dead letter %s outcome=%s status=%d error=%s", _describe(event),
-                      result.outcome, result.status, json.dumps(result.message))
+            log.error("dead letter", extra={"fields": {
+                **fields(event), "outcome": result.outcome, "status": result.status,
+                "error": result.message}})
             await self.store.mark_dead(event.id, now, result.status,
                                        f"{result.outcome}: {result.message}")
 
 
-def _describe(event: StoredEvent) -> str:
-    """One log line's worth of an event; untrusted text is JSON-escaped, the key masked."""
-    payload = event.body.get("payload") or {}
-    parts = [
-        f"action={event.action}",
-        f"target={event.target}",
-        f"routing_key={mask(event.routing_key)}",
-        f"dedup_key={json.dumps(event.dedup_key)}",
-        f"incident={event.incident_id}",
-    ]
+def fields(event: StoredEvent) -> dict[str, object]:
+    """An event's log fields: the routing key masked; untrusted text is escaped by the
+    logfmt formatter, never interpreted."""
+    found: dict[str, object] = {
+        "action": event.action,
+        "target": event.target,
+        "routing_key": mask(event.routing_key),
+        "dedup_key": event.dedup_key,
+        "incident": event.incident_id,
+    }
+    payload = event.body.get("payload")
     if isinstance(payload, dict) and payload:
-        parts.append(f"severity={payload.get('severity')}")
-        parts.append(f"summary={json.dumps(payload.get('summary', ''), ensure_ascii=True)}")
-    return " ".join(parts)
+        found["severity"] = payload.get("severity")
+        found["summary"] = payload.get("summary", "")
+    return found

@@ -392,6 +392,59 @@ class TestParseBodyErrors:
         assert webhook.rejected == ()
 
 
+class TestParseBodyLoneSurrogates:
+    """parse_body replaces lone UTF-16 surrogates, which UTF-8 cannot encode, by U+FFFD."""
+
+    def test_lone_high_surrogate(self) -> None:
+        """A lone high surrogate in an annotation becomes U+FFFD."""
+        body = (b'{"alerts":[{"status":"firing","labels":{"alertname":"x"},'
+                b'"annotations":{"summary":"\\ud800"}}]}')
+        alert = parse_body(body).alerts[0]
+        assert alert.annotations["summary"] == "\ufffd"
+        assert json.dumps(to_json(alert), ensure_ascii=False).encode("utf-8")
+
+    def test_lone_low_surrogate_in_keys_and_values(self) -> None:
+        """A lone low surrogate is replaced in label names and values, and in lists."""
+        body = (b'{"receiver":"r\\uDC00","alerts":[{"status":"firing","labels":'
+                b'{"alertname":"x","team\\udfff":"a\\udc00b"}}],"x":[["\\udc01"]]}')
+        webhook = parse_body(body)
+        assert webhook.receiver == "r\ufffd"
+        assert dict(webhook.alerts[0].labels) == {"alertname": "x", "team\ufffd": "a\ufffdb"}
+
+    def test_valid_pair_is_kept(self) -> None:
+        """An escaped surrogate pair is the character it encodes, next to a lone one."""
+        body = (b'{"alerts":[{"status":"firing","labels":{"alertname":"\\ud83d\\udd25"},'
+                b'"annotations":{"summary":"\\ud83d\\udd25 \\ud83d!"}}]}')
+        alert = parse_body(body).alerts[0]
+        assert alert.name == "\U0001f525"
+        assert alert.annotations["summary"] == "\U0001f525 \ufffd!"
+
+    def test_surrogate_encoded_as_utf8_bytes(self) -> None:
+        """A surrogate written as raw UTF-8 bytes (CESU-8 style) is repaired too."""
+        body = (b'{"alerts":[{"status":"firing","labels":{"alertname":"x"},'
+                b'"annotations":{"lone":"\xed\xa0\x80","pair":"\xed\xa0\xbd\xed\xb4\xa5"}}]}')
+        annotations = parse_body(body).alerts[0].annotations
+        assert dict(annotations) == {"lone": "\ufffd", "pair": "\U0001f525"}
+
+    def test_utf16_body(self) -> None:
+        """A UTF-16 body, where the byte pattern cannot be seen, is repaired all the same."""
+        text = ('{"alerts":[{"status":"firing","labels":{"alertname":"x"},'
+                '"annotations":{"summary":"\\udbff"}}]}')
+        alert = parse_body(text.encode("utf-16-le")).alerts[0]
+        assert alert.annotations["summary"] == "\ufffd"
+
+    def test_clean_body_is_not_walked(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Without a surrogate escape in the body, the decoded data is used as it is."""
+        def walk(data: Any) -> Any:
+            raise AssertionError("walked a body without surrogates")
+
+        monkeypatch.setattr("daemon.alerts._without_lone_surrogates", walk)
+        # As Alertmanager sends it: UTF-8, not \u escapes.
+        body = json.dumps(envelope(good_alert(annotations={"summary": "\U0001f525 ok"})),
+                          ensure_ascii=False)
+        assert parse_body(body.encode()).alerts[0].annotations["summary"] == "\U0001f525 ok"
+
+
 class TestParseAlert:
     """parse_alert on single alert objects."""
 

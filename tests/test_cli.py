@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.cli import main
+from daemon.cli import LogfmtFormatter, logfmt_value, main
 from tests.procs import require_binary
 
 ROOT = Path(__file__).parent.parent
@@ -44,6 +45,46 @@ class TestCheck:
         assert "27 services from" in out
         assert "5 rules from" in out
         assert "13 targets, 0 with a routing key (dry-run" in out
+        assert "  webhook authentication: off (anyone who can reach the port can post alerts)\n" \
+            in out
+
+    def test_says_how_webhooks_authenticate(self, capsys: pytest.CaptureFixture[str],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+        """check's summary says that a bearer token is required."""
+        monkeypatch.setenv("FIREHOUSE_WEBHOOK_TOKEN", "s3cret-token")
+        code, out, _ = run(capsys, "check", "--config", str(SETTINGS))
+        assert code == 0
+        assert "  webhook authentication: bearer\n" in out
+        assert "s3cret-token" not in out
+
+    def test_malformed_routing_key(self, capsys: pytest.CaptureFixture[str],
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+        """check fails on a routing key PagerDuty would refuse, without printing it."""
+        monkeypatch.setenv("FIREHOUSE_DRY_RUN", "true")
+        monkeypatch.setenv("FIREHOUSE_ROUTING_KEY_DBA_ONCALL", "short")
+        code, out, _ = run(capsys, "check", "--config", str(SETTINGS))
+        assert code == 1
+        assert out.splitlines() == [
+            "FAILED: 1 problem(s)",
+            "  $FIREHOUSE_ROUTING_KEY_DBA_ONCALL: targets.dba-oncall: routing key must be 32 "
+            "characters, got 5",
+        ]
+
+    def test_warns_about_maps_without_services(self, capsys: pytest.CaptureFixture[str],
+                                               tmp_path: Path) -> None:
+        """check succeeds on an empty map directory, and warns that nothing is mapped."""
+        maps = tmp_path / "maps"
+        maps.mkdir()
+        settings = tmp_path / "settings.yml"
+        settings.write_text(
+            f"rules: [{ROOT / 'rules'}]\ndependency_maps: [{maps}]\n"
+            "roles: {incident_lead: command-center, senior_management: ops-management}\n"
+            "targets: {command-center: {}, ops-management: {}}\n")
+        code, out, _ = run(capsys, "check", "--config", str(settings))
+        assert code == 0
+        assert f"  0 services from {maps}\n" in out
+        assert out.endswith(f"  {maps}: dependency_maps: warning: no services: every alert will "
+                            "be treated as unmapped\n")
 
     def test_every_problem_is_listed(self, capsys: pytest.CaptureFixture[str],
                                      tmp_path: Path) -> None:
@@ -105,6 +146,97 @@ class TestExplain:
         code, _, err = run(capsys, "explain", str(bad), "--config", str(SETTINGS))
         assert code == 1
         assert "payload rejected: field 'alerts' is missing" in err
+
+    def test_missing_payload_file(self, capsys: pytest.CaptureFixture[str],
+                                  tmp_path: Path) -> None:
+        """explain exits 1 with one line for a payload file it cannot read."""
+        missing = tmp_path / "nonexistent"
+        code, out, err = run(capsys, "explain", str(missing), "--config", str(SETTINGS))
+        assert (code, out) == (1, "")
+        assert err == f"firehouse: cannot read payload {missing}: No such file or directory\n"
+
+    @pytest.mark.parametrize("at", ["yesterday", "2026-01-31T09:00:00", "2026-13-01T00:00:00Z"])
+    def test_bad_at(self, capsys: pytest.CaptureFixture[str], at: str) -> None:
+        """explain exits 2 with one line for an --at that is no RFC 3339 time with a zone."""
+        code, out, err = run(capsys, "explain", str(EXAMPLE), "--at", at,
+                             "--config", str(SETTINGS))
+        assert (code, out) == (2, "")
+        assert err == ("firehouse: --at: not an RFC 3339 time with a zone, such as "
+                       f"2026-01-31T09:00:00Z: {at!r}\n")
+
+    def test_at(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """explain --at takes Alertmanager's timestamps, nanoseconds and offsets included."""
+        code, out, _ = run(capsys, "explain", str(EXAMPLE), "--at",
+                           "2026-01-31T10:00:00.123456789+01:00", "--config", str(SETTINGS))
+        assert code == 0
+        assert "severity: critical" in out
+
+
+def record(message: str, *args: object, exc: bool = False) -> logging.LogRecord:
+    """A log record made at a fixed time, as `logging` would make it."""
+    exc_info = None
+    if exc:
+        try:
+            raise ValueError("bad\nthing")  # noqa: TRY301 - a real traceback to format
+        except ValueError:
+            exc_info = sys.exc_info()
+    rec = logging.LogRecord("firehouse.app", logging.ERROR, __file__, 1, message, args, exc_info)
+    rec.created = 1785488400.25  # 2026-07-31T09:00:00.250Z
+    return rec
+
+
+class TestLogfmt:
+    """LogfmtFormatter: every record one valid logfmt line."""
+
+    def test_plain_message(self) -> None:
+        """A one-word message stays bare."""
+        assert LogfmtFormatter().format(record("ready")) == (
+            "ts=2026-07-31T09:00:00.250Z level=ERROR logger=firehouse.app msg=ready")
+
+    def test_message_with_spaces_is_quoted(self) -> None:
+        """A message with spaces is quoted."""
+        line = LogfmtFormatter().format(record("listening on %s", "http://127.0.0.1:9095"))
+        assert line.endswith(' msg="listening on http://127.0.0.1:9095"')
+
+    def test_quotes_backslashes_and_equals(self) -> None:
+        """`"` and `\\` are escaped inside the quotes; `=` alone makes a value quoted."""
+        line = LogfmtFormatter().format(record('rejected webhook: "a\\b" digest=%s', "abc"))
+        assert line.endswith(' msg="rejected webhook: \\"a\\\\b\\" digest=abc"')
+
+    def test_several_lines_are_one(self) -> None:
+        """A message of several lines (a failed reload) is one line with escaped breaks."""
+        line = LogfmtFormatter().format(record(
+            "reload failed; keeping configuration %s:\n%s", "0123abcd",
+            "a.yaml:3: tier: bad\nb.yaml:7: owners: bad"))
+        assert "\n" not in line
+        assert line.endswith(' msg="reload failed; keeping configuration 0123abcd:\\n'
+                             'a.yaml:3: tier: bad\\nb.yaml:7: owners: bad"')
+
+    def test_structured_fields_are_keys_of_their_own(self) -> None:
+        """Fields passed as extra={"fields": ...} follow msg as their own escaped keys."""
+        entry = record("dry-run")
+        entry.fields = {"target": "dba-oncall", "summary": 'lag "45s"\nnow'}
+        line = LogfmtFormatter().format(entry)
+        assert line.endswith(' msg=dry-run target=dba-oncall summary="lag \\"45s\\"\\nnow"')
+
+    def test_traceback_is_a_field(self) -> None:
+        """An exception's traceback goes into one escaped `exc` field on the same line."""
+        line = LogfmtFormatter().format(record("worker error", exc=True))
+        assert "\n" not in line
+        assert ' msg="worker error" exc="Traceback (most recent call last):\\n' in line
+        assert line.endswith('\\nValueError: bad\\nthing"')
+
+    @pytest.mark.parametrize(("value", "shown"), [
+        ("", '""'),
+        ("dry-run", "dry-run"),
+        ("C:\\temp", "C:\\temp"),
+        ("tab\there", '"tab\\there"'),
+        ("bell\x07 nel\x85 ls\u2028", '"bell\\u0007 nel\\u0085 ls\\u2028"'),
+        ("caf\u00e9", "caf\u00e9"),
+    ])
+    def test_values(self, value: str, shown: str) -> None:
+        """Values are bare unless empty or holding space, `=`, `"` or unprintable characters."""
+        assert logfmt_value(value) == shown
 
 
 class TestImpact:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import Config, Target, load_config, mask
-from daemon.errors import ConfigError
+from daemon.config import Config, Settings, Target, load_config, mask
+from daemon.errors import ConfigError, Problem
 
 ROOT = Path(__file__).parent.parent
 SHIPPED = ROOT / "firehouse.yml"
@@ -266,6 +266,75 @@ class TestRoutingKeys:
             f"(got {str(tmp_path / 'app.key')!r})",
         ]
 
+    def test_key_file_with_windows_line_ending(self, tmp_path: Path) -> None:
+        """A key file's final CRLF is no part of the key."""
+        path = write(tmp_path, SETTINGS.replace(
+            "app-oncall: {}", "app-oncall: {routing_key_file: app.key}"))
+        (tmp_path / "app.key").write_bytes(FILE_SECRET.encode() + b"\r\n")
+        target = load_config(path, {env_var("command-center"): SECRET}).settings.targets[
+            "app-oncall"
+        ]
+        assert target.routing_key == FILE_SECRET
+
+    def test_short_key_from_variable(self, tmp_path: Path) -> None:
+        """A key of the wrong length is refused, naming target and variable, never the key."""
+        path = write(tmp_path)
+        env = {env_var("app-oncall"): "short", "FIREHOUSE_DRY_RUN": "true"}
+        assert problems_of(path, env) == [
+            "$FIREHOUSE_ROUTING_KEY_APP_ONCALL: targets.app-oncall: routing key must be 32 "
+            "characters, got 5",
+        ]
+
+    @pytest.mark.parametrize(("key", "where", "length"), [
+        (SECRET + " ", "at the end", 33),
+        ("\t" + SECRET, "at the start", 33),
+        (SECRET[:16] + " " + SECRET[17:], "inside", 32),
+        (" " + SECRET[1:-1] + "\n", "at the start and at the end", 32),
+    ])
+    def test_key_with_whitespace_from_variable(self, tmp_path: Path, key: str, where: str,
+                                               length: int) -> None:
+        """A key from the environment is judged as given: whitespace in it is refused."""
+        path = write(tmp_path)
+        env = {env_var("app-oncall"): key, env_var("command-center"): SECRET}
+        lines = problems_of(path, env)
+        assert lines == [
+            "$FIREHOUSE_ROUTING_KEY_APP_ONCALL: targets.app-oncall: routing key must be 32 "
+            f"characters without whitespace, got {length} with whitespace {where}",
+        ]
+        assert SECRET[2:-2] not in "\n".join(lines)
+
+    def test_short_key_from_file(self, tmp_path: Path) -> None:
+        """A bad key from a file is refused naming the target and the file, never the key."""
+        path = write(tmp_path, SETTINGS.replace(
+            "app-oncall: {}", "app-oncall: {routing_key_file: app.key}"))
+        (tmp_path / "app.key").write_text("abc12\n", encoding="utf-8")
+        lines = problems_of(path, {env_var("command-center"): SECRET})
+        assert lines == [
+            f"{tmp_path / 'app.key'}: targets.app-oncall: routing key must be 32 characters, "
+            "got 5",
+        ]
+        assert "abc12" not in lines[0]
+
+    def test_key_file_with_trailing_space(self, tmp_path: Path) -> None:
+        """Only a key file's final line break is stripped; a space before it is an error."""
+        path = write(tmp_path, SETTINGS.replace(
+            "app-oncall: {}", "app-oncall: {routing_key_file: app.key}"))
+        (tmp_path / "app.key").write_text(FILE_SECRET + " \n", encoding="utf-8")
+        assert problems_of(path, {env_var("command-center"): SECRET}) == [
+            f"{tmp_path / 'app.key'}: targets.app-oncall: routing key must be 32 characters "
+            "without whitespace, got 33 with whitespace at the end",
+        ]
+
+    def test_empty_key_file(self, tmp_path: Path) -> None:
+        """An empty key file is a problem, not a target silently left without a key."""
+        path = write(tmp_path, SETTINGS.replace(
+            "app-oncall: {}", "app-oncall: {routing_key_file: app.key}"))
+        (tmp_path / "app.key").write_text("\n", encoding="utf-8")
+        assert problems_of(path, {env_var("command-center"): SECRET}) == [
+            f"{path}:9: targets.app-oncall.routing_key_file: is empty "
+            f"(got {str(tmp_path / 'app.key')!r})",
+        ]
+
     def test_dry_run_auto_without_keys(self, tmp_path: Path) -> None:
         """`dry_run: auto` with no key at all is dry."""
         assert load_config(write(tmp_path), {}).settings.dry_run is True
@@ -298,6 +367,13 @@ class TestSecretsStaySecret:
         """A masked key shows its last four characters only."""
         assert mask(SECRET) == "****EY42"
         assert mask("") == "(none)"
+
+    @pytest.mark.parametrize(("secret", "masked"), [
+        ("abcde", "****"), ("x" * 15, "****"), ("0123456789abcdef", "****cdef"),
+    ])
+    def test_mask_shows_nothing_of_a_short_secret(self, secret: str, masked: str) -> None:
+        """Below 16 characters, a masked secret shows none of them."""
+        assert mask(secret) == masked
 
     def test_settings_repr(self, tmp_path: Path) -> None:
         """The settings' repr (also hashed into the digest) holds no routing key."""
@@ -339,6 +415,102 @@ class TestSecretsStaySecret:
             f"{path}:9: targets.app-oncall.routing_key_env: must be the name of an environment "
             "variable (letters, digits, _), not the routing key itself"
         )
+
+
+class TestWebhookAuth:
+    """The webhook's bearer token and basic-auth password, and how check reports them."""
+
+    @pytest.mark.parametrize("content", ["", "\n", "  \n"])
+    def test_empty_token_file(self, tmp_path: Path, content: str) -> None:
+        """An empty bearer_token_file is a problem, not authentication silently off."""
+        path = write(tmp_path, SETTINGS + "auth:\n  bearer_token_file: token\n")
+        (tmp_path / "token").write_text(content, encoding="utf-8")
+        assert problems_of(path) == [
+            f"{path}:11: auth.bearer_token_file: is empty (got {str(tmp_path / 'token')!r})",
+        ]
+
+    def test_empty_token_file_from_environment(self, tmp_path: Path) -> None:
+        """An empty $FIREHOUSE_WEBHOOK_TOKEN_FILE is reported against the variable."""
+        path = write(tmp_path)
+        token = tmp_path / "token"
+        token.write_text("", encoding="utf-8")
+        assert problems_of(path, {"FIREHOUSE_WEBHOOK_TOKEN_FILE": str(token)}) == [
+            f"$FIREHOUSE_WEBHOOK_TOKEN_FILE: auth.bearer_token_file: is empty (got {str(token)!r})",
+        ]
+
+    def test_empty_password_file(self, tmp_path: Path) -> None:
+        """An empty basic-auth password_file is one problem, at the password_file."""
+        path = write(tmp_path, SETTINGS + "auth:\n  basic_auth:\n    username: am\n"
+                     "    password_file: password\n")
+        (tmp_path / "password").write_text("", encoding="utf-8")
+        assert problems_of(path) == [
+            f"{path}:13: auth.basic_auth.password_file: is empty "
+            f"(got {str(tmp_path / 'password')!r})",
+        ]
+
+    def test_token_file_is_trimmed(self, tmp_path: Path) -> None:
+        """Whitespace around a token in a file is trimmed, as Alertmanager trims it."""
+        path = write(tmp_path, SETTINGS + "auth:\n  bearer_token_file: token\n")
+        (tmp_path / "token").write_text(" s3cret-token \n", encoding="utf-8")
+        settings = load_config(path, {}).settings
+        assert settings.bearer_token == "s3cret-token"
+        assert settings.webhook_auth == "bearer"
+
+    @pytest.mark.parametrize(("token", "basic", "mode"), [
+        ("", None, "off"),
+        ("t0ken", None, "bearer"),
+        ("", ("am", "pw"), "basic"),
+        ("t0ken", ("am", "pw"), "bearer or basic"),
+    ])
+    def test_webhook_auth(self, token: str, basic: tuple[str, str] | None, mode: str) -> None:
+        """webhook_auth names what a webhook request must carry."""
+        assert Settings(bearer_token=token, basic_auth=basic).webhook_auth == mode
+
+
+class TestLimits:
+    """max_body_bytes: large by default, configurable."""
+
+    def test_default_max_body_bytes(self, tmp_path: Path) -> None:
+        """By default, a body of up to 16 MiB is accepted (10,000 alerts are about 3 MB)."""
+        assert load_config(write(tmp_path), {}).settings.max_body_bytes == 16 * 1024 * 1024
+        assert Settings().max_body_bytes == 16 * 1024 * 1024
+
+    def test_max_body_bytes_is_configurable(self, tmp_path: Path) -> None:
+        """max_body_bytes in the settings file replaces the default."""
+        path = write(tmp_path, SETTINGS + "max_body_bytes: 65536\n")
+        assert load_config(path, {}).settings.max_body_bytes == 65536
+
+
+class TestEmptyMaps:
+    """Maps without a single service load, with a warning that every alert is unmapped."""
+
+    def test_empty_map_directory(self, tmp_path: Path) -> None:
+        """An empty map directory is a warning naming it."""
+        path = write(tmp_path)
+        (tmp_path / "maps" / "web.yaml").unlink()
+        config = load_config(path, {})
+        assert [str(w) for w in config.warnings] == [
+            f"{tmp_path / 'maps'}: dependency_maps: warning: no services: every alert will be "
+            "treated as unmapped",
+        ]
+        assert config.warnings[0] == Problem(
+            str(tmp_path / "maps"), 0, "dependency_maps",
+            "no services: every alert will be treated as unmapped", warning=True)
+
+    def test_map_with_no_services(self, tmp_path: Path) -> None:
+        """A map file that defines no service gives the same warning."""
+        config = load_config(write(tmp_path, map_text="services: {}\n"), {})
+        assert [w.message for w in config.warnings] == [
+            "no services: every alert will be treated as unmapped",
+        ]
+
+    def test_no_warning_on_top_of_errors(self, tmp_path: Path) -> None:
+        """A map whose only service is invalid fails on that, without the warning."""
+        path = write(tmp_path, map_text=MAP.replace("tier: 1", "tier: 7"))
+        assert problems_of(path) == [
+            f"{tmp_path / 'maps' / 'web.yaml'}:3: services.web.tier: must be an integer from 1 "
+            "(most critical) to 4 (got 7)",
+        ]
 
 
 class TestSettingsErrors:

@@ -83,13 +83,6 @@ def load_maps(
     services = _merge(found)
     _check_references(services, found, targets)
     graph = build_graph((d.service for d in services.values()), tier_severity)
-    # Said only when nothing else is wrong: a map whose every service has an error already
-    # fails, and the warning would only add noise to that.
-    if not graph.services and not any(not p.warning for p in found.problems):
-        found.problems.append(Problem(
-            ", ".join(str(p) for p in paths) or "(no dependency maps)", 0, "",
-            "no services: every alert will be treated as unmapped", warning=True,
-        ))
     for cycle in graph.cycles:
         first = services[cycle[0]]
         found.problems.append(Problem(

@@ -609,34 +609,39 @@ def reference_roots(graph: nx.DiGraph, tiers: Mapping[str, int],
 
 @st.composite
 def random_maps(draw: st.DrawFn) -> tuple[list[Service], list[set[str]]]:
-    """A random map of 2-60 services (mostly pointing down the list, some edges back up to
-    make cycles) and a few failing sets."""
-    size = draw(st.integers(2, 60))
+    """A random map of 2-60 services (edges mostly pointing down the list, a few back up to
+    make cycles) and a few failing sets, some holding a whole cycle."""
+    size = draw(st.integers(2, 60), label="size")
+    per_service = draw(st.sampled_from([0.5, 1.0, 1.5, 2.5]), label="edges per service")
+    soft_share = draw(st.sampled_from([0.0, 0.2, 0.5, 0.9]), label="soft share")
+    back_edges = draw(st.integers(0, max(1, size // 4)), label="back edges")
+    rnd = draw(st.randoms(use_true_random=False))
     names = [f"s{i:02d}" for i in range(size)]
-    tiers = draw(st.lists(st.integers(1, 4), min_size=size, max_size=size))
-    business = draw(st.lists(st.sampled_from([None, None, "shop", "login", "search"]),
-                             min_size=size, max_size=size))
-    edge = st.tuples(st.integers(0, size - 1), st.integers(0, size - 1),
-                     st.sampled_from([HARD, HARD, SOFT]))
-    downward = draw(st.lists(edge, max_size=2 * size))
-    upward = draw(st.lists(edge, max_size=max(1, size // 8)))
-    deps: dict[int, dict[int, str]] = {i: {} for i in range(size)}
-    for a, b, kind in downward:
-        low, high = sorted((a, b))
-        if low != high:
-            deps[high].setdefault(low, kind)
-    for a, b, kind in upward:
-        if a != b:
-            deps[a].setdefault(b, kind)
+    deps: list[dict[int, str]] = [{} for _ in names]
+
+    def kind() -> str:
+        return SOFT if rnd.random() < soft_share else HARD
+
+    for _ in range(int(size * per_service)):
+        low, high = sorted(rnd.sample(range(size), 2))
+        deps[high].setdefault(low, kind())
+    for _ in range(back_edges):
+        low, high = sorted(rnd.sample(range(size), 2))
+        deps[low].setdefault(high, kind())
     services = [
-        svc(names[i], tiers[i], *(Dependency(names[j], k) for j, k in deps[i].items()),
-            business=business[i])
+        svc(names[i], rnd.randint(1, 4), *(Dependency(names[j], k) for j, k in deps[i].items()),
+            business=rnd.choice([None, None, "shop", "login", "search"]))
         for i in range(size)
     ]
-    failing = draw(st.lists(
-        st.sets(st.sampled_from(names), max_size=min(size, 10)), min_size=1, max_size=3,
-    ))
-    return services, failing
+    graph = nx.DiGraph([(a, b) for a, out in enumerate(deps) for b in out])
+    cycles = [sorted(c) for c in nx.strongly_connected_components(graph) if len(c) > 1]
+    failing_sets = []
+    for _ in range(draw(st.integers(1, 4), label="failing sets")):
+        failing = set(rnd.sample(names, rnd.randint(0, min(size, 10))))
+        if cycles and rnd.random() < 0.5:
+            failing |= {names[i] for i in rnd.choice(cycles)}
+        failing_sets.append(failing)
+    return services, failing_sets
 
 
 def check_path(graph: nx.DiGraph, impact: Impact, hit: graph_module.ImpactedService) -> int:

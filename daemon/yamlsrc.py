@@ -32,79 +32,163 @@ class LocatedList(list[Any]):
         return self.item_lines[index] if index < len(self.item_lines) else self.line
 
 
-# libyaml's parser when PyYAML was built with it (about 5x faster on large maps); the
-# constructors below run in Python either way and see the same line marks.
-_Base: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# libyaml's parser when PyYAML was built with it. The documents are built straight from its
+# event stream: PyYAML's own composer and constructors create a node object per scalar and
+# cost about ten times the parse itself on a large map.
+_Parser: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_MERGE = "<<"
 
 
-class _Loader(_Base):  # type: ignore[valid-type,misc]
-    """SafeLoader building Located containers and refusing duplicate keys."""
+class _Builder:
+    """Builds Located containers from YAML events, resolving scalars as PyYAML's safe
+    loader does (YAML 1.1 implicit types), and noting duplicate keys."""
 
-    # (line, key, the mapping holding the key): the mapping gives the key its full path.
-    duplicates: list[tuple[int, str, LocatedDict]]
-    # Implicit tag resolution runs a regex list per scalar; large maps repeat values a lot.
-    _resolved: dict[tuple[Any, str, tuple[bool, bool]], str]
+    def __init__(self) -> None:
+        self.constructor = yaml.constructor.SafeConstructor()
+        self.resolver = yaml.resolver.Resolver()
+        self.resolved: dict[str, Any] = {}
+        self.anchors: dict[str, Any] = {}
+        self.duplicates: list[tuple[int, str, LocatedDict]] = []
 
-    def resolve(self, kind: Any, value: str, implicit: tuple[bool, bool]) -> str:
-        """PyYAML's tag resolution, cached per (kind, value, implicit) for this document."""
-        key = (kind, value, implicit)
-        tag = self._resolved.get(key)
-        if tag is None:
-            tag = super().resolve(kind, value, implicit)
-            self._resolved[key] = tag
-        return tag
+    def scalar(self, event: yaml.ScalarEvent) -> Any:
+        """The Python value of a scalar event."""
+        plain = event.implicit[0] and event.tag in (None, "!")
+        if plain:
+            cached = self.resolved.get(event.value, self)
+            if cached is not self:
+                return cached
+            tag = self.resolver.resolve(yaml.ScalarNode, event.value, (True, False))
+        elif event.tag in (None, "!") or event.implicit[1]:
+            return event.value
+        else:
+            tag = event.tag
+        if tag in ("tag:yaml.org,2002:str", "tag:yaml.org,2002:merge"):
+            value: Any = event.value
+        else:
+            construct = self.constructor.yaml_constructors.get(tag)
+            if construct is None:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"could not determine a constructor for the tag {tag!r}",
+                    _mark(event))
+            value = construct(self.constructor, yaml.ScalarNode(tag, event.value,
+                                                                  _mark(event)))
+        if plain:
+            self.resolved[event.value] = value
+        return value
+
+    def documents(self, text: str) -> list[Any]:
+        """Every document of `text`; raises yaml.YAMLError on bad syntax."""
+        docs: list[Any] = []
+        # Each frame: the container, and for a mapping the key waiting for its value.
+        stack: list[list[Any]] = []
+        before = 0
+        for event in yaml.parse(text, Loader=_Parser):
+            value: Any
+            if isinstance(event, yaml.ScalarEvent):
+                value = self.scalar(event)
+            elif isinstance(event, yaml.AliasEvent):
+                if event.anchor not in self.anchors:
+                    raise yaml.composer.ComposerError(
+                        None, None, f"found undefined alias {event.anchor!r}", _mark(event))
+                value = self.anchors[event.anchor]
+            elif isinstance(event, yaml.MappingStartEvent | yaml.SequenceStartEvent):
+                container: Any
+                if isinstance(event, yaml.MappingStartEvent):
+                    container = LocatedDict()
+                    container.key_lines = {}
+                else:
+                    container = LocatedList()
+                    container.item_lines = []
+                container.line = _line(event)
+                if event.anchor is not None:
+                    self.anchors[event.anchor] = container
+                stack.append([container, None, 0, set()])
+                continue
+            elif isinstance(event, yaml.MappingEndEvent | yaml.SequenceEndEvent):
+                value = stack.pop()[0]
+                if not stack:
+                    docs.append(value)
+                    continue
+                self.add(stack[-1], value, value.line)
+                continue
+            elif isinstance(event, yaml.DocumentStartEvent):
+                before = len(docs)
+                continue
+            elif isinstance(event, yaml.DocumentEndEvent):
+                if len(docs) == before:
+                    docs.append(None)  # an empty document, as PyYAML gives it
+                continue
+            else:
+                continue
+            if isinstance(event, yaml.ScalarEvent) and event.anchor is not None:
+                self.anchors[event.anchor] = value
+            line = _line(event)
+            if not stack:
+                docs.append(value)
+            else:
+                self.add(stack[-1], value, line)
+        return docs
+
+    def add(self, frame: list[Any], value: Any, line: int) -> None:
+        """Put a finished value into the container on top of the stack."""
+        container = frame[0]
+        if isinstance(container, LocatedList):
+            container.append(value)
+            container.item_lines.append(line)
+            return
+        if frame[1] is None:
+            frame[1] = value if isinstance(value, str) else str(value)
+            frame[2] = line
+            return
+        key, key_line = frame[1], frame[2]
+        frame[1] = None
+        if key == _MERGE:
+            # YAML merge keys, as PyYAML's safe loader: existing keys win.
+            for source in value if isinstance(value, list) else [value]:
+                if isinstance(source, LocatedDict):
+                    for merged, item in source.items():
+                        if merged not in container:
+                            container[merged] = item
+                            container.key_lines[merged] = source.line_of(merged)
+                            frame[3].add(merged)
+            return
+        if key in frame[3]:
+            frame[3].discard(key)  # an explicit key overrides a merged one
+        elif key in container:
+            self.duplicates.append((key_line, key, container))
+        container[key] = value
+        container.key_lines[key] = key_line
 
 
-def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LocatedDict:
-    result = LocatedDict()
-    result.line = node.start_mark.line + 1
-    result.key_lines = {}
-    loader.flatten_mapping(node)
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        if not isinstance(key, str):
-            key = str(key)
-        if key in result:
-            loader.duplicates.append((key_node.start_mark.line + 1, key, result))
-        result[key] = loader.construct_object(value_node, deep=True)
-        result.key_lines[key] = key_node.start_mark.line + 1
-    return result
+def _mark(event: yaml.Event) -> Any:
+    """The event's start mark (libyaml's and PyYAML's mark types differ, alike in use)."""
+    return event.start_mark
 
 
-def _construct_sequence(loader: _Loader, node: yaml.SequenceNode) -> LocatedList:
-    result = LocatedList(loader.construct_object(child, deep=True) for child in node.value)
-    result.line = node.start_mark.line + 1
-    result.item_lines = [child.start_mark.line + 1 for child in node.value]
-    return result
-
-
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
+def _line(event: yaml.Event) -> int:
+    """The 1-based line an event starts on."""
+    mark = event.start_mark
+    return mark.line + 1 if mark is not None else 0
 
 
 def load_documents(text: str, file: str) -> tuple[list[Any], list[Problem]]:
     """Parse every YAML document in `text`; syntax errors and duplicate keys become problems."""
-    loader = _Loader(text)
-    loader.duplicates = []
-    loader._resolved = {}
+    builder = _Builder()
     docs: list[Any] = []
     problems: list[Problem] = []
     try:
-        while loader.check_node():
-            docs.append(loader.get_data())
+        docs = builder.documents(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else 0
         reason = getattr(exc, "problem", None) or str(exc)
         problems.append(Problem(file, line, "", f"invalid YAML: {reason}"))
-    finally:
-        loader.dispose()
     paths: dict[int, str] = {}
     for doc in docs:
         _record_paths(doc, "", paths)
     problems.extend(
         Problem(file, line, _join(paths.get(id(mapping), ""), key), "duplicate key")
-        for line, key, mapping in loader.duplicates
+        for line, key, mapping in builder.duplicates
     )
     return docs, problems
 

@@ -8,7 +8,7 @@ edges only is *down*; one that needs a soft edge on every path is *degraded*.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TypeVar
@@ -385,47 +385,53 @@ class ServiceGraph:
     # -- the services themselves -----------------------------------------------------------
 
     def _top(self, impact: Impact, limit: int, state: str | None) -> tuple[ImpactedService, ...]:
-        idx = self._index
-        if impact._walk is None and (idx.bits is None or limit > 64):
-            impact._walk = self._walk(impact._sources)
-        walk = impact._walk
         found: list[ImpactedService] = []
+        is_down_set = self._down_test(impact)
         for tier in (1, 2, 3, 4):
-            members = idx.tier_sets.get(tier, frozenset())
             for is_down in (True, False):
                 wanted = limit - len(found)
                 if (state is not None and is_down != (state == DOWN)) or wanted <= 0:
                     continue
-                picked: list[int] = []
-                if walk is None:
-                    picked = self._members_bits(impact, tier, is_down, wanted)
-                else:
-                    levels = walk.down[1:] if is_down else walk.degraded[1:]
-                    for level in levels:
-                        picked.extend(sorted(level & members)[: wanted - len(picked)])
-                        if len(picked) >= wanted:
-                            break
-                bucket = [self._describe(impact, node, is_down) for node in picked]
-                bucket.sort(key=lambda s: (s.distance, s.name))
-                found.extend(bucket)
+                found.extend(self._describe(impact, node, is_down) for node in
+                             self._nearest(impact, tier, is_down, wanted, is_down_set))
         return tuple(found)
 
-    def _members_bits(self, impact: Impact, tier: int, is_down: bool, wanted: int) -> list[int]:
+    def _down_test(self, impact: Impact) -> Callable[[int], bool]:
+        """Whether a service is down (failing services included), for this impact."""
         bits = self._index.bits
-        assert bits is not None
-        failing = reach = reach_hard = 0
-        for node in impact._sources:
-            failing |= 1 << node
-            reach |= bits.reach[node]
-            reach_hard |= bits.reach_hard[node]
-        mask = reach_hard & ~failing if is_down else reach & ~reach_hard & ~failing
-        mask &= bits.tiers.get(tier, 0)
-        members: list[int] = []
-        while mask and len(members) < wanted:
-            low = mask & -mask
-            members.append(low.bit_length() - 1)
-            mask ^= low
-        return members
+        if bits is not None:
+            down = 0
+            for node in impact._sources:
+                down |= bits.reach_hard[node] | 1 << node
+            return lambda node: bool(down >> node & 1)
+        if impact._walk is None:
+            impact._walk = self._walk(impact._sources)
+        members = set().union(*impact._walk.down)
+        return members.__contains__
+
+    def _nearest(self, impact: Impact, tier: int, is_down: bool, wanted: int,
+                 down: Callable[[int], bool]) -> list[int]:
+        """The `wanted` nearest impacted services of one tier and state, nearest first and
+        by name at equal distance: a breadth-first walk that stops once it has them (hard
+        edges only for down services, so their distance is the hard chain's)."""
+        idx = self._index
+        names = idx.names
+        in_tier = idx.tier_sets.get(tier, frozenset())
+        adjacency = idx.hard_dependents if is_down else idx.all_dependents
+        seen = set(impact._sources)
+        frontier = list(impact._sources)
+        found: list[int] = []
+        while frontier and len(found) < wanted:
+            reached: list[int] = []
+            for node in frontier:
+                for dependent in adjacency[node]:
+                    if dependent not in seen:
+                        seen.add(dependent)
+                        reached.append(dependent)
+            hits = [n for n in reached if n in in_tier and (is_down or not down(n))]
+            found.extend(sorted(hits, key=names.__getitem__))
+            frontier = reached
+        return found[:wanted]
 
     def _describe(self, impact: Impact, node: int, is_down: bool) -> ImpactedService:
         """Describe one impacted service with its shortest chain to a failing service, found

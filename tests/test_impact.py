@@ -327,11 +327,7 @@ class TestTop:
         assert impact.top(10, DOWN) == impact.down
 
     @pytest.mark.parametrize("backend", [
-        pytest.param(BITSET, marks=pytest.mark.xfail(
-            strict=True,
-            reason="bug: the bitset backend fills a truncated bucket with the lowest-indexed "
-                   "services (map order), not the nearest"),
-        ),
+        BITSET,
         WALK,
     ])
     def test_limit_inside_a_bucket_keeps_the_nearest_down(self, backend: str) -> None:
@@ -343,16 +339,8 @@ class TestTop:
         assert [s.name for s in impact.top(3, DOWN)] == ["b-web", "a-api", "d-job"]
 
     @pytest.mark.parametrize("backend", [
-        pytest.param(BITSET, marks=pytest.mark.xfail(
-            strict=True,
-            reason="bug: the bitset backend fills a truncated bucket with the lowest-indexed "
-                   "services (map order), not the nearest"),
-        ),
-        pytest.param(WALK, marks=pytest.mark.xfail(
-            strict=True,
-            reason="bug: the walk backend breaks ties at equal distance by map order, not by "
-                   "name as impacted does"),
-        ),
+        BITSET,
+        WALK,
     ])
     def test_top_is_a_prefix_of_impacted(self, backend: str) -> None:
         """top(k) is the first k services of impacted, for every k and state."""
@@ -363,11 +351,7 @@ class TestTop:
 
     @pytest.mark.parametrize("backend", [
         BITSET,
-        pytest.param(WALK, marks=pytest.mark.xfail(
-            strict=True,
-            reason="bug: the walk backend picks degraded services by the level its walk "
-                   "reaches them at, which can exceed their real (shortest) distance"),
-        ),
+        WALK,
     ])
     def test_limit_inside_a_bucket_keeps_the_nearest_degraded(self, backend: str) -> None:
         """When a limit cuts a tier's degraded services, the nearest ones are kept, even if

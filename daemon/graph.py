@@ -119,7 +119,8 @@ class Impact:
     chain that explains each, only when asked for (a page needs the top few and totals).
     """
 
-    __slots__ = ("_blame", "_graph", "_impacted", "_sources", "_walk", "business_services",
+    __slots__ = ("_blame", "_buckets", "_graph", "_impacted", "_nearest", "_sources", "_walk",
+                 "business_services",
                  "degraded_total", "down_tier", "down_total", "failing", "most_critical_tier",
                  "root_causes", "severity", "tier_counts")
 
@@ -129,12 +130,16 @@ class Impact:
                  tier_counts: Mapping[int, int] = _NO_COUNTS, severity: str | None = None,
                  down_total: int = 0, degraded_total: int = 0,
                  blame: Mapping[int, tuple[int, ...]] | None = None,
-                 walk: _Walk | None = None) -> None:
+                 walk: _Walk | None = None,
+                 buckets: Mapping[tuple[int, bool], int] | None = None) -> None:
         self._graph = graph
         self._sources = sources
         self._blame: Mapping[int, tuple[int, ...]] = blame or {}
         self._walk = walk
         self._impacted: tuple[ImpactedService, ...] | None = None
+        # How many impacted services each (tier, down?) holds, and the nearest found so far.
+        self._buckets: Mapping[tuple[int, bool], int] = buckets or {}
+        self._nearest: dict[tuple[int, bool], list[int]] = {}
         self.failing = failing
         self.most_critical_tier = most_critical_tier
         # The most critical tier among the failing and down services (degraded ones aside).
@@ -299,6 +304,11 @@ class ServiceGraph:
                 severity = higher(severity, lower_by_one(self.tier_severity[tier]))
             if down_counts[tier] + degraded_counts[tier]:
                 counts[tier] = down_counts[tier] + degraded_counts[tier]
+        failing_tiers = [idx.tiers[node] for node in sources]
+        buckets = {}
+        for tier in (1, 2, 3, 4):
+            buckets[(tier, True)] = down_counts[tier] - failing_tiers.count(tier)
+            buckets[(tier, False)] = degraded_counts[tier]
         impact = Impact(
             self, sources,
             failing=tuple(sorted(self._names(sources))),
@@ -311,6 +321,7 @@ class ServiceGraph:
             degraded_total=sum(degraded_counts),
             blame=blame,
             walk=walk,
+            buckets=buckets,
         )
         impact.root_causes = self._rank_roots(sources, blame, impact)
         return impact
@@ -414,6 +425,10 @@ class ServiceGraph:
         """The `wanted` nearest impacted services of one tier and state, nearest first and
         by name at equal distance: a breadth-first walk that stops once it has them (hard
         edges only for down services, so their distance is the hard chain's)."""
+        wanted = min(wanted, impact._buckets.get((tier, is_down), wanted))
+        known = impact._nearest.get((tier, is_down))
+        if known is not None and len(known) >= wanted:
+            return known[:wanted]
         idx = self._index
         names = idx.names
         in_tier = idx.tier_sets.get(tier, frozenset())
@@ -431,6 +446,7 @@ class ServiceGraph:
             hits = [n for n in reached if n in in_tier and (is_down or not down(n))]
             found.extend(sorted(hits, key=names.__getitem__))
             frontier = reached
+        impact._nearest[(tier, is_down)] = found
         return found[:wanted]
 
     def _describe(self, impact: Impact, node: int, is_down: bool) -> ImpactedService:

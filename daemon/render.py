@@ -53,7 +53,8 @@ def impact_text(impact: Impact) -> str:
     for failing in impact.failing:
         chain = impact.blame(failing)
         if len(chain) > 1:
-            lines.append(f"  {failing} is failing, probably because {' -> '.join(chain[1:])} is")
+            through = f" (through {' -> '.join(chain[1:-1])})" if len(chain) > 2 else ""
+            lines.append(f"  {failing} is failing, probably because {chain[-1]} is{through}")
     for s in impact.impacted:
         lines.append(f"  {s.state:8} tier {s.tier}  {s.name}  ({' -> '.join(reversed(s.path))})")
     return "\n".join(lines)

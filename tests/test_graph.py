@@ -320,6 +320,11 @@ class TestBadMaps:
         ("invalid_yaml.yaml",
          "6: invalid YAML: did not find expected key"),
         ("duplicate_key.yaml", "6: services.web.tier: duplicate key"),
+        ("duplicate_dependency.yaml",
+         "13: services.web.depends_on[1]: lists a dependency already listed (give each once, "
+         "hard or soft) (got 'db')"),
+        ("self_dependency.yaml",
+         "7: services.web.depends_on[0]: a service cannot depend on itself (got 'web')"),
     ])
     def test_one_problem(self, name: str, expected: str) -> None:
         """Each bad file yields exactly its one problem, located and named."""

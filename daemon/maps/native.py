@@ -108,7 +108,7 @@ def _parse_service(
         bad("description", "must be a string", description, body.line_of("description"))
     owners = _parse_owners(body, bad)
     aliases = _parse_names(body, "aliases", bad)
-    depends = _parse_depends(body, bad)
+    depends = _parse_depends(body, bad, name)
     if len(problems) != count or not isinstance(tier, int) or not isinstance(component, str):
         return None
     return Service(
@@ -170,7 +170,7 @@ def _parse_names(body: LocatedDict, key: str, bad: Any) -> list[str]:
     return names
 
 
-def _parse_depends(body: LocatedDict, bad: Any) -> list[Dependency]:
+def _parse_depends(body: LocatedDict, bad: Any, name: str) -> list[Dependency]:
     raw = body.get("depends_on")
     if raw is None:
         return []
@@ -198,6 +198,12 @@ def _parse_depends(body: LocatedDict, bad: Any) -> list[Dependency]:
                 deps.append(Dependency(target, kind))
         else:
             bad(key, "must be a service name or {service: NAME, kind: hard|soft}", item, at)
+            continue
+        if len(deps) > len({d.service for d in deps}):
+            bad(key, "lists a dependency already listed (give each once, hard or soft)",
+                deps.pop().service, at)
+        elif deps and deps[-1].service == name:
+            bad(key, "a service cannot depend on itself", deps.pop().service, at)
     return deps
 
 

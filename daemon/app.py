@@ -46,6 +46,9 @@ class Firehouse:
         self.session: aiohttp.ClientSession | None = None
         self.deliverer: Deliverer | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        # Reloads run one at a time (see `reload`); SIGHUP's run as tasks kept here.
+        self._reload_lock = asyncio.Lock()
+        self._reloads: set[asyncio.Task[None]] = set()
         self.runner: web.AppRunner | None = None
         self.dispatcher = Dispatcher(self.store, config, self.metrics, utcnow, self._wake)
         self.port = 0
@@ -54,24 +57,52 @@ class Firehouse:
         if self.deliverer is not None:
             self.deliverer.wake()
 
-    def reload(self) -> Config:
-        """Build and validate the new configuration completely, then swap it in."""
-        try:
-            config = load_config(self.config_path, self.env)
-        except ConfigError as exc:
-            self.metrics.reload_ok.set(0)
-            # The problems are the message; a traceback would only bury them.
-            log.error("reload failed; keeping configuration %s:\n%s",  # noqa: TRY400
-                      self.config.digest, exc)
-            raise
-        for name in RESTART_ONLY:
-            old, new = getattr(self.config.settings, name), getattr(config.settings, name)
-            if new != old:
-                log.warning("setting %s changes only on restart; still using %s (not %s)",
-                            name, old, new)
-        self._activate(config)
-        log.info("configuration reloaded digest=%s", config.digest)
+    async def reload(self, trigger: str) -> Config:
+        """Build and validate the new configuration completely, then swap it in.
+
+        The one path of SIGHUP and POST /-/reload (`trigger` names which, for the log).
+        Loading runs in a worker thread: a large map takes seconds to parse and check, and
+        webhooks must keep being answered meanwhile. Reloads are serialised, not coalesced:
+        a request that arrives during a reload waits for it, then reloads again, so that
+        every caller gets a configuration read after it asked (an edit saved just after the
+        first reload started is not missed).
+        """
+        async with self._reload_lock:
+            old = self.config
+            try:
+                config = await asyncio.to_thread(load_config, self.config_path, self.env)
+            except ConfigError as exc:
+                self.metrics.reload_ok.set(0)
+                # The problems are the message; a traceback would only bury them.
+                log.error("reload (%s) failed; keeping configuration %s:\n%s",  # noqa: TRY400
+                          trigger, old.digest, exc)
+                raise
+            for name in RESTART_ONLY:
+                before, after = getattr(old.settings, name), getattr(config.settings, name)
+                if after != before:
+                    log.warning("setting %s changes only on restart; still using %s (not %s)",
+                                name, before, after)
+            # No await from here on: the next webhook decides on either the old or the new
+            # configuration, never on a mixture.
+            self._activate(config)
+        changed = [f for f, h in config.files.items() if old.files.get(f) != h]
+        changed += [f"{f} (removed)" for f in old.files if f not in config.files]
+        log.info("configuration reloaded (%s): digest %s (was %s); read %d file(s): %s; "
+                 "changed: %s", trigger, config.digest, old.digest, len(config.files),
+                 ", ".join(config.files) or "none", ", ".join(changed) or "none")
         return config
+
+    def request_reload(self, trigger: str) -> asyncio.Task[None]:
+        """Start a reload in the background (for SIGHUP, which has nobody to answer)."""
+        async def run() -> None:
+            # A bad configuration has been logged and counted in `reload`; nothing to add.
+            with contextlib.suppress(ConfigError):
+                await self.reload(trigger)
+
+        task = asyncio.create_task(run(), name=f"reload ({trigger})")
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+        return task
 
     def _activate(self, config: Config) -> None:
         self.config = config
@@ -111,8 +142,14 @@ class Firehouse:
                  len(self.config.rules), mode, settings.state)
 
     async def stop(self) -> None:
-        """Stop in stages, each with its own timeout: intake, requests, workers, store."""
+        """Stop in stages, each with its own timeout: intake, reloads, requests, workers,
+        store."""
         self.accepting = False
+        for task in list(self._reloads):
+            # A reload still parsing is of no use to a stopping daemon; its thread finishes
+            # on its own and its result is dropped.
+            log.info("shutdown: abandoning %s", task.get_name())
+            task.cancel()
         if self.runner is not None:
             runner, self.runner = self.runner, None
             log.info("shutdown: finishing in-flight requests")
@@ -160,8 +197,8 @@ async def serve(config: Config, config_path: Path | None) -> None:
         stop.set()
 
     def on_hup() -> None:
-        with contextlib.suppress(ConfigError):
-            firehouse.reload()
+        log.info("SIGHUP received: reloading configuration")
+        firehouse.request_reload("SIGHUP")
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_stop)

@@ -1,4 +1,4 @@
-"""Command line: `firehouse run | check | explain | impact`."""
+"""Command line: `firehouse run | check | explain | impact | test`."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,8 +16,10 @@ from daemon import __version__
 from daemon.alerts import parse_body, parse_time
 from daemon.config import Config, load_config, mask
 from daemon.decide import Decision, State, decide
-from daemon.errors import ConfigError, PayloadError, StoreError
+from daemon.errors import ConfigError, PayloadError, Problem, StoreError
 from daemon.render import impact_dot, impact_json, impact_text
+from daemon.rules import Outcome, Verdict
+from daemon.ruletest import format_report, load_tests, run_test
 
 _ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
@@ -170,10 +173,7 @@ def _decision_json(decision: Decision) -> dict[str, Any]:
                 "fingerprint": e.fingerprint, "alertname": e.alertname, "status": e.status,
                 "service": e.service, "mapped": e.mapped, "action": e.action,
                 "severity": e.severity,
-                "rules": [
-                    {"rule": v.rule.name, "matched": v.matched, "reason": v.reason}
-                    for v in (e.outcome.verdicts if e.outcome else ())
-                ],
+                "rules": _rules_json(e.outcome) if e.outcome else [],
             }
             for e in decision.explanations
         ],
@@ -183,6 +183,38 @@ def _decision_json(decision: Decision) -> dict[str, Any]:
             for ev in decision.events
         ],
     }
+
+
+def _rules_json(outcome: Outcome) -> list[dict[str, Any]]:
+    """Each rule checked, with every failed condition; then the rules never reached."""
+    checked: list[dict[str, Any]] = [
+        {"rule": v.rule.name, "matched": v.matched, "reason": v.reason, "reached": True,
+         "conditions": v.rule.conditions, "failed": list(v.failures),
+         "closest_miss": v.closest_miss}
+        for v in outcome.verdicts
+    ]
+    return checked + [
+        {"rule": rule.name, "matched": False, "reason": _unreached_reason(outcome),
+         "reached": False, "conditions": rule.conditions, "failed": [], "closest_miss": False}
+        for rule in outcome.unreached
+    ]
+
+
+def _unreached_reason(outcome: Outcome) -> str:
+    """Why the rules after the walk stopped were not checked."""
+    return f"not reached: {outcome.matched[-1].name!r} matched without 'continue: true'"
+
+
+def _verdict_line(verdict: Verdict) -> str:
+    """One rule's verdict, a miss saying how many of its conditions failed."""
+    if verdict.matched:
+        return f"  rule MATCH {verdict.rule.name!r}: {verdict.reason}"
+    total = verdict.rule.conditions
+    conditions = f"{total} condition{'' if total == 1 else 's'}"
+    count = f"{len(verdict.failures)} of {conditions} failed"
+    # Marked so that the rule that almost paged stands out in a long list.
+    mark = f"closest miss: {count}" if verdict.closest_miss else count
+    return f"  rule miss  {verdict.rule.name!r}: {verdict.reason}  [{mark}]"
 
 
 def _print_decision(decision: Decision, rejected: list[str]) -> None:
@@ -203,8 +235,9 @@ def _print_decision(decision: Decision, rejected: list[str]) -> None:
                 print(f"    {item.explain()}")
         if e.outcome is not None:
             for verdict in e.outcome.verdicts:
-                mark = "MATCH" if verdict.matched else "miss "
-                print(f"  rule {mark} {verdict.rule.name!r}: {verdict.reason}")
+                print(_verdict_line(verdict))
+            for rule in e.outcome.unreached:
+                print(f"  rule skip  {rule.name!r}: {_unreached_reason(e.outcome)}")
             print(f"  severity: {e.severity}; roles: {', '.join(e.outcome.roles)}")
     for ev in decision.events:
         payload = ev.body.get("payload", {})
@@ -237,6 +270,29 @@ def cmd_impact(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_test(args: argparse.Namespace) -> int:
+    """Run rule unit tests; exit 0 when all pass, 1 on a failure, 2 on a bad file or config."""
+    problems: list[Problem] = []
+    config: Config | None = None
+    try:
+        # Tests send nothing: dry-run whatever the settings say, so CI needs no routing keys.
+        config = load_config(Path(args.config) if args.config else None,
+                             env={**os.environ, "FIREHOUSE_DRY_RUN": "true"})
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    tests, found = load_tests([Path(f) for f in args.files], config)
+    problems.extend(found)
+    if config is None or problems:
+        print(f"firehouse: cannot run the rule tests: {len(problems)} problem(s)",
+              file=sys.stderr)
+        for problem in sorted(problems):
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+    results = [run_test(test, config) for test in tests]
+    print("\n".join(format_report(results)))
+    return 0 if all(r.passed for r in results) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `firehouse` command."""
     parser = argparse.ArgumentParser(
@@ -263,6 +319,10 @@ def build_parser() -> argparse.ArgumentParser:
     impact.add_argument("--format", choices=("text", "json", "dot"), default="text",
                         help="dot: a Graphviz picture (pipe into: dot -Tsvg)")
     impact.set_defaults(func=cmd_impact)
+    test = add("test", "run rule unit tests: alerts in, expected pages out")
+    test.add_argument("files", nargs="+", metavar="FILE",
+                      help="test file, or a directory of them (*.yaml, *.yml)")
+    test.set_defaults(func=cmd_test)
     return parser
 
 

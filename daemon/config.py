@@ -19,7 +19,7 @@ from typing import Any
 from daemon.errors import ConfigError, Problem
 from daemon.graph import DEFAULT_TIER_SEVERITY, OWNER_ROLES, SEVERITIES, ServiceGraph
 from daemon.maps import MapDefaults, MapOptions, load_maps, map_files, owner_key
-from daemon.rules import Rule, load_rules, rule_files
+from daemon.rules import MapNames, Rule, load_rules, rule_files
 from daemon.yamlsrc import LocatedDict, load_file, shown
 
 DEFAULT_SETTINGS_FILE = "firehouse.yml"
@@ -127,6 +127,9 @@ class Config:
     rules: tuple[Rule, ...]
     warnings: tuple[Problem, ...]
     digest: str
+    # Every file read (settings, maps, rules) -> hash of its content, so that a reload can
+    # say which files changed.
+    files: Mapping[str, str] = field(default_factory=dict)
 
     def target_for_role(self, role: str) -> str | None:
         """The target a command-center role (incident lead, …) is mapped to in the settings."""
@@ -142,19 +145,28 @@ def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> Conf
     graph, map_problems = load_maps(list(settings.dependency_maps), targets, settings.tier_severity,
                                     settings.map_options)
     problems.extend(map_problems)
+    map_errors = any(not p.warning for p in map_problems)
     # Said only when the maps have no other problem: a map whose every service has an error
     # fails to load anyway. (Not in load_maps: a single map file may rightly define nothing.)
-    if not graph.services and not any(not p.warning for p in map_problems):
+    if not graph.services and not map_errors:
         problems.append(Problem(", ".join(str(p) for p in settings.dependency_maps), 0,
                                 "dependency_maps", "no services: every alert will be treated "
                                 "as unmapped", warning=True))
-    rules, rule_problems = load_rules(list(settings.rules), targets)
+    # Rule conditions are checked against the names the maps define only when the maps
+    # loaded whole: a service lost to a map error would make its names look unknown too,
+    # and with no services at all the warning above already says that nothing is mapped.
+    names = MapNames.of(graph.services.values()) if graph.services and not map_errors else None
+    rules, rule_problems = load_rules(list(settings.rules), targets, names)
     problems.extend(rule_problems)
     errors = [p for p in problems if not p.warning]
     if errors:
         raise ConfigError(errors)
-    digest = _digest(settings, [*map_files(settings.dependency_maps), *rule_files(settings.rules)])
-    return Config(settings, graph, rules, tuple(p for p in problems if p.warning), digest)
+    settings_file = find_settings_file(path, env)
+    data_files = [*map_files(settings.dependency_maps), *rule_files(settings.rules)]
+    files = _hashes([*([settings_file] if settings_file else []), *data_files])
+    digest = _digest(settings, [files[str(f)] for f in data_files if str(f) in files])
+    return Config(settings, graph, rules, tuple(p for p in problems if p.warning), digest,
+                  MappingProxyType(files))
 
 
 def find_settings_file(path: Path | None, env: Mapping[str, str]) -> Path | None:
@@ -574,13 +586,22 @@ class _Reader:
         return basic["username"], password
 
 
-def _digest(settings: Settings, files: list[Path]) -> str:
-    """A short hash of the active configuration, for the reload metric and the API."""
-    sha = hashlib.sha256(repr(settings).encode())
+def _hashes(files: list[Path]) -> dict[str, str]:
+    """Each readable file's name -> the SHA-256 of its content."""
+    hashes: dict[str, str] = {}
     for file in files:
         try:
-            sha.update(file.read_bytes())
+            hashes[str(file)] = hashlib.sha256(file.read_bytes()).hexdigest()
         except OSError:
             continue
+    return hashes
+
+
+def _digest(settings: Settings, file_hashes: list[str]) -> str:
+    """A short hash of the active configuration (the settings as parsed, the maps and rules
+    as written), for the reload metric and the API."""
+    sha = hashlib.sha256(repr(settings).encode())
+    for file_hash in file_hashes:
+        sha.update(file_hash.encode())
     return sha.hexdigest()[:16]
 

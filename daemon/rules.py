@@ -8,9 +8,10 @@ incident lead, at the full potential severity.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -116,9 +117,32 @@ class Rule:
     source: str = ""
 
     @property
+    def conditions(self) -> int:
+        """How many conditions the rule has: each matcher and each `when` condition."""
+        return len(self.matchers) + sum(
+            1 for f in fields(When) if getattr(self.when, f.name) is not None
+        )
+
+    @property
     def catches_everything(self) -> bool:
         """Whether this rule matches any alert and stops evaluation."""
         return not self.matchers and self.when == When() and not self.continue_
+
+
+@dataclass(frozen=True, slots=True)
+class MapNames:
+    """The business services and components the dependency maps define: a rule condition
+    naming anything else would silently never match, so loading refuses it."""
+
+    business_services: frozenset[str]
+    components: frozenset[str]
+
+    @classmethod
+    def of(cls, services: Iterable[Service]) -> MapNames:
+        """The names used by `services`."""
+        services = list(services)
+        return cls(frozenset(s.business_service for s in services if s.business_service),
+                   frozenset(s.component for s in services))
 
 
 DEFAULT_RULE = Rule(
@@ -139,11 +163,17 @@ class Subject:
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """Whether one rule matched, and if not, the first reason why."""
+    """Whether one rule matched; if not, why: every condition that failed."""
 
     rule: Rule
     matched: bool
     reason: str
+    failures: tuple[str, ...] = ()
+
+    @property
+    def closest_miss(self) -> bool:
+        """Whether the rule missed on exactly one condition (`firehouse explain` marks these)."""
+        return not self.matched and len(self.failures) == 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,52 +184,53 @@ class Outcome:
     severity: str
     matched: tuple[Rule, ...]
     verdicts: tuple[Verdict, ...]
+    # Rules after the matching rule that stopped the walk: never checked.
+    unreached: tuple[Rule, ...] = ()
 
 
 def check(rule: Rule, subject: Subject) -> Verdict:
-    """Match one rule against a subject, saying why not when it does not."""
+    """Match one rule against a subject, checking every condition, saying why not when it
+    does not: all conditions are checked so that explain can tell a near miss from a far one."""
+    failures: list[str] = []
     for matcher in rule.matchers:
         if not matcher.matches(subject.labels):
             actual = subject.labels.get(matcher.label)
             got = f'{matcher.label}="{actual}"' if actual is not None else f"{matcher.label} unset"
-            return Verdict(rule, False, f"{matcher} failed ({got})")
+            failures.append(f"{matcher} failed ({got})")
     when, impact, service = rule.when, subject.impact, subject.service
     if when.mapped is not None and when.mapped != (service is not None):
-        return Verdict(rule, False, "service is " + ("unmapped" if service is None else "mapped"))
+        failures.append("service is " + ("unmapped" if service is None else "mapped"))
     if when.tier_at_most is not None and (
         impact.most_critical_tier is None or impact.most_critical_tier > when.tier_at_most
     ):
         hit = "none" if impact.most_critical_tier is None else impact.most_critical_tier
-        return Verdict(rule, False, f"most critical tier hit is {hit}, "
-                                    f"needs <= {when.tier_at_most}")
+        failures.append(f"most critical tier hit is {hit}, needs <= {when.tier_at_most}")
     if when.impacted_at_least is not None and impact.impacted_total < when.impacted_at_least:
-        return Verdict(rule, False, f"{impact.impacted_total} services impacted, "
-                                    f"needs >= {when.impacted_at_least}")
+        failures.append(f"{impact.impacted_total} services impacted, "
+                        f"needs >= {when.impacted_at_least}")
     if when.business_service is not None and not set(when.business_service) & set(
         impact.business_services
     ):
-        return Verdict(rule, False, "no business service of "
-                                    f"{list(when.business_service)} is hit")
+        failures.append(f"no business service of {list(when.business_service)} is hit")
     if when.component is not None and (service is None or service.component not in when.component):
         component = service.component if service else "none"
-        return Verdict(rule, False, f"component is {component}, needs one of "
-                                    f"{list(when.component)}")
-    return Verdict(rule, True, "matched")
+        failures.append(f"component is {component}, needs one of {list(when.component)}")
+    return Verdict(rule, not failures, "; ".join(failures) or "matched", tuple(failures))
 
 
 def evaluate(rules: Iterable[Rule], subject: Subject, potential: str) -> Outcome:
     """Evaluate rules in order for a subject whose full potential severity is `potential`."""
     verdicts: list[Verdict] = []
     matched: list[Rule] = []
-    stopped = False
+    unreached: list[Rule] = []
     for rule in rules:
-        if stopped:
-            break
+        if matched and not matched[-1].continue_:
+            unreached.append(rule)
+            continue
         verdict = check(rule, subject)
         verdicts.append(verdict)
         if verdict.matched:
             matched.append(rule)
-            stopped = not rule.continue_
     if not matched:
         matched.append(DEFAULT_RULE)
         verdicts.append(Verdict(DEFAULT_RULE, True, "no rule matched"))
@@ -210,7 +241,8 @@ def evaluate(rules: Iterable[Rule], subject: Subject, potential: str) -> Outcome
         roles.extend(r for r in rule.page if r not in roles)
         severity = higher(severity, rule.severity_floor) or severity
         fixed = fixed or rule.severity
-    return Outcome(tuple(roles), fixed or severity, tuple(matched), tuple(verdicts))
+    return Outcome(tuple(roles), fixed or severity, tuple(matched), tuple(verdicts),
+                   tuple(unreached))
 
 
 def rule_files(paths: Iterable[Path]) -> list[Path]:
@@ -224,8 +256,11 @@ def rule_files(paths: Iterable[Path]) -> list[Path]:
     return found
 
 
-def load_rules(paths: Iterable[Path], targets: set[str]) -> tuple[tuple[Rule, ...], list[Problem]]:
-    """Load rule files in order; returns the rules and every problem found."""
+def load_rules(
+    paths: Iterable[Path], targets: set[str], known: MapNames | None = None
+) -> tuple[tuple[Rule, ...], list[Problem]]:
+    """Load rule files in order; returns the rules and every problem found. With `known`,
+    conditions naming a business service or component the maps lack are problems too."""
     problems: list[Problem] = []
     paths = list(paths)
     for path in paths:
@@ -238,7 +273,7 @@ def load_rules(paths: Iterable[Path], targets: set[str]) -> tuple[tuple[Rule, ..
         docs, found = load_file(path)
         problems.extend(found)
         for doc in docs:
-            located.extend(_parse_rules_doc(doc, str(path), targets, problems))
+            located.extend(_parse_rules_doc(doc, str(path), targets, known, problems))
     names: dict[str, str] = {}
     catch_all: Rule | None = None
     for where, rule in located:
@@ -259,7 +294,7 @@ def load_rules(paths: Iterable[Path], targets: set[str]) -> tuple[tuple[Rule, ..
 
 
 def _parse_rules_doc(
-    doc: Any, file: str, targets: set[str], problems: list[Problem]
+    doc: Any, file: str, targets: set[str], known: MapNames | None, problems: list[Problem]
 ) -> list[tuple[str, Rule]]:
     if doc is None:
         return []
@@ -275,14 +310,15 @@ def _parse_rules_doc(
     for index, body in enumerate(raw):
         where = f"rules[{index}]"
         rule = _parse_rule(where, body, file, raw.line_of(index), targets=targets,
-                           problems=problems)
+                           known=known, problems=problems)
         if rule is not None:
             rules.append((where, rule))
     return rules
 
 
 def _parse_rule(
-    where: str, body: Any, file: str, line: int, *, targets: set[str], problems: list[Problem]
+    where: str, body: Any, file: str, line: int, *, targets: set[str], known: MapNames | None,
+    problems: list[Problem],
 ) -> Rule | None:
     count = len(problems)
 
@@ -301,7 +337,7 @@ def _parse_rule(
     if not isinstance(name, str) or not name:
         bad("name", "missing or not a string", name or "", body.line_of("name"))
     matchers = _parse_match(body, bad)
-    when = _parse_when(body, bad)
+    when = _parse_when(body, bad, known)
     page = body.get("page")
     roles: list[str] = []
     if not isinstance(page, LocatedList) or not page:
@@ -383,7 +419,7 @@ def _split_matchers(text: str) -> list[str]:
     return [p for p in (p.strip() for p in parts) if p]
 
 
-def _parse_when(body: LocatedDict, bad: Any) -> When:
+def _parse_when(body: LocatedDict, bad: Any, known: MapNames | None) -> When:
     raw = body.get("when")
     if raw is None:
         return When()
@@ -408,21 +444,35 @@ def _parse_when(body: LocatedDict, bad: Any) -> When:
     if mapped is not None and not isinstance(mapped, bool):
         bad("when.mapped", "must be true or false", mapped, raw.line_of("mapped"))
         mapped = None
-    return When(tier_at_most=tier, impacted_at_least=count,
-                business_service=_names(raw, "business_service", bad),
-                component=_names(raw, "component", bad), mapped=mapped)
+    business = _names(raw, "business_service", bad,
+                      None if known is None else known.business_services,
+                      "no dependency map has this business service")
+    component = _names(raw, "component", bad, None if known is None else known.components,
+                       "no service of the dependency maps has this component")
+    return When(tier_at_most=tier, impacted_at_least=count, business_service=business,
+                component=component, mapped=mapped)
 
 
-def _names(raw: LocatedDict, key: str, bad: Any) -> tuple[str, ...] | None:
+def _names(
+    raw: LocatedDict, key: str, bad: Any, defined: frozenset[str] | None, unknown: str
+) -> tuple[str, ...] | None:
+    """A name or list of names under `when.key`; each one not `defined` is a problem."""
     value = raw.get(key)
     if value is None:
         return None
     if isinstance(value, str):
-        return (value,)
-    if isinstance(value, LocatedList) and all(isinstance(v, str) for v in value):
-        return tuple(value)
-    bad(f"when.{key}", "must be a name or a list of names", value, raw.line_of(key))
-    return None
+        located = [(value, f"when.{key}", raw.line_of(key))]
+    elif isinstance(value, LocatedList) and all(isinstance(v, str) for v in value):
+        located = [(v, f"when.{key}[{i}]", value.line_of(i)) for i, v in enumerate(value)]
+    else:
+        bad(f"when.{key}", "must be a name or a list of names", value, raw.line_of(key))
+        return None
+    for name, path, line in located:
+        if defined is not None and name not in defined:
+            close = difflib.get_close_matches(name, sorted(defined), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            bad(path, f"{unknown}: the rule would never match{hint}", name, line)
+    return tuple(name for name, _, _ in located)
 
 
 def _severity(body: LocatedDict, key: str, bad: Any) -> str | None:

@@ -157,7 +157,7 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
 async def reload(request: web.Request) -> web.Response:
     """Reload settings, maps and rules; the old configuration stays if the new one is bad."""
     try:
-        config = request.app[APP_KEY].reload()
+        config = await request.app[APP_KEY].reload("POST /-/reload")
     except ConfigError as exc:
         return web.json_response(
             {"status": "error", "error": "configuration rejected; the previous one is still "

@@ -4,6 +4,7 @@ other and against a brute-force reference, the per-failing-set cache, and the sh
 from __future__ import annotations
 
 import itertools
+import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -236,10 +237,6 @@ class TestSeverity:
         hard = [svc("job", 4), svc("api", 2, "job")]
         assert build(hard, backend, table).impact(["job"]).severity == "critical"
 
-    def test_matches_the_helpers(self) -> None:
-        """The default table with lower_by_one and higher gives the same answers."""
-        assert higher(DEFAULT_TIER_SEVERITY[3], lower_by_one(DEFAULT_TIER_SEVERITY[1])) == "error"
-
 
 class TestTotals:
     """Business services hit, tier counts and most critical tiers."""
@@ -326,10 +323,6 @@ class TestTop:
         assert [s.name for s in impact.top(1, DEGRADED)] == ["c-ui"]
         assert impact.top(10, DOWN) == impact.down
 
-    @pytest.mark.parametrize("backend", [
-        BITSET,
-        WALK,
-    ])
     def test_limit_inside_a_bucket_keeps_the_nearest_down(self, backend: str) -> None:
         """When a limit cuts a tier's down services, the nearest ones are kept."""
         impact = build(TOP_MAP, backend).impact(["db"])
@@ -338,10 +331,6 @@ class TestTop:
         ]
         assert [s.name for s in impact.top(3, DOWN)] == ["b-web", "a-api", "d-job"]
 
-    @pytest.mark.parametrize("backend", [
-        BITSET,
-        WALK,
-    ])
     def test_top_is_a_prefix_of_impacted(self, backend: str) -> None:
         """top(k) is the first k services of impacted, for every k and state."""
         impact = build(TOP_MAP, backend).impact(["db"])
@@ -349,10 +338,6 @@ class TestTop:
             assert impact.top(k) == impact.impacted[:k], k
             assert impact.top(k, DOWN) == impact.down[:k], k
 
-    @pytest.mark.parametrize("backend", [
-        BITSET,
-        WALK,
-    ])
     def test_limit_inside_a_bucket_keeps_the_nearest_degraded(self, backend: str) -> None:
         """When a limit cuts a tier's degraded services, the nearest ones are kept, even if
         the nearest hangs off a down service only reached through a long hard chain."""
@@ -408,8 +393,9 @@ class TestRootCauses:
     def test_blame(self, backend: str) -> None:
         """blame() walks a failing service's failing dependencies down to its root cause."""
         services = [*self.APP_ON_DB, svc("edge", 1, "web")]
-        impact = build(services, backend).impact(["db", "app", "edge"])
+        impact = build(services, backend).impact(["db", "app", "web", "edge"])
         assert impact.blame("edge") == ("edge", "web", "app", "db")
+        assert impact.blame("web") == ("web", "app", "db")
         assert impact.blame("app") == ("app", "db")
         assert impact.blame("db") == ("db",)
         assert impact.blame("admin") == ("admin",)
@@ -599,7 +585,8 @@ def random_maps(draw: st.DrawFn) -> tuple[list[Service], list[set[str]]]:
     per_service = draw(st.sampled_from([0.5, 1.0, 1.5, 2.5]), label="edges per service")
     soft_share = draw(st.sampled_from([0.0, 0.2, 0.5, 0.9]), label="soft share")
     back_edges = draw(st.integers(0, max(1, size // 4)), label="back edges")
-    rnd = draw(st.randoms(use_true_random=False))
+    # A seeded generator builds the map: much faster than drawing every choice.
+    rnd = random.Random(draw(st.integers(0, 2**32 - 1), label="seed"))
     names = [f"s{i:02d}" for i in range(size)]
     deps: list[dict[int, str]] = [{} for _ in names]
 
@@ -628,8 +615,8 @@ def random_maps(draw: st.DrawFn) -> tuple[list[Service], list[set[str]]]:
     return services, failing_sets
 
 
-def check_path(graph: nx.DiGraph, impact: Impact, hit: graph_module.ImpactedService) -> int:
-    """Check an impacted service's path; return the index of its last failing service."""
+def check_path(graph: nx.DiGraph, impact: Impact, hit: graph_module.ImpactedService) -> None:
+    """Check that an impacted service's path is a valid chain from a root cause."""
     failing = set(impact.failing)
     roots = {name for cause in impact.root_causes for name in cause.services}
     path = hit.path
@@ -647,10 +634,10 @@ def check_path(graph: nx.DiGraph, impact: Impact, hit: graph_module.ImpactedServ
         assert SOFT in kinds
     # The part before the failing service the path leaves from is the blame chain.
     assert tuple(reversed(path[:last + 1])) == impact.blame(path[last])
-    return last
 
 
 def totals(impact: Impact) -> tuple[object, ...]:
+    """Everything impact() computes up front, root causes last."""
     return (
         impact.failing, impact.down_total, impact.degraded_total, impact.impacted_total,
         dict(impact.tier_counts), impact.most_critical_tier, impact.down_tier,
@@ -658,8 +645,9 @@ def totals(impact: Impact) -> tuple[object, ...]:
     )
 
 
-def expected_totals(services: Sequence[Service], graph: nx.DiGraph, failing: set[str],
+def expected_totals(services: Sequence[Service], failing: set[str],
                     ref: Reference) -> tuple[object, ...]:
+    """What totals() must give, from the reference's down and degraded services."""
     tiers = {s.name: s.tier for s in services}
     business = {s.name: s.business_service for s in services}
     hit = failing | set(ref.down) | set(ref.degraded)
@@ -697,12 +685,19 @@ class TestBackendsAgree:
         tiers = {s.name: s.tier for s in services}
         for failing in failing_sets:
             fast, slow = bits.impact(failing), walk.impact(failing)
+            # Ask for the top few before the whole list, so top() finds them on its own.
+            total = fast.impacted_total
+            limits = sorted({1, 2, 3, total // 2, total})
+            tops = {
+                (id(impact), limit, state): impact.top(limit, state)
+                for impact in (fast, slow) for limit in limits for state in (None, DOWN, DEGRADED)
+            }
             assert totals(fast) == totals(slow)
             assert rows(fast.impacted) == rows(slow.impacted)
             assert [len(s.path) for s in fast.impacted] == [len(s.path) for s in slow.impacted]
 
             ref = reference(graph, failing)
-            assert totals(fast)[:9] == expected_totals(services, graph, failing, ref)
+            assert totals(fast)[:9] == expected_totals(services, failing, ref)
             expected_rows = sorted(
                 [(n, DOWN, d) for n, d in ref.down.items()]
                 + [(n, DEGRADED, d) for n, d in ref.degraded.items()],
@@ -721,10 +716,11 @@ class TestBackendsAgree:
                     assert chain[-1] in {n for c in impact.root_causes for n in c.services}
                     for dependent, dependency in itertools.pairwise(chain):
                         assert graph.has_edge(dependent, dependency)
-                total = impact.impacted_total
-                assert impact.top(total, DOWN) == impact.down
-                assert impact.top(total, DEGRADED) == tuple(
-                    s for s in impact.impacted if s.state == DEGRADED)
+                degraded = tuple(s for s in impact.impacted if s.state == DEGRADED)
+                for limit in limits:
+                    assert tops[id(impact), limit, None] == impact.impacted[:limit]
+                    assert tops[id(impact), limit, DOWN] == impact.down[:limit]
+                    assert tops[id(impact), limit, DEGRADED] == degraded[:limit]
 
 
 # -- the shipped example map ----------------------------------------------------------------

@@ -639,3 +639,58 @@ class TestRelativePaths:
         """An absolute path in the settings file is used as written."""
         path = write(tmp_path, SETTINGS.replace("data/firehouse.db", "/var/lib/fh/state.db"))
         assert load_config(path, {}).settings.state == Path("/var/lib/fh/state.db")
+
+
+class TestRuleCrossReferences:
+    """Rule conditions naming a business service or component that no map has are errors."""
+
+    CHECKOUT_MAP = MAP + "    business_service: online-checkout\n"
+    RULES_NAMING = """\
+rules:
+  - name: checkout
+    when: {business_service: online-chekout}
+    page: [service_lead]
+    continue: true
+  - name: databases
+    when:
+      component: [application, dbms]
+    page: [technical_lead, incident_lead]
+"""
+
+    def test_unknown_names_are_located(self, tmp_path: Path) -> None:
+        """Each unknown name is reported with file, line, key path and value."""
+        path = write(tmp_path, map_text=self.CHECKOUT_MAP, rules=self.RULES_NAMING)
+        rules = tmp_path / "rules" / "rules.yaml"
+        assert problems_of(path) == [
+            f"{rules}:3: rules[0].when.business_service: no dependency map has this business "
+            "service: the rule would never match; did you mean 'online-checkout'? "
+            "(got 'online-chekout')",
+            f"{rules}:8: rules[1].when.component[1]: no service of the dependency maps has "
+            "this component: the rule would never match (got 'dbms')",
+        ]
+
+    def test_names_across_map_files(self, tmp_path: Path) -> None:
+        """A name defined in any one of the map files is known."""
+        path = write(tmp_path, map_text=self.CHECKOUT_MAP,
+                     rules=self.RULES_NAMING.replace("online-chekout", "online-checkout"))
+        (tmp_path / "maps" / "db.yaml").write_text(
+            MAP.replace("web:", "db:").replace("application", "dbms"), encoding="utf-8")
+        config = load_config(path, {})
+        assert [r.name for r in config.rules] == ["checkout", "databases"]
+
+    def test_not_checked_on_top_of_map_errors(self, tmp_path: Path) -> None:
+        """When a map has errors, its lost names are not reported again against the rules."""
+        path = write(tmp_path, map_text=self.CHECKOUT_MAP.replace("tier: 1", "tier: 7"),
+                     rules=self.RULES_NAMING.replace("online-chekout", "online-checkout"))
+        assert problems_of(path) == [
+            f"{tmp_path / 'maps' / 'web.yaml'}:3: services.web.tier: must be an integer from 1 "
+            "(most critical) to 4 (got 7)",
+        ]
+
+    def test_not_checked_without_services(self, tmp_path: Path) -> None:
+        """With no services at all, only the warning that nothing is mapped is given."""
+        path = write(tmp_path, map_text="services: {}\n", rules=self.RULES_NAMING)
+        config = load_config(path, {})
+        assert [w.message for w in config.warnings] == [
+            "no services: every alert will be treated as unmapped",
+        ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from pathlib import Path
 from types import MappingProxyType
@@ -9,11 +11,13 @@ from types import MappingProxyType
 import pytest
 import yaml
 
+from daemon.cli import main
 from daemon.errors import ConfigError
 from daemon.graph import Dependency, Service, ServiceGraph, build_graph
 from daemon.maps import load_maps
 from daemon.rules import (
     DEFAULT_RULE,
+    MapNames,
     Rule,
     Subject,
     When,
@@ -22,8 +26,10 @@ from daemon.rules import (
     load_rules,
     parse_matcher,
 )
+from tests.helpers import write_settings
 
 ROOT = Path(__file__).parent.parent
+EXAMPLE = ROOT / "examples" / "alert-firing.json"
 BAD_RULES = Path(__file__).parent / "testdata" / "rules"
 TARGETS = {"command-center", "dba-oncall"}
 
@@ -476,3 +482,240 @@ rules:
         missing = tmp_path / "nope"
         _, problems = load_rules([missing], TARGETS)
         assert [str(p) for p in problems] == [f"{missing}: no such file or directory"]
+
+
+class TestMisses:
+    """check and evaluate: every failed condition, the closest misses, the rules not reached."""
+
+    def test_conditions_are_counted(self) -> None:
+        """Each matcher and each `when` condition counts as one condition."""
+        assert rule("r").conditions == 0
+        assert rule("r", match='env="prod"').conditions == 1
+        assert rule("r", match='env="prod"',
+                    when=When(tier_at_most=1, component=("dbms",), mapped=True)).conditions == 4
+
+    def test_every_failed_condition_is_reported(self, graph: ServiceGraph) -> None:
+        """A miss lists every condition that failed, in order, not only the first."""
+        verdict = check(rule("r", match='env="prod"', when=When(tier_at_most=1,
+                                                                component=("batch",))),
+                        subject(graph, "db"))
+        assert verdict.failures == ('env="prod" failed (env unset)',
+                                    "component is dbms, needs one of ['batch']")
+        assert verdict.reason == ("env=\"prod\" failed (env unset); "
+                                  "component is dbms, needs one of ['batch']")
+        assert not verdict.closest_miss
+
+    def test_one_failed_condition_is_a_closest_miss(self, graph: ServiceGraph) -> None:
+        """A rule that failed on exactly one of its conditions is a closest miss."""
+        verdict = check(rule("r", match='severity="critical"', when=When(component=("dbms",))),
+                        subject(graph, "db", severity="warning"))
+        assert verdict.failures == ('severity="critical" failed (severity="warning")',)
+        assert verdict.closest_miss
+
+    def test_a_match_is_no_miss(self, graph: ServiceGraph) -> None:
+        """A matching rule has no failures and is not a closest miss."""
+        verdict = check(rule("r", when=When(component=("dbms",))), subject(graph, "db"))
+        assert (verdict.matched, verdict.failures, verdict.closest_miss) == (True, (), False)
+
+    def test_rules_after_the_stop_are_unreached(self, graph: ServiceGraph) -> None:
+        """The rules after a match without `continue` are listed as not reached, unchecked."""
+        rules = [
+            rule("miss", match='env="prod"', page=("business_line",)),
+            rule("stops", page=("technical_lead",)),
+            rule("after", page=("incident_lead",)),
+            rule("also after", match='env="prod"', page=("service_lead",)),
+        ]
+        outcome = evaluate(rules, subject(graph, "db"), "error")
+        assert [v.rule.name for v in outcome.verdicts] == ["miss", "stops"]
+        assert [r.name for r in outcome.unreached] == ["after", "also after"]
+
+    def test_nothing_unreached_without_a_stop(self, graph: ServiceGraph) -> None:
+        """When no rule stops the walk, every rule is checked and none is unreached."""
+        outcome = evaluate([rule("a", match='env="prod"'), rule("b", cont=True)],
+                           subject(graph, "db"), "error")
+        assert outcome.unreached == ()
+
+
+class TestMapCrossReferences:
+    """load_rules with the maps' names: a condition naming what no map has is a problem."""
+
+    KNOWN = MapNames(frozenset({"online-checkout", "customer-login"}),
+                     frozenset({"application", "dbms", "batch"}))
+
+    def load(self, tmp_path: Path, text: str) -> tuple[Path, list[str]]:
+        path = tmp_path / "rules.yaml"
+        path.write_text(text, encoding="utf-8")
+        _, problems = load_rules([path], TARGETS, self.KNOWN)
+        return path, [str(p) for p in ConfigError(problems).problems]
+
+    def test_unknown_business_service(self, tmp_path: Path) -> None:
+        """A misspelt business service is reported at its line, with the closest known name."""
+        path, problems = self.load(tmp_path, """rules:
+  - name: checkout
+    when:
+      business_service: online-chekout
+    page: [service_lead]
+""")
+        assert problems == [
+            f"{path}:4: rules[0].when.business_service: no dependency map has this business "
+            "service: the rule would never match; did you mean 'online-checkout'? "
+            "(got 'online-chekout')",
+        ]
+
+    def test_unknown_component_in_a_list(self, tmp_path: Path) -> None:
+        """In a list, each unknown component is reported at its own item and index."""
+        path, problems = self.load(tmp_path, """rules:
+  - name: storage
+    when:
+      component:
+        - dbms
+        - dbs
+        - mainframe
+    page: [technical_lead]
+""")
+        assert problems == [
+            f"{path}:6: rules[0].when.component[1]: no service of the dependency maps has this "
+            "component: the rule would never match; did you mean 'dbms'? (got 'dbs')",
+            f"{path}:7: rules[0].when.component[2]: no service of the dependency maps has this "
+            "component: the rule would never match (got 'mainframe')",
+        ]
+
+    def test_every_rule_is_checked(self, tmp_path: Path) -> None:
+        """Problems in several rules are all reported, sorted by line."""
+        path, problems = self.load(tmp_path, """rules:
+  - name: a
+    when: {component: network}
+    page: [technical_lead]
+    continue: true
+  - name: b
+    when: {business_service: [customer-login, search]}
+    page: [service_lead]
+""")
+        assert problems == [
+            f"{path}:3: rules[0].when.component: no service of the dependency maps has this "
+            "component: the rule would never match (got 'network')",
+            f"{path}:7: rules[1].when.business_service[1]: no dependency map has this "
+            "business service: the rule would never match (got 'search')",
+        ]
+
+    def test_known_names_pass(self, tmp_path: Path) -> None:
+        """Names the maps define load without a problem."""
+        _, problems = self.load(tmp_path, """rules:
+  - name: ok
+    when: {component: [dbms, batch], business_service: online-checkout}
+    page: [technical_lead]
+""")
+        assert problems == []
+
+    def test_without_names_nothing_is_checked(self, tmp_path: Path) -> None:
+        """Without the maps' names (as when the maps failed), any name loads."""
+        (loaded,) = load_text(tmp_path, """rules:
+  - name: anything
+    when: {component: mainframe, business_service: nowhere}
+    page: [technical_lead]
+""")
+        assert loaded.when == When(business_service=("nowhere",), component=("mainframe",))
+
+    def test_names_of_services(self) -> None:
+        """MapNames.of collects the business services and components of services."""
+        names = MapNames.of([service("db", 2, "dbms"),
+                             service("api", 1, "application", business="online-checkout")])
+        assert names == MapNames(frozenset({"online-checkout"}),
+                                 frozenset({"dbms", "application"}))
+
+
+class TestExplainMisses:
+    """`firehouse explain` says why each rule missed and marks the closest misses.
+
+    (Here rather than in test_cli.py, which another change is editing at the same time.)
+    """
+
+    RULES = """rules:
+  - name: unmapped
+    when: {mapped: false}
+    page: [incident_lead]
+  - name: critical database alerts
+    match: 'severity="critical"'
+    when: {component: dbms}
+    page: [senior_management]
+  - name: production batch
+    match: 'env="prod"'
+    when: {component: batch, tier_at_most: 1}
+    page: [business_line]
+  - name: databases
+    when: {component: dbms}
+    page: [technical_lead, incident_lead]
+  - name: everyone else
+    page: [incident_lead]
+"""
+
+    @pytest.fixture
+    def settings(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+        """The shipped settings and maps with the rules above, and no FIREHOUSE_* variables."""
+        for name in list(os.environ):
+            if name.startswith("FIREHOUSE_"):
+                monkeypatch.delenv(name)
+        rules = tmp_path / "rules.yaml"
+        rules.write_text(self.RULES, encoding="utf-8")
+        return write_settings(tmp_path, rules=[str(rules)])
+
+    def test_text(self, settings: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """Each miss gives every failed condition and the count; one failure marks it closest."""
+        assert main(["explain", str(EXAMPLE), "--config", str(settings)]) == 0
+        out = capsys.readouterr().out.splitlines()
+        rules = [line for line in out if line.startswith(("  rule ", "  severity"))]
+        assert rules == [
+            "  rule miss  'unmapped': service is mapped  [closest miss: 1 of 1 condition failed]",
+            "  rule miss  'critical database alerts': severity=\"critical\" failed "
+            "(severity=\"warning\")  [closest miss: 1 of 2 conditions failed]",
+            "  rule miss  'production batch': env=\"prod\" failed (env unset); component is "
+            "dbms, needs one of ['batch']  [2 of 3 conditions failed]",
+            "  rule MATCH 'databases': matched",
+            "  rule skip  'everyone else': not reached: 'databases' matched without "
+            "'continue: true'",
+            "  severity: critical; roles: technical_lead, incident_lead",
+        ]
+
+    def test_json(self, settings: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """The JSON format carries the same: failed conditions, counts, closest, reached."""
+        assert main(["explain", str(EXAMPLE), "--format", "json", "--config",
+                     str(settings)]) == 0
+        (alert,) = json.loads(capsys.readouterr().out)["alerts"]
+        assert alert["rules"] == [
+            {"rule": "unmapped", "matched": False, "reason": "service is mapped",
+             "reached": True, "conditions": 1, "failed": ["service is mapped"],
+             "closest_miss": True},
+            {"rule": "critical database alerts", "matched": False,
+             "reason": 'severity="critical" failed (severity="warning")', "reached": True,
+             "conditions": 2, "failed": ['severity="critical" failed (severity="warning")'],
+             "closest_miss": True},
+            {"rule": "production batch", "matched": False,
+             "reason": "env=\"prod\" failed (env unset); component is dbms, needs one of "
+                       "['batch']",
+             "reached": True, "conditions": 3,
+             "failed": ['env="prod" failed (env unset)',
+                        "component is dbms, needs one of ['batch']"],
+             "closest_miss": False},
+            {"rule": "databases", "matched": True, "reason": "matched", "reached": True,
+             "conditions": 1, "failed": [], "closest_miss": False},
+            {"rule": "everyone else", "matched": False,
+             "reason": "not reached: 'databases' matched without 'continue: true'",
+             "reached": False, "conditions": 0, "failed": [], "closest_miss": False},
+        ]
+
+    def test_default_rule_when_nothing_matches(self, tmp_path: Path,
+                                               settings: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+        """With no match, every rule is a miss and the built-in default is shown matching."""
+        (tmp_path / "rules.yaml").write_text("""rules:
+  - name: critical only
+    match: 'severity="critical"'
+    page: [incident_lead]
+""", encoding="utf-8")
+        assert main(["explain", str(EXAMPLE), "--config", str(settings)]) == 0
+        out = capsys.readouterr().out.splitlines()
+        assert [line for line in out if line.startswith("  rule ")] == [
+            "  rule miss  'critical only': severity=\"critical\" failed (severity=\"warning\")  "
+            "[closest miss: 1 of 1 condition failed]",
+            "  rule MATCH 'default: call the fire department first': no rule matched",
+        ]

@@ -77,6 +77,12 @@ class Firehouse:
                 log.error("reload (%s) failed; keeping configuration %s:\n%s",  # noqa: TRY400
                           trigger, old.digest, exc)
                 raise
+            except Exception:
+                # A bug, not a bad file: the gauge must still say that this reload failed.
+                self.metrics.reload_ok.set(0)
+                log.exception("reload (%s) failed unexpectedly; keeping configuration %s",
+                              trigger, old.digest)
+                raise
             for name in RESTART_ONLY:
                 before, after = getattr(old.settings, name), getattr(config.settings, name)
                 if after != before:
@@ -95,8 +101,8 @@ class Firehouse:
     def request_reload(self, trigger: str) -> asyncio.Task[None]:
         """Start a reload in the background (for SIGHUP, which has nobody to answer)."""
         async def run() -> None:
-            # A bad configuration has been logged and counted in `reload`; nothing to add.
-            with contextlib.suppress(ConfigError):
+            # `reload` has logged and counted every failure; nobody waits for this task.
+            with contextlib.suppress(Exception):
                 await self.reload(trigger)
 
         task = asyncio.create_task(run(), name=f"reload ({trigger})")

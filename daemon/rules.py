@@ -189,8 +189,8 @@ class Outcome:
 
 
 def check(rule: Rule, subject: Subject) -> Verdict:
-    """Match one rule against a subject, checking every condition, saying why not when it
-    does not: all conditions are checked so that explain can tell a near miss from a far one."""
+    """Match one rule against a subject; a miss lists every failed condition, not only the
+    first, so that explain can tell a near miss from a far one."""
     failures: list[str] = []
     for matcher in rule.matchers:
         if not matcher.matches(subject.labels):

@@ -180,33 +180,39 @@ class _Reader:
         else:
             self.names[name] = f"{self.file}:{line}"
         steps: list[Step | None] = []
+        raw = body.get("steps")
         if "steps" not in body:
             # The one-step form: the test is its own only step.
             steps.append(self.step(path, body, line, DEFAULT_AT))
+        elif not isinstance(raw, LocatedList) or not raw:
+            self.bad(f"{path}.steps", body.line_of("steps"),
+                     "must be a non-empty list of {at, alerts, expect}", raw or "")
         else:
+            steps.extend(self.steps(f"{path}.steps", raw))
+        if "steps" in body:
             for key in ("at", "alerts", "expect"):
                 if key in body:
                     self.bad(f"{path}.{key}", body.line_of(key),
                              "not allowed next to 'steps': give it in each step")
-            raw = body["steps"]
-            if not isinstance(raw, LocatedList) or not raw:
-                self.bad(f"{path}.steps", body.line_of("steps"),
-                         "must be a non-empty list of {at, alerts, expect}", raw or "")
-                raw = LocatedList()
-            at = DEFAULT_AT
-            for index, item in enumerate(raw):
-                where = f"{path}.steps[{index}]"
-                if not isinstance(item, LocatedDict):
-                    self.bad(where, raw.line_of(index),
-                             "must be a mapping with 'alerts' and 'expect'", item)
-                    continue
-                self.keys(item, where, _STEP_KEYS)
-                step = self.step(where, item, raw.line_of(index), at)
-                steps.append(step)
-                at = (step.at if step is not None else at) + STEP_GAP
         if len(self.problems) != count or not isinstance(name, str):
             return None
         return RuleTest(name, self.file, line, tuple(s for s in steps if s is not None))
+
+    def steps(self, path: str, raw: LocatedList) -> list[Step | None]:
+        """The steps of a test, each by default a minute after the one before."""
+        steps: list[Step | None] = []
+        at = DEFAULT_AT
+        for index, item in enumerate(raw):
+            where = f"{path}[{index}]"
+            if not isinstance(item, LocatedDict):
+                self.bad(where, raw.line_of(index),
+                         "must be a mapping with 'alerts' and 'expect'", item)
+                continue
+            self.keys(item, where, _STEP_KEYS)
+            step = self.step(where, item, raw.line_of(index), at)
+            steps.append(step)
+            at = (step.at if step is not None else at) + STEP_GAP
+        return steps
 
     def step(self, path: str, body: LocatedDict, line: int, default_at: datetime) -> Step | None:
         """One step: its time, its alerts as a webhook, and its expectations."""
@@ -258,9 +264,9 @@ class _Reader:
         node = body.get(key)
         if node is None and not required:
             return {}
-        if not isinstance(node, LocatedDict) or not node:
-            self.bad(f"{path}.{key}", body.line_of(key),
-                     "must be a non-empty mapping of names to values", node or "")
+        if not isinstance(node, LocatedDict) or (required and not node):
+            self.bad(f"{path}.{key}", body.line_of(key), "must be a "
+                     f"{'non-empty ' if required else ''}mapping of names to values", node or "")
             return {}
         values = {}
         for name, value in node.items():

@@ -155,7 +155,8 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
 
 @require_auth
 async def reload(request: web.Request) -> web.Response:
-    """Reload settings, maps and rules; the old configuration stays if the new one is bad."""
+    """Reload settings, maps and rules as SIGHUP does; the old configuration stays if the new
+    one is bad. Answered once this request's reload is done (after any reload before it)."""
     try:
         config = await request.app[APP_KEY].reload("POST /-/reload")
     except ConfigError as exc:

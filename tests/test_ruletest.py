@@ -256,6 +256,27 @@ class TestLoadTests:
             "annotations, status, startsAt})",
         ]
 
+    def test_every_shape_is_checked(self, config: Config) -> None:
+        """A value of the wrong shape anywhere is reported, and the rest still checked."""
+        file = BAD / "wrong_shapes.yaml"
+        _, problems = load_tests([file], config)
+        assert [str(p).removeprefix(f"{file}:") for p in sorted(problems)] == [
+            "2: tests[0]: must be a mapping with 'name', and 'alerts' and 'expect' or 'steps' "
+            "(got 'just a string')",
+            "4: tests[1].steps: must be a non-empty list of {at, alerts, expect} "
+            "(got {'alerts': []})",
+            "7: tests[2].steps[0]: must be a mapping with 'alerts' and 'expect' (got 'alerts')",
+            "10: tests[3].alerts[0]: must be a mapping with 'labels' (got ['alertname', 'Lag'])",
+            "11: tests[3].expect: must be a mapping of pages, resolves and rules "
+            "(got ['pages'])",
+            "15: tests[4].alerts[0].annotations: must be a mapping of names to values "
+            "(got ['summary'])",
+            "18: tests[4].expect.pages[0]: must be a mapping of target, roles and severity "
+            "(got 'dba-oncall')",
+            "19: tests[4].expect.pages[1].roles[1]: listed twice (got 'technical_lead')",
+            "20: tests[4].expect.resolves: must be a list (got 'dba-oncall')",
+        ]
+
 
 class TestRunTest:
     def test_shipped_tests_pass(self, config: Config) -> None:

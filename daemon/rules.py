@@ -172,8 +172,9 @@ class Verdict:
 
     @property
     def closest_miss(self) -> bool:
-        """Whether the rule missed on exactly one condition (`firehouse explain` marks these)."""
-        return not self.matched and len(self.failures) == 1
+        """Whether the rule missed on exactly one of several conditions: the others held, so
+        it nearly matched (`firehouse explain` marks these)."""
+        return not self.matched and len(self.failures) == 1 and self.rule.conditions > 1
 
 
 @dataclass(frozen=True, slots=True)

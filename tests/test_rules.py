@@ -660,12 +660,13 @@ class TestExplainMisses:
         return write_settings(tmp_path, rules=[str(rules)])
 
     def test_text(self, settings: Path, capsys: pytest.CaptureFixture[str]) -> None:
-        """Each miss gives every failed condition and the count; one failure marks it closest."""
+        """Each miss gives every failed condition and the count; one failure of several marks
+        it closest."""
         assert main(["explain", str(EXAMPLE), "--config", str(settings)]) == 0
         out = capsys.readouterr().out.splitlines()
         rules = [line for line in out if line.startswith(("  rule ", "  severity"))]
         assert rules == [
-            "  rule miss  'unmapped': service is mapped  [closest miss: 1 of 1 condition failed]",
+            "  rule miss  'unmapped': service is mapped  [1 of 1 condition failed]",
             "  rule miss  'critical database alerts': severity=\"critical\" failed "
             "(severity=\"warning\")  [closest miss: 1 of 2 conditions failed]",
             "  rule miss  'production batch': env=\"prod\" failed (env unset); component is "
@@ -684,7 +685,7 @@ class TestExplainMisses:
         assert alert["rules"] == [
             {"rule": "unmapped", "matched": False, "reason": "service is mapped",
              "reached": True, "conditions": 1, "failed": ["service is mapped"],
-             "closest_miss": True},
+             "closest_miss": False},
             {"rule": "critical database alerts", "matched": False,
              "reason": 'severity="critical" failed (severity="warning")', "reached": True,
              "conditions": 2, "failed": ['severity="critical" failed (severity="warning")'],
@@ -716,6 +717,6 @@ class TestExplainMisses:
         out = capsys.readouterr().out.splitlines()
         assert [line for line in out if line.startswith("  rule ")] == [
             "  rule miss  'critical only': severity=\"critical\" failed (severity=\"warning\")  "
-            "[closest miss: 1 of 1 condition failed]",
+            "[1 of 1 condition failed]",
             "  rule MATCH 'default: call the fire department first': no rule matched",
         ]

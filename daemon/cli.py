@@ -174,6 +174,7 @@ def _decision_json(decision: Decision) -> dict[str, Any]:
                 "service": e.service, "mapped": e.mapped, "action": e.action,
                 "severity": e.severity,
                 "rules": _rules_json(e.outcome) if e.outcome else [],
+                "deadlines": e.deadlines.to_json() if e.deadlines else None,
             }
             for e in decision.explanations
         ],
@@ -239,6 +240,9 @@ def _print_decision(decision: Decision, rejected: list[str]) -> None:
             for rule in e.outcome.unreached:
                 print(f"  rule skip  {rule.name!r}: {_unreached_reason(e.outcome)}")
             print(f"  severity: {e.severity}; roles: {', '.join(e.outcome.roles)}")
+        if e.deadlines is not None and decision.now is not None:
+            deadlines = e.deadlines.describe(decision.now)
+            print(f"  deadlines: {deadlines or 'none (no matching rule sets a clock)'}")
     for ev in decision.events:
         payload = ev.body.get("payload", {})
         print(f"event {ev.action} -> {ev.target} (routing key {mask(ev.routing_key)}) "

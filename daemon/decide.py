@@ -12,14 +12,14 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import Any
 
 from daemon.alerts import Alert, Webhook
 from daemon.config import Config
 from daemon.graph import DEGRADED, DOWN, SEVERITIES, Impact, Service, ServiceGraph, higher
-from daemon.rules import Outcome, Subject, evaluate
+from daemon.rules import Outcome, Subject, evaluate, format_duration
 
 TRIGGER = "trigger"
 RESOLVE = "resolve"
@@ -84,6 +84,72 @@ class Page:
 
 
 @dataclass(frozen=True, slots=True)
+class Deadlines:
+    """What the matched rules' `clock` and `business_updates` ask of an incident, for the
+    incident clock (coming): nothing acts on them yet."""
+
+    ack_by: datetime | None = None
+    resolve_by: datetime | None = None
+    # Roles or target names, as the rules give them: resolved to targets when one fires.
+    escalate_to: tuple[str, ...] = ()
+    business_updates_every: int | None = None  # seconds
+
+    @classmethod
+    def of(cls, outcome: Outcome, opened_at: datetime) -> Deadlines:
+        """The deadlines of an incident opened at `opened_at` on the rules' outcome."""
+        clock = outcome.clock
+        every = outcome.business_updates
+        return cls(
+            ack_by=opened_at + clock.ack_within if clock and clock.ack_within else None,
+            resolve_by=(opened_at + clock.resolve_within
+                        if clock and clock.resolve_within else None),
+            escalate_to=clock.escalate_to if clock else (),
+            business_updates_every=int(every.total_seconds()) if every else None,
+        )
+
+    def describe(self, opened_at: datetime) -> str:
+        """One line for the timeline and `firehouse explain`; "" when there is nothing."""
+        parts = []
+        if self.ack_by is not None:
+            parts.append(f"ack by {_time(self.ack_by)} "
+                         f"({format_duration(self.ack_by - opened_at)})")
+        if self.resolve_by is not None:
+            parts.append(f"resolve by {_time(self.resolve_by)} "
+                         f"({format_duration(self.resolve_by - opened_at)})")
+        if self.escalate_to:
+            parts.append(f"if missed escalate to {', '.join(self.escalate_to)}")
+        text = ", ".join(parts)
+        if self.business_updates_every is not None:
+            every = format_duration(timedelta(seconds=self.business_updates_every))
+            text += f"{'; ' if text else ''}business updates every {every}"
+        return text
+
+    def to_json(self) -> dict[str, Any]:
+        """As stored in the incident document and shown by the API."""
+        return {
+            "ack_by": self.ack_by.isoformat() if self.ack_by else None,
+            "resolve_by": self.resolve_by.isoformat() if self.resolve_by else None,
+            "escalate_to": list(self.escalate_to),
+            "business_updates_every": self.business_updates_every,
+        }
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> Deadlines:
+        """The inverse of `to_json`."""
+        ack, resolve = doc.get("ack_by"), doc.get("resolve_by")
+        return cls(
+            ack_by=datetime.fromisoformat(ack) if ack else None,
+            resolve_by=datetime.fromisoformat(resolve) if resolve else None,
+            escalate_to=tuple(doc.get("escalate_to", ())),
+            business_updates_every=doc.get("business_updates_every"),
+        )
+
+
+def _time(value: datetime) -> str:
+    return value.isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
 class Incident:
     """One fire, with its alerts, its impact and the pages sent for it."""
 
@@ -101,6 +167,7 @@ class Incident:
     impact: Mapping[str, Any]
     rules: tuple[str, ...]
     external_url: str = ""
+    deadlines: Deadlines = Deadlines()
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +208,7 @@ class Explanation:
     severity: str | None = None
     impact: Impact | None = None
     outcome: Outcome | None = None
+    deadlines: Deadlines | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,12 +464,15 @@ class _Work:
             services=(record.service,) if record.service else (), mapped=service is not None,
             alerts=MappingProxyType({alert.fingerprint: record}), pages=pages,
             impact=summary, rules=tuple(r.name for r in outcome.matched),
-            external_url=self.external_url,
+            external_url=self.external_url, deadlines=Deadlines.of(outcome, self.now),
         )
         self.changed[ident] = incident
         self.by_fp[alert.fingerprint] = ident
-        self.timeline.append(Note(ident, self.now, "opened", f"{clean(title)} "
-                                  f"(rules: {', '.join(incident.rules)})"))
+        opened = f"{clean(title)} (rules: {', '.join(incident.rules)})"
+        deadlines = incident.deadlines.describe(self.now)
+        if deadlines:
+            opened += f"; deadlines: {deadlines}"
+        self.timeline.append(Note(ident, self.now, "opened", opened))
         for page in pages:
             body = fit_event(self._trigger_body(incident, record, page, service))
             self.events.append(OutboundEvent(
@@ -412,7 +483,7 @@ class _Work:
                                       f"paged {page.target} as {', '.join(page.roles)} "
                                       f"at {page.severity}"))
         self._explain(alert, service, label, "opened", incident_id=ident, severity=severity,
-                      impact=impact, outcome=outcome)
+                      impact=impact, outcome=outcome, deadlines=incident.deadlines)
 
     def _routing_key(self, target: str) -> str:
         found = self.settings.targets.get(target)

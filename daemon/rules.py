@@ -4,14 +4,21 @@ Rules are evaluated in order. Every matching rule contributes its pages; a match
 without `continue: true` stops the evaluation, as an Alertmanager route does. When no rule
 matches, the built-in default calls the fire department first: the technical lead and the
 incident lead, at the full potential severity.
+
+A rule may also set a `clock` (deadlines to acknowledge and resolve, and whom to escalate
+to when one is missed) and `business_updates` (how often the business line hears). When
+several matching rules set them, the tightest deadline and interval of each kind win and
+the escalation lists are united. They are carried to the incident for the incident clock
+(coming); nothing acts on them yet.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +28,17 @@ from daemon.yamlsrc import LocatedDict, LocatedList, load_file, shown
 
 ROLES = ("technical_lead", "service_lead", "incident_lead", "senior_management", "business_line")
 _MATCHER = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*(.*?)\s*$")
-_RULE_KEYS = frozenset({"name", "match", "when", "page", "severity", "severity_floor", "continue"})
+_RULE_KEYS = frozenset({"name", "match", "when", "page", "severity", "severity_floor", "continue",
+                        "clock", "business_updates"})
+_CLOCK_KEYS = frozenset({"ack_within", "resolve_within", "escalate_to"})
+# Prometheus' duration units, largest first; each at most once, in this order ("1h30m").
+_UNITS = (("w", 7 * 86400), ("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
+_DURATION = re.compile("".join(rf"(?:(\d+){unit})?" for unit, _ in _UNITS))
+NOT_A_DURATION = "not a duration such as 30s, 15m, 4h, 1d or 1h30m"
+
+# Reports one problem: key path (relative to the mapping being read), message, bad value
+# ("" to show none) and line.
+Reporter = Callable[[str, str, Any, int], None]
 _WHEN_KEYS = frozenset(
     {"tier_at_most", "impacted_at_least", "business_service", "component", "mapped"}
 )
@@ -92,6 +109,61 @@ def _unescape(text: str) -> str:
     return "".join(result)
 
 
+def parse_duration(text: str) -> timedelta:
+    """A Prometheus-style duration (`30s`, `15m`, `4h`, `1d`, `1w`, `1h30m`); raises
+    ValueError."""
+    found = _DURATION.fullmatch(text.strip()) if text.strip() else None
+    if found is None:
+        raise ValueError(NOT_A_DURATION)
+    seconds = sum(int(count) * size
+                  for count, (_, size) in zip(found.groups(), _UNITS, strict=True)
+                  if count is not None)
+    if seconds == 0:
+        raise ValueError("must be longer than zero")
+    return timedelta(seconds=seconds)
+
+
+def format_duration(value: timedelta | None) -> str:
+    """A duration as a rule writes it (`1h30m`), or `(none)`."""
+    if value is None:
+        return "(none)"
+    seconds = int(value.total_seconds())
+    parts = []
+    for unit, size in _UNITS:
+        count, seconds = divmod(seconds, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts) or "0s"
+
+
+@dataclass(frozen=True, slots=True)
+class Clock:
+    """How long an incident may stay unacknowledged and unresolved, and whom to escalate to
+    (roles or targets) when it does: for the incident clock (coming)."""
+
+    ack_within: timedelta | None = None
+    resolve_within: timedelta | None = None
+    escalate_to: tuple[str, ...] = ()
+
+
+def merge_clocks(clocks: Iterable[Clock]) -> Clock | None:
+    """The clock of several matching rules: the tightest deadline of each kind, and every
+    escalation target in order of first mention; None when no rule set one."""
+    clocks = list(clocks)
+    if not clocks:
+        return None
+    return Clock(
+        ack_within=tightest(c.ack_within for c in clocks),
+        resolve_within=tightest(c.resolve_within for c in clocks),
+        escalate_to=tuple(dict.fromkeys(t for c in clocks for t in c.escalate_to)),
+    )
+
+
+def tightest(durations: Iterable[timedelta | None]) -> timedelta | None:
+    """The shortest of the durations given, or None when none is."""
+    return min((d for d in durations if d is not None), default=None)
+
+
 @dataclass(frozen=True, slots=True)
 class When:
     """Conditions on the computed impact; an absent condition always holds."""
@@ -115,6 +187,8 @@ class Rule:
     severity_floor: str | None = None
     continue_: bool = False
     source: str = ""
+    clock: Clock | None = None
+    business_updates: timedelta | None = None
 
     @property
     def conditions(self) -> int:
@@ -187,6 +261,9 @@ class Outcome:
     verdicts: tuple[Verdict, ...]
     # Rules after the matching rule that stopped the walk: never checked.
     unreached: tuple[Rule, ...] = ()
+    # Of all matched rules: see `merge_clocks`; the shortest interval of business updates.
+    clock: Clock | None = None
+    business_updates: timedelta | None = None
 
 
 def check(rule: Rule, subject: Subject) -> Verdict:
@@ -243,7 +320,9 @@ def evaluate(rules: Iterable[Rule], subject: Subject, potential: str) -> Outcome
         severity = higher(severity, rule.severity_floor) or severity
         fixed = fixed or rule.severity
     return Outcome(tuple(roles), fixed or severity, tuple(matched), tuple(verdicts),
-                   tuple(unreached))
+                   tuple(unreached),
+                   clock=merge_clocks(r.clock for r in matched if r.clock is not None),
+                   business_updates=tightest(r.business_updates for r in matched))
 
 
 def rule_files(paths: Iterable[Path]) -> list[Path]:
@@ -355,10 +434,88 @@ def _parse_rule(
     cont = body.get("continue", False)
     if not isinstance(cont, bool):
         bad("continue", "must be true or false", cont, body.line_of("continue"))
+
+    def is_name(value: Any) -> bool:
+        return isinstance(value, str) and (value in ROLES or value in targets)
+
+    clock = parse_clock(body, bad, is_name, required=True)
+    updates = _parse_business_updates(body, bad)
     if len(problems) != count or not isinstance(name, str):
         return None
     return Rule(name=name, matchers=tuple(matchers), when=when, page=tuple(roles),
-                severity=severity, severity_floor=floor, continue_=cont, source=f"{file}:{line}")
+                severity=severity, severity_floor=floor, continue_=cont, source=f"{file}:{line}",
+                clock=clock, business_updates=updates)
+
+
+def parse_clock(body: LocatedDict, bad: Reporter, is_name: Callable[[Any], bool], *,
+                required: bool) -> Clock | None:
+    """`body.clock`, or None when absent or bad. A rule's clock (`required`) needs a
+    non-empty `escalate_to` when given and at least one deadline; a test's expected clock
+    may be empty, expecting none."""
+    if "clock" not in body:
+        return None
+    raw, at = body["clock"], body.line_of("clock")
+    if not isinstance(raw, LocatedDict):
+        bad("clock", "must be a mapping of ack_within, resolve_within and escalate_to", raw, at)
+        return None
+    ok = True
+
+    def report(key: str, message: str, value: Any, line: int) -> None:
+        nonlocal ok
+        ok = False
+        bad(f"clock.{key}" if key else "clock", message, value, line)
+
+    for key in raw:
+        if key not in _CLOCK_KEYS:
+            report(key, "unknown key", key, raw.line_of(key))
+    ack = duration(raw, "ack_within", report)
+    resolve = duration(raw, "resolve_within", report)
+    names: list[str] = []
+    escalate = raw.get("escalate_to")
+    if "escalate_to" in raw and (not isinstance(escalate, LocatedList)
+                                 or (required and not escalate)):
+        report("escalate_to", "must be a non-empty list of roles or targets "
+               f"({', '.join(ROLES)}, or a target name)", escalate if escalate else "",
+               raw.line_of("escalate_to"))
+    elif isinstance(escalate, LocatedList):
+        for i, item in enumerate(escalate):
+            if is_name(item):
+                names.append(item)
+            else:
+                report(f"escalate_to[{i}]", "unknown role or target", item, escalate.line_of(i))
+    if required and "ack_within" not in raw and "resolve_within" not in raw:
+        report("", "needs ack_within or resolve_within (or both)", "", at)
+    return Clock(ack, resolve, tuple(names)) if ok else None
+
+
+def duration(node: LocatedDict, key: str, bad: Reporter) -> timedelta | None:
+    """The duration `node[key]`, or None when absent or bad (reported)."""
+    if key not in node:
+        return None
+    value = node[key]
+    if not isinstance(value, str):
+        bad(key, NOT_A_DURATION, value, node.line_of(key))
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        bad(key, str(exc), value, node.line_of(key))
+        return None
+
+
+def _parse_business_updates(body: LocatedDict, bad: Reporter) -> timedelta | None:
+    if "business_updates" not in body:
+        return None
+    raw, at = body["business_updates"], body.line_of("business_updates")
+    if not isinstance(raw, LocatedDict) or "every" not in raw:
+        bad("business_updates", "must be a mapping with 'every', such as {every: 30m}",
+            raw if raw is not None else "", at)
+        return None
+    for key in raw:
+        if key != "every":
+            bad(f"business_updates.{key}", "unknown key", key, raw.line_of(key))
+    return duration(raw, "every", lambda key, message, value, line: bad(
+        f"business_updates.{key}", message, value, line))
 
 
 def _parse_match(body: LocatedDict, bad: Any) -> list[Matcher]:

@@ -25,7 +25,15 @@ from daemon.config import Config
 from daemon.decide import RESOLVE, TRIGGER, Decision, State, apply, decide
 from daemon.errors import Problem
 from daemon.graph import OWNER_ROLES, SEVERITIES
-from daemon.rules import DEFAULT_RULE, ROLES, rule_files
+from daemon.rules import (
+    DEFAULT_RULE,
+    ROLES,
+    Clock,
+    duration,
+    format_duration,
+    parse_clock,
+    rule_files,
+)
 from daemon.yamlsrc import LocatedDict, LocatedList, load_file, shown
 
 # A fixed time, so that a test decides the same way whenever it runs.
@@ -37,7 +45,7 @@ IMPLYING_ROLES = tuple(r for r in ROLES if r not in OWNER_ROLES)
 _TEST_KEYS = frozenset({"name", "at", "alerts", "expect", "steps"})
 _STEP_KEYS = frozenset({"at", "alerts", "expect"})
 _ALERT_KEYS = frozenset({"labels", "annotations", "status", "startsAt"})
-_EXPECT_KEYS = frozenset({"pages", "resolves", "rules"})
+_EXPECT_KEYS = frozenset({"pages", "resolves", "rules", "clock", "business_updates"})
 _PAGE_KEYS = frozenset({"target", "roles", "severity"})
 _KIND_WIDTH = len("unexpected resolve")
 
@@ -69,6 +77,10 @@ class Step:
     pages: tuple[Paged, ...]
     resolves: tuple[str, ...]
     rules: tuple[str, ...] | None
+    # Compared only when given: the merged clock and business-update interval of every
+    # incident the step opens.
+    clock: Clock | None = None
+    business_updates: timedelta | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,7 +240,7 @@ class _Reader:
         else:
             alerts = [self.alert(f"{path}.alerts[{i}]", item, raw.line_of(i))
                       for i, item in enumerate(raw)]
-        pages, resolves, rules = self.expect(path, body)
+        pages, resolves, rules, clock, updates = self.expect(path, body)
         if len(self.problems) != count:
             return None
         webhook = parse_webhook({"version": "4", "receiver": "firehouse-test",
@@ -237,7 +249,7 @@ class _Reader:
             # Cannot happen with the values checked above; said rather than dropping the
             # alert, which would let a test pass on nothing.
             self.bad(path, line, f"rejected by the webhook parser: {rejected.reason}")
-        return Step(line, at, webhook, pages, resolves, rules)
+        return Step(line, at, webhook, pages, resolves, rules, clock, updates)
 
     def alert(self, path: str, body: Any, line: int) -> dict[str, Any]:
         """One alert, as the JSON Alertmanager would send."""
@@ -292,8 +304,9 @@ class _Reader:
         return parsed
 
     def expect(self, path: str, body: LocatedDict
-               ) -> tuple[tuple[Paged, ...], tuple[str, ...], tuple[str, ...] | None]:
-        """The pages, resolves and rules a step expects."""
+               ) -> tuple[tuple[Paged, ...], tuple[str, ...], tuple[str, ...] | None,
+                          Clock | None, timedelta | None]:
+        """The pages, resolves, rules, clock and business updates a step expects."""
         where = f"{path}.expect"
         node = body.get("expect")
         if not isinstance(node, LocatedDict):
@@ -301,7 +314,7 @@ class _Reader:
             if "expect" not in body:
                 message = "missing: the pages expected ('expect: {pages: []}' for none)"
             self.bad(where, body.line_of("expect"), message, node if node is not None else "")
-            return (), (), None
+            return (), (), None, None, None
         self.keys(node, where, _EXPECT_KEYS)
         pages = []
         for i, item, line in self.items(node, "pages", where):
@@ -324,7 +337,17 @@ class _Reader:
                     self.bad(f"{where}.rules[{i}]", line, "unknown rule", name)
                 else:
                     rules.append(name)
-        return tuple(pages), tuple(resolves), None if rules is None else tuple(rules)
+
+        def report(key: str, message: str, value: Any, line: int) -> None:
+            self.bad(f"{where}.{key}", line, message, value)
+
+        def is_name(value: Any) -> bool:
+            return isinstance(value, str) and (value in ROLES or self.is_target(value))
+
+        clock = parse_clock(node, report, is_name, required=False)
+        updates = duration(node, "business_updates", report)
+        return (tuple(pages), tuple(resolves), None if rules is None else tuple(rules), clock,
+                updates)
 
     def items(self, node: LocatedDict, key: str, path: str) -> list[tuple[int, Any, int]]:
         """Index, item and line of each item of the list `node[key]` (none when absent)."""
@@ -451,6 +474,40 @@ def compare(step: Step, decision: Decision) -> list[str]:
                     for r in e.outcome.matched)
     if step.rules is not None and matched != step.rules:
         lines.append(_line("wrong rules", f"expected {_names(step.rules)}"))
+    return lines + _clock_differences(step, decision)
+
+
+def _clock_differences(step: Step, decision: Decision) -> list[str]:
+    """How the clock and business updates of each incident the step opened differ from the
+    expected ones (when given)."""
+    if step.clock is None and step.business_updates is None:
+        return []
+    opened = [(e.alertname, e.outcome) for e in decision.explanations if e.outcome is not None]
+    if not opened:
+        return [_line("wrong clock", "no incident opened, expected one with a clock")]
+    lines = []
+    for name, outcome in opened:
+        expected = step.clock
+        if expected is not None:
+            actual = outcome.clock or Clock()
+            if actual.ack_within != expected.ack_within:
+                lines.append(_line("wrong clock", f"{name}: ack within "
+                                   f"{format_duration(actual.ack_within)}, expected "
+                                   f"{format_duration(expected.ack_within)}"))
+            if actual.resolve_within != expected.resolve_within:
+                lines.append(_line("wrong clock", f"{name}: resolve within "
+                                   f"{format_duration(actual.resolve_within)}, expected "
+                                   f"{format_duration(expected.resolve_within)}"))
+            # Order-free, as the roles of a page are.
+            if set(actual.escalate_to) != set(expected.escalate_to):
+                lines.append(_line("wrong clock", f"{name}: escalate to "
+                                   f"{', '.join(actual.escalate_to) or '(nobody)'}, expected "
+                                   f"{', '.join(expected.escalate_to) or '(nobody)'}"))
+        if step.business_updates is not None \
+                and outcome.business_updates != step.business_updates:
+            lines.append(_line("wrong updates", f"{name}: business updates every "
+                               f"{format_duration(outcome.business_updates)}, expected "
+                               f"{format_duration(step.business_updates)}"))
     return lines
 
 

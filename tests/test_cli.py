@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from daemon.cli import LogfmtFormatter, logfmt_value, main
+from tests.helpers import write_settings
 from tests.procs import require_binary
 
 ROOT = Path(__file__).parent.parent
@@ -170,6 +171,45 @@ class TestExplain:
                            "2026-01-31T10:00:00.123456789+01:00", "--config", str(SETTINGS))
         assert code == 0
         assert "severity: critical" in out
+
+
+
+class TestExplainDeadlines:
+    """explain shows the deadlines the matched rules' clocks give the incident."""
+
+    def test_text(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """One `deadlines` line after the severity, with times from --at and the durations."""
+        code, out, _ = run(capsys, "explain", str(EXAMPLE), "--at", "2026-01-01T00:00:00Z",
+                           "--config", str(SETTINGS))
+        assert code == 0
+        lines = out.splitlines()
+        index = lines.index("  severity: critical; roles: service_lead, technical_lead, "
+                            "incident_lead")
+        assert lines[index + 1] == (
+            "  deadlines: ack by 2026-01-01T00:05:00Z (5m), resolve by 2026-01-01T01:00:00Z "
+            "(1h), if missed escalate to senior_management; business updates every 30m")
+
+    def test_text_without_clock(self, capsys: pytest.CaptureFixture[str],
+                                tmp_path: Path) -> None:
+        """Rules that set no clock are said to, not left unmentioned."""
+        rules = tmp_path / "rules.yaml"
+        rules.write_text("rules:\n  - name: all\n    page: [incident_lead]\n",
+                         encoding="utf-8")
+        code, out, _ = run(capsys, "explain", str(EXAMPLE),
+                           "--config", str(write_settings(tmp_path, rules=[str(rules)])))
+        assert code == 0
+        assert "  deadlines: none (no matching rule sets a clock)\n" in out
+
+    def test_json(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """The JSON format gives each opened alert's deadlines as stored on the incident."""
+        code, out, _ = run(capsys, "explain", str(EXAMPLE), "--format", "json", "--at",
+                           "2026-01-01T00:00:00Z", "--config", str(SETTINGS))
+        assert code == 0
+        (alert,) = json.loads(out)["alerts"]
+        assert alert["deadlines"] == {
+            "ack_by": "2026-01-01T00:05:00+00:00", "resolve_by": "2026-01-01T01:00:00+00:00",
+            "escalate_to": ["senior_management"], "business_updates_every": 1800,
+        }
 
 
 def record(message: str, *args: object, exc: bool = False) -> logging.LogRecord:

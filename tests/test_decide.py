@@ -17,6 +17,7 @@ from daemon.decide import (
     RESOLVE,
     SUMMARY_LIMIT,
     TRIGGER,
+    Deadlines,
     Decision,
     OutboundEvent,
     State,
@@ -367,3 +368,53 @@ class TestEventSize:
             assert "labels" not in details
             assert details["firehouse_truncated"].endswith("labels left out")
             assert "Wide on checkout" in body["payload"]["summary"]
+
+
+class TestDeadlines:
+    """The incident records the deadlines of its matched rules' clocks, from `now`."""
+
+    def test_tier_one_database_alert(self, config: Config) -> None:
+        """Tier-1 (5m, 1h, updates every 30m) and the default (15m, 4h, senior management)
+        merge to the tightest deadlines, counted from the decision's `now`."""
+        decision = decide(webhook(pg_lag()), config, State(), NOW)
+        (incident,) = decision.incidents
+        assert incident.deadlines == Deadlines(
+            ack_by=NOW + timedelta(minutes=5), resolve_by=NOW + timedelta(hours=1),
+            escalate_to=("senior_management",), business_updates_every=1800,
+        )
+        (explanation,) = decision.explanations
+        assert explanation.deadlines == incident.deadlines
+
+    def test_opened_note_mentions_the_deadlines(self, config: Config) -> None:
+        """The timeline's `opened` note ends with the deadlines, in words."""
+        decision = decide(webhook(pg_lag()), config, State(), NOW)
+        (note,) = [n for n in decision.timeline if n.kind == "opened"]
+        assert note.message.endswith(
+            "(rules: tier-1 impact brings in the service lead, call the fire department "
+            "first); deadlines: ack by 2024-05-01T12:05:00.250000Z (5m), resolve by "
+            "2024-05-01T13:00:00.250000Z (1h), if missed escalate to senior_management; "
+            "business updates every 30m")
+
+    def test_unmapped_alert_has_only_an_ack_deadline(self, config: Config) -> None:
+        """A clock without resolve_within leaves resolve_by unset."""
+        unmapped = alert({"alertname": "DiskFilling", "service": "legacy-ftp",
+                          "severity": "warning"})
+        (incident,) = decide(webhook(unmapped), config, State(), NOW).incidents
+        assert incident.deadlines == Deadlines(ack_by=NOW + timedelta(minutes=30),
+                                               escalate_to=("senior_management",))
+
+    def test_rules_without_clock(self, config: Config) -> None:
+        """Rules that set no clock give empty deadlines and an `opened` note without them."""
+        bare = dataclasses.replace(config, rules=(Rule("all", page=("incident_lead",)),))
+        decision = decide(webhook(pg_lag()), bare, State(), NOW)
+        (incident,) = decision.incidents
+        assert incident.deadlines == Deadlines()
+        (note,) = [n for n in decision.timeline if n.kind == "opened"]
+        assert note.message.endswith("(rules: all)")
+
+    def test_json_round_trip(self) -> None:
+        """to_json and from_json are inverses, with and without deadlines."""
+        full = Deadlines(NOW, NOW + timedelta(hours=4), ("senior_management", "dba-oncall"),
+                         1800)
+        for deadlines in (full, Deadlines()):
+            assert Deadlines.from_json(json.loads(json.dumps(deadlines.to_json()))) == deadlines

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
+from datetime import timedelta
 from pathlib import Path
 from types import MappingProxyType
 
@@ -17,13 +19,17 @@ from daemon.graph import Dependency, Service, ServiceGraph, build_graph
 from daemon.maps import load_maps
 from daemon.rules import (
     DEFAULT_RULE,
+    Clock,
     MapNames,
     Rule,
     Subject,
     When,
     check,
     evaluate,
+    format_duration,
     load_rules,
+    merge_clocks,
+    parse_duration,
     parse_matcher,
 )
 from tests.helpers import write_settings
@@ -720,3 +726,177 @@ class TestExplainMisses:
             "[1 of 1 condition failed]",
             "  rule MATCH 'default: call the fire department first': no rule matched",
         ]
+
+
+class TestParseDuration:
+    """parse_duration and format_duration: Prometheus-style durations."""
+
+    @pytest.mark.parametrize(("text", "seconds"), [
+        ("30s", 30),
+        ("15m", 900),
+        ("4h", 4 * 3600),
+        ("1d", 86400),
+        ("1w", 7 * 86400),
+        ("1h30m", 5400),
+        ("1d12h", 36 * 3600),
+        ("2h0m5s", 7205),
+        (" 15m ", 900),
+    ])
+    def test_good(self, text: str, seconds: int) -> None:
+        """Each unit, and units combined largest first, add up to the seconds."""
+        assert parse_duration(text) == timedelta(seconds=seconds)
+
+    @pytest.mark.parametrize("text", [
+        "", "15", "15 minutes", "1.5h", "-5m", "30m1h", "1h1h", "15M", "1y", "15ms", "m",
+    ])
+    def test_bad(self, text: str) -> None:
+        """Anything but whole numbers with s, m, h, d, w, largest first, is refused."""
+        with pytest.raises(ValueError, match=r"^not a duration such as 30s, 15m, 4h, 1d or "
+                                             r"1h30m$"):
+            parse_duration(text)
+
+    @pytest.mark.parametrize("text", ["0s", "0h0m"])
+    def test_zero(self, text: str) -> None:
+        """A duration of nothing is no deadline."""
+        with pytest.raises(ValueError, match=r"^must be longer than zero$"):
+            parse_duration(text)
+
+    @pytest.mark.parametrize(("seconds", "text"), [
+        (30, "30s"), (900, "15m"), (5400, "1h30m"), (86400 + 60, "1d1m"), (14 * 86400, "2w"),
+    ])
+    def test_format_round_trips(self, seconds: int, text: str) -> None:
+        """A duration is written back as a rule would give it, and parses to itself."""
+        assert format_duration(timedelta(seconds=seconds)) == text
+        assert parse_duration(text) == timedelta(seconds=seconds)
+
+    def test_format_none(self) -> None:
+        """No duration is written `(none)`."""
+        assert format_duration(None) == "(none)"
+
+
+class TestClockLoading:
+    """load_rules: `clock` and `business_updates`, parsed strictly."""
+
+    def test_parsed(self, tmp_path: Path) -> None:
+        """A clock and a business-update interval are carried on the rule."""
+        (loaded,) = load_text(tmp_path, """
+rules:
+  - name: timed
+    page: [incident_lead]
+    clock: {ack_within: 15m, resolve_within: 4h, escalate_to: [senior_management, dba-oncall]}
+    business_updates: {every: 30m}
+""")
+        assert loaded.clock == Clock(timedelta(minutes=15), timedelta(hours=4),
+                                     ("senior_management", "dba-oncall"))
+        assert loaded.business_updates == timedelta(minutes=30)
+
+    def test_one_deadline_is_enough(self, tmp_path: Path) -> None:
+        """A clock may give one deadline and no escalation; absent ones are None."""
+        (loaded,) = load_text(tmp_path, """
+rules:
+  - name: timed
+    page: [incident_lead]
+    clock: {resolve_within: 1d}
+""")
+        assert loaded.clock == Clock(None, timedelta(days=1), ())
+        assert loaded.business_updates is None
+
+    @pytest.mark.parametrize(("name", "expected"), [
+        ("clock_bad_duration.yaml", "5: rules[0].clock.ack_within: not a duration such as "
+         "30s, 15m, 4h, 1d or 1h30m (got '15 minutes')"),
+        ("clock_zero_duration.yaml",
+         "6: rules[0].clock.resolve_within: must be longer than zero (got '0s')"),
+        ("clock_unknown_key.yaml",
+         "7: rules[0].clock.acknowledge_within: unknown key (got 'acknowledge_within')"),
+        ("clock_without_deadline.yaml",
+         "5: rules[0].clock: needs ack_within or resolve_within (or both)"),
+        ("clock_unknown_escalation.yaml",
+         "9: rules[0].clock.escalate_to[1]: unknown role or target (got 'the_boss')"),
+        ("clock_not_a_mapping.yaml", "5: rules[0].clock: must be a mapping of ack_within, "
+         "resolve_within and escalate_to (got '15m')"),
+        ("business_updates_bad.yaml", "5: rules[0].business_updates: must be a mapping with "
+         "'every', such as {every: 30m} (got '30m')"),
+        ("business_updates_unknown_key.yaml",
+         "5: rules[0].business_updates.to: unknown key (got 'to')"),
+        ("business_updates_bad_every.yaml", "6: rules[0].business_updates.every: not a "
+         "duration such as 30s, 15m, 4h, 1d or 1h30m (got '2 hours')"),
+    ])
+    def test_one_problem(self, name: str, expected: str) -> None:
+        """Each bad file yields exactly its one problem, located and named."""
+        _, problems = load_rules([BAD_RULES / name], TARGETS)
+        assert [str(p) for p in problems] == [f"{BAD_RULES / name}:{expected}"]
+
+    def test_problems_reported_together(self, tmp_path: Path) -> None:
+        """Every problem of a clock is reported at once, each at its own line."""
+        path = tmp_path / "rules.yaml"
+        path.write_text("""rules:
+  - name: timed
+    page: [incident_lead]
+    clock:
+      ack_within: 15
+      resolve_within: 4 h
+      escalate_to: []
+""", encoding="utf-8")
+        _, problems = load_rules([path], TARGETS)
+        assert str(ConfigError(problems)).splitlines() == [
+            f"{path}:5: rules[0].clock.ack_within: not a duration such as 30s, 15m, 4h, 1d "
+            "or 1h30m (got 15)",
+            f"{path}:6: rules[0].clock.resolve_within: not a duration such as 30s, 15m, 4h, "
+            "1d or 1h30m (got '4 h')",
+            f"{path}:7: rules[0].clock.escalate_to: must be a non-empty list of roles or "
+            "targets (technical_lead, service_lead, incident_lead, senior_management, "
+            "business_line, or a target name)",
+        ]
+
+
+class TestMergeClocks:
+    """merge_clocks and evaluate: the tightest deadline of each kind wins, escalations unite."""
+
+    def test_tightest_wins_and_escalations_unite(self) -> None:
+        """Each deadline is the shortest given; escalate_to keeps first-mention order."""
+        merged = merge_clocks([
+            Clock(timedelta(minutes=15), timedelta(hours=4), ("senior_management",)),
+            Clock(timedelta(minutes=5), None, ("incident_lead", "senior_management")),
+            Clock(None, timedelta(hours=1), ()),
+        ])
+        assert merged == Clock(timedelta(minutes=5), timedelta(hours=1),
+                               ("senior_management", "incident_lead"))
+
+    def test_a_deadline_nobody_gives_stays_none(self) -> None:
+        """A kind of deadline no clock gives is absent from the merge."""
+        merged = merge_clocks([Clock(timedelta(minutes=15)), Clock(timedelta(minutes=30))])
+        assert merged == Clock(timedelta(minutes=15), None, ())
+
+    def test_no_clock(self) -> None:
+        """No clock at all merges to None."""
+        assert merge_clocks([]) is None
+
+    def test_evaluate_merges_the_matched_rules_only(self, graph: ServiceGraph) -> None:
+        """Only matched rules count: a continued rule's clock merges with the next match's,
+        and a rule that missed adds nothing."""
+        rules = [
+            dataclasses.replace(rule("tier 1", when=When(tier_at_most=1), page=("service_lead",),
+                                     cont=True),
+                                clock=Clock(timedelta(minutes=5), timedelta(hours=1)),
+                                business_updates=timedelta(minutes=30)),
+            dataclasses.replace(rule("batch", when=When(component=("batch",)),
+                                     page=("technical_lead",)),
+                                clock=Clock(timedelta(seconds=30), None, ("business_line",)),
+                                business_updates=timedelta(minutes=1)),
+            dataclasses.replace(rule("default", page=("technical_lead",)),
+                                clock=Clock(timedelta(minutes=15), timedelta(hours=4),
+                                            ("senior_management",)),
+                                business_updates=timedelta(hours=1)),
+        ]
+        outcome = evaluate(rules, subject(graph, "db"), "critical")
+        assert [r.name for r in outcome.matched] == ["tier 1", "default"]
+        assert outcome.clock == Clock(timedelta(minutes=5), timedelta(hours=1),
+                                      ("senior_management",))
+        assert outcome.business_updates == timedelta(minutes=30)
+
+    def test_evaluate_without_clocks(self, graph: ServiceGraph) -> None:
+        """Matched rules without a clock give the outcome none."""
+        outcome = evaluate([rule("all", page=("incident_lead",))], subject(graph, "db"),
+                           "critical")
+        assert outcome.clock is None
+        assert outcome.business_updates is None

@@ -5,14 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from daemon.cli import main
 from daemon.config import Config
-from daemon.rules import rule_files
+from daemon.rules import Clock, rule_files
 from daemon.ruletest import (
     DEFAULT_AT,
     Paged,
@@ -326,6 +326,107 @@ class TestRunTest:
         assert report.differences == (
             "unexpected page     data-oncall as technical_lead at warning",
         )
+
+
+class TestClockExpectations:
+    """`expect.clock` and `expect.business_updates`: parsed strictly, compared when given."""
+
+    WRONG_CLOCK = BAD / "wrong_clock.yaml"
+
+    def test_parsed(self, config: Config) -> None:
+        """The expected clock and interval are carried on the step; absent, they are None."""
+        tests, problems = load_tests([self.WRONG_CLOCK], config)
+        assert problems == []
+        (right,) = tests[0].steps
+        assert right.clock == Clock(timedelta(minutes=5), timedelta(hours=1),
+                                    ("senior_management",))
+        assert right.business_updates == timedelta(minutes=30)
+        (none,) = tests[2].steps
+        assert none.clock == Clock()
+        shipped, _ = load_tests([SHIPPED], config)
+        assert shipped[1].steps[0].clock is None
+        assert shipped[1].steps[0].business_updates is None
+
+    @pytest.mark.parametrize(("name", "expected"), [
+        ("clock_bad_duration.yaml", "6: tests[0].expect.clock.ack_within: not a duration such "
+         "as 30s, 15m, 4h, 1d or 1h30m (got '5 min')"),
+        ("clock_unknown_key.yaml",
+         "8: tests[0].expect.clock.escalate_after: unknown key (got 'escalate_after')"),
+        ("clock_unknown_escalation.yaml",
+         "6: tests[0].expect.clock.escalate_to[0]: unknown role or target (got 'the_board')"),
+        ("business_updates_bad.yaml", "6: tests[0].expect.business_updates: not a duration "
+         "such as 30s, 15m, 4h, 1d or 1h30m (got {'every': '30m'})"),
+    ])
+    def test_one_problem(self, name: str, expected: str, config: Config) -> None:
+        """Each malformed expectation yields exactly its one problem, located and named."""
+        _, problems = load_tests([BAD / name], config)
+        assert [str(p) for p in problems] == [f"{BAD / name}:{expected}"]
+
+    def test_differences(self, config: Config) -> None:
+        """A right clock passes; each wrong deadline, escalation and interval is one line."""
+        tests, _ = load_tests([self.WRONG_CLOCK], config)
+        results = [run_test(t, config) for t in tests]
+        assert [r.passed for r in results] == [True, False, False]
+        assert results[1].steps[0].differences == (
+            "wrong clock         PostgresReplicationLag: ack within 5m, expected 15m",
+            "wrong clock         PostgresReplicationLag: escalate to senior_management, "
+            "expected senior_management, incident_lead",
+            "wrong updates       PostgresReplicationLag: business updates every 30m, "
+            "expected 1h",
+        )
+        assert results[2].steps[0].differences == (
+            "wrong clock         NightlyReportLate: ack within 4h, expected (none)",
+            "wrong clock         NightlyReportLate: escalate to incident_lead, expected "
+            "(nobody)",
+            "wrong updates       NightlyReportLate: business updates every (none), "
+            "expected 30m",
+        )
+
+    def test_escalations_are_order_free(self, tmp_path: Path, config: Config) -> None:
+        """escalate_to listed in another order than the engine's still matches."""
+        tests, _ = load_one(tmp_path, """tests:
+  - name: network
+    alerts: [{labels: {alertname: SwitchPortErrors, job: snmp-core-switches}}]
+    expect:
+      pages:
+        - {target: network-oncall, roles: [technical_lead], severity: critical}
+        - {roles: [incident_lead], severity: critical}
+        - {roles: [senior_management], severity: critical}
+        - {target: checkout-owner, roles: [service_lead], severity: critical}
+        - {target: login-owner, roles: [service_lead], severity: critical}
+        - {target: search-owner, roles: [service_lead], severity: critical}
+      clock: {resolve_within: 1h, ack_within: 5m, escalate_to: [senior_management]}
+""", config)
+        assert run_test(tests[0], config).passed
+
+    def test_no_incident_opened(self, tmp_path: Path, config: Config) -> None:
+        """A clock expected of a step that opens nothing is a difference, not a pass."""
+        tests, _ = load_one(tmp_path, """tests:
+  - name: resolved only
+    alerts: [{labels: {alertname: Gone, service: cart}, status: resolved}]
+    expect: {clock: {ack_within: 15m}}
+""", config)
+        (report,) = run_test(tests[0], config).steps
+        assert report.differences == (
+            "wrong clock         no incident opened, expected one with a clock",
+        )
+
+    def test_report(self, config: Config) -> None:
+        """`firehouse test` prints the clock differences under the failing test."""
+        tests, _ = load_tests([self.WRONG_CLOCK], config)
+        lines = format_report([run_test(t, config) for t in tests])
+        assert lines[:6] == [
+            str(self.WRONG_CLOCK),
+            "  PASS  right clock",
+            "  FAIL  default deadlines expected where tier-1 tightens them "
+            f"({self.WRONG_CLOCK}:14)",
+            "      wrong clock         PostgresReplicationLag: ack within 5m, expected 15m",
+            "      wrong clock         PostgresReplicationLag: escalate to senior_management, "
+            "expected senior_management, incident_lead",
+            "      wrong updates       PostgresReplicationLag: business updates every 30m, "
+            "expected 1h",
+        ]
+        assert lines[-1] == "FAILED: 2 of 3 test(s) failed"
 
 
 class TestFormatReport:

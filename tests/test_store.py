@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from daemon.config import Config
-from daemon.decide import RESOLVE, TRIGGER, Decision, State, apply, decide
+from daemon.decide import RESOLVE, TRIGGER, Deadlines, Decision, State, apply, decide
 from daemon.errors import StoreError
 from daemon.store import DEAD, DELIVERED, DRY_RUN, PENDING
 from daemon.store.sqlite import SqliteStore
@@ -315,3 +315,76 @@ class TestIncidentApi:
             assert routing_key(target) not in text
         assert "routing_key" not in text
         assert await store.get_incident("no-such-incident") is None
+
+
+class TestDeadlinesStored:
+    """An incident's deadlines are stored in its document, loaded back, and shown by the API."""
+
+    async def test_round_trip(self, tmp_path: Path, config: Config) -> None:
+        """Deadlines committed are the deadlines loaded after a reopen of the file."""
+        path = tmp_path / "state.db"
+        opened = decide(webhook(db_alert()), config, State(), NOW)
+        (incident,) = opened.incidents
+        assert incident.deadlines.ack_by is not None
+        before = SqliteStore(path)
+        await before.open()
+        await before.commit(opened)
+        await before.close()
+
+        after = SqliteStore(path)
+        await after.open()
+        try:
+            loaded = await after.load_state(NOW, DAY)
+        finally:
+            await after.close()
+
+        assert loaded.open[incident.id].deadlines == incident.deadlines
+
+    async def test_api_json(self, store: SqliteStore, config: Config) -> None:
+        """get_incident and list_incidents show the deadlines as RFC 3339 times and seconds."""
+        opened = decide(webhook(db_alert()), config, State(), NOW)
+        await store.commit(opened)
+        incident_id = opened.incidents[0].id
+        expected = {
+            "ack_by": (NOW + timedelta(minutes=5)).isoformat(),
+            "resolve_by": (NOW + timedelta(hours=1)).isoformat(),
+            "escalate_to": ["senior_management"],
+            "business_updates_every": 1800,
+        }
+
+        one = await store.get_incident(incident_id)
+        (listed,) = await store.list_incidents(None, 10)
+
+        assert one is not None
+        assert one["deadlines"] == expected
+        assert listed["deadlines"] == expected
+        assert "deadlines: ack by" in one["timeline"][0]["message"]
+
+    async def test_incident_stored_before_deadlines(self, tmp_path: Path,
+                                                    config: Config) -> None:
+        """An incident document without deadlines (an older Firehouse) loads with none."""
+        path = tmp_path / "state.db"
+        opened = decide(webhook(db_alert()), config, State(), NOW)
+        incident_id = opened.incidents[0].id
+        store = SqliteStore(path)
+        await store.open()
+        await store.commit(opened)
+        await store.close()
+        with sqlite3.connect(path) as conn:
+            (doc,) = conn.execute("SELECT doc FROM incidents").fetchone()
+            old = json.loads(doc)
+            del old["deadlines"]
+            conn.execute("UPDATE incidents SET doc = ?", (json.dumps(old),))
+        conn.close()
+
+        store = SqliteStore(path)
+        await store.open()
+        try:
+            loaded = await store.load_state(NOW, DAY)
+            shown = await store.get_incident(incident_id)
+        finally:
+            await store.close()
+
+        assert loaded.open[incident_id].deadlines == Deadlines()
+        assert shown is not None
+        assert shown["deadlines"] == Deadlines().to_json()

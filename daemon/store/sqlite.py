@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from daemon.decide import (
     OPEN,
     AlertRecord,
+    Deadlines,
     Decision,
     Incident,
     Page,
@@ -464,6 +465,7 @@ def _incident_doc(incident: Incident) -> dict[str, Any]:
         "impact": dict(incident.impact),
         "rules": list(incident.rules),
         "external_url": incident.external_url,
+        "deadlines": incident.deadlines.to_json(),
     }
 
 
@@ -480,6 +482,8 @@ def _incident_from_row(row: tuple[Any, ...], alerts: dict[str, AlertRecord]) -> 
         ),
         impact=MappingProxyType(doc["impact"]), rules=tuple(doc["rules"]),
         external_url=doc["external_url"],
+        # Incidents stored before deadlines existed have none.
+        deadlines=Deadlines.from_json(doc.get("deadlines", {})),
     )
 
 
@@ -491,7 +495,9 @@ def _incident_json(row: tuple[Any, ...]) -> dict[str, Any]:
         "id": row[0], "status": row[1], "opened_at": _need_dt(row[2]).isoformat(),
         "updated_at": _need_dt(row[3]).isoformat(),
         "resolved_at": resolved.isoformat() if (resolved := _dt(row[4])) else None,
-        "severity": row[5], "title": row[6], **doc,
+        "severity": row[5], "title": row[6],
+        # Incidents stored before deadlines existed have none.
+        "deadlines": Deadlines().to_json(), **doc,
     }
 
 

@@ -19,7 +19,7 @@ from daemon.config import Config, load_config
 from daemon.dispatch import Dispatcher
 from daemon.errors import ConfigError
 from daemon.metrics import Metrics
-from daemon.outbox import Deliverer, utcnow
+from daemon.outbox import Deliverer, Housekeeper, utcnow
 from daemon.pagerduty import PagerDutyClient
 from daemon.server import make_app
 from daemon.store import Store
@@ -45,6 +45,7 @@ class Firehouse:
         self.last_auth_warning = 0.0
         self.session: aiohttp.ClientSession | None = None
         self.deliverer: Deliverer | None = None
+        self.housekeeper: Housekeeper | None = None
         self._tasks: list[asyncio.Task[None]] = []
         # Reloads run one at a time (see `reload`); SIGHUP's run as tasks kept here.
         self._reload_lock = asyncio.Lock()
@@ -135,6 +136,8 @@ class Firehouse:
         client = PagerDutyClient(settings.pagerduty_url, self.session, settings.pagerduty_timeout)
         self.deliverer = Deliverer(self.store, client, self.metrics)
         self._tasks.append(asyncio.create_task(self.deliverer.run(), name="outbox"))
+        self.housekeeper = Housekeeper(self.store, self.metrics, lambda: self.config.settings)
+        self._tasks.append(asyncio.create_task(self.housekeeper.run(), name="housekeeping"))
         self.runner = web.AppRunner(make_app(self), access_log=None, shutdown_timeout=10.0)
         await self.runner.setup()
         site = web.TCPSite(self.runner, settings.listen_host, settings.listen_port)
@@ -162,6 +165,8 @@ class Firehouse:
             await runner.cleanup()
         if self.deliverer is not None:
             self.deliverer.stop()
+        if self.housekeeper is not None:
+            self.housekeeper.stop()
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             try:

@@ -107,6 +107,10 @@ class Settings:
     basic_auth: tuple[str, str] | None = field(default=None, repr=False)
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     resolved_retention_hours: float = 24.0
+    # An event still undelivered after this long is reported overdue (still retried).
+    overdue_after: float = 300.0
+    # Delivered and dry-run outbox rows are deleted this long after delivery.
+    delivered_retention_hours: float = 168.0
     log_level: str = "info"
     map_options: MapOptions = field(default_factory=MapOptions)
     source: str = "(built-in defaults)"
@@ -265,7 +269,8 @@ class _Reader:
             self.bad("pagerduty", "must be a mapping", pd)
             pd = {}
         for key in pd:
-            if key not in ("url", "timeout_seconds"):
+            if key not in ("url", "timeout_seconds", "overdue_after_seconds",
+                           "delivered_retention_hours"):
                 self.bad(f"pagerduty.{key}", "unknown setting", key)
         url = self._string("pagerduty.url", DEFAULT_PAGERDUTY_URL).rstrip("/")
         if not url.startswith(("http://", "https://")):
@@ -281,6 +286,9 @@ class _Reader:
             dependency_maps=self._paths(base, "dependency_maps", defaults.dependency_maps),
             pagerduty_url=url,
             pagerduty_timeout=self._number("pagerduty.timeout_seconds", 10.0, 0.1, 60.0),
+            overdue_after=self._number("pagerduty.overdue_after_seconds", 300.0, 1.0, 86400.0),
+            delivered_retention_hours=self._number("pagerduty.delivered_retention_hours",
+                                                   168.0, 1.0, 24 * 365),
             service_labels=self._labels("service_labels", defaults.service_labels),
             severity_labels=self._labels("severity_labels", defaults.severity_labels),
             roles=MappingProxyType(self._roles(targets)),

@@ -47,6 +47,10 @@ class Metrics:
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
         self.outbox = Gauge(
             "firehouse_outbox_events", "Outbox rows by state.", ["state"], registry=r)
+        self.outbox_overdue = Gauge(
+            "firehouse_outbox_overdue_events",
+            "Events undelivered for longer than pagerduty.overdue_after_seconds (still retried).",
+            registry=r)
         self.outbox_oldest_pending = Gauge(
             "firehouse_outbox_oldest_pending_age_seconds",
             "Age of the oldest event still waiting for delivery.", registry=r)

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from daemon.config import mask
+from daemon.config import Settings, mask
 from daemon.metrics import Metrics
 from daemon.pagerduty import OK, PagerDutyClient, SendResult
 from daemon.store import DELIVERED, DRY_RUN, Store, StoredEvent
@@ -174,3 +174,52 @@ def fields(event: StoredEvent) -> dict[str, object]:
         found["severity"] = payload.get("severity")
         found["summary"] = payload.get("summary", "")
     return found
+
+
+class Housekeeper:
+    """Reports events that are overdue (still retried) and deletes what is past keeping."""
+
+    def __init__(self, store: Store, metrics: Metrics, settings: Callable[[], Settings], *,
+                 clock: Clock = utcnow, interval: float = 30.0) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.settings = settings
+        self.clock = clock
+        self.interval = interval
+        self._reported: set[int] = set()
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        """Ask the loop to return."""
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Check every `interval` seconds until stopped; errors are logged, never fatal."""
+        while not self._stop.is_set():
+            try:
+                await self.check()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("outbox housekeeping failed; trying again later")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.interval)
+
+    async def check(self) -> None:
+        """One round: count and log overdue events, then delete what is past keeping."""
+        settings = self.settings()
+        now = self.clock()
+        overdue = await self.store.overdue_events(
+            now - timedelta(seconds=settings.overdue_after), 1000)
+        self.metrics.outbox_overdue.set(len(overdue))
+        for event in overdue:
+            if event.id not in self._reported:
+                log.warning("overdue: not delivered yet, still retrying", extra={"fields": {
+                    **fields(event), "age": f"{(now - event.created_at).total_seconds():.0f}s",
+                    "attempts": event.attempts, "error": event.last_error}})
+        self._reported = {event.id for event in overdue}
+        removed = await self.store.cleanup(
+            now - timedelta(hours=settings.delivered_retention_hours),
+            now - timedelta(hours=settings.resolved_retention_hours))
+        if removed:
+            log.info("cleaned up", extra={"fields": {"rows": removed}})

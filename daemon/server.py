@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -21,7 +22,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from daemon.alerts import parse_body
 from daemon.errors import ConfigError, PayloadError, StoreError
-from daemon.store import StoredEvent
+from daemon.outbox import utcnow
+from daemon.store import PENDING, StoredEvent
 
 if TYPE_CHECKING:
     from daemon.app import Firehouse
@@ -194,9 +196,14 @@ async def outbox(request: web.Request) -> web.Response:
     if state not in (None, "pending", "delivered", "dead", "dry_run"):
         return error(400, "state must be pending, delivered, dead or dry_run")
     events = await store.list_events(state, _limit(request))
+    settings = request.app[APP_KEY].config.settings
+    overdue_before = utcnow() - timedelta(seconds=settings.overdue_after)
+    overdue = await store.overdue_events(overdue_before, 1000)
     return web.json_response({
         "counts": await store.outbox_counts(),
-        "events": [_event_json(e) for e in events],
+        "overdue": [e.id for e in overdue],
+        "events": [{**_event_json(e), "overdue": e.state == PENDING
+                    and e.created_at < overdue_before} for e in events],
     })
 
 

@@ -292,3 +292,67 @@ class TestDeliverer:
         monkeypatch.setattr(store, "due_events", read_then_stop)
 
         await asyncio.wait_for(worker.run(), timeout=5)  # the idle wait would be 60 s
+
+
+class TestHousekeeper:
+    async def test_overdue_events_are_counted_and_logged_once(
+        self, store: SqliteStore, config: Config, clock: Clock,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """An event pending past the overdue age is counted and logged once, still pending."""
+        from daemon.outbox import Housekeeper  # noqa: PLC0415
+
+        caplog.set_level(logging.WARNING, logger="firehouse.outbox")
+        opened, _ = open_and_resolve(config)
+        await store.commit(opened)
+        metrics = Metrics()
+        keeper = Housekeeper(store, metrics, lambda: config.settings, clock=clock)
+
+        await keeper.check()
+        assert metrics.outbox_overdue._value.get() == 0
+        clock.advance(config.settings.overdue_after + 1)
+        await keeper.check()
+        await keeper.check()
+
+        assert metrics.outbox_overdue._value.get() == 3
+        logged = [r for r in caplog.records if r.getMessage().startswith("overdue")]
+        assert len(logged) == 3
+        assert {r.fields["target"] for r in logged} == {e.target for e in opened.events}
+        assert await all_in(store, PENDING)
+
+    async def test_delivered_rows_are_cleaned_up_after_retention_dead_ones_stay(
+        self, store: SqliteStore, config: Config, clock: Clock,
+    ) -> None:
+        """Delivered rows go after the retention; dead letters and pending rows stay."""
+        from daemon.outbox import Housekeeper  # noqa: PLC0415
+
+        opened, _ = open_and_resolve(config)
+        await store.commit(opened)
+        first, second, third = await events(store)
+        await store.mark_delivered(first.id, clock(), DELIVERED, 202)
+        await store.mark_dead(second.id, clock(), 400, "client_error: bad")
+        keeper = Housekeeper(store, Metrics(), lambda: config.settings, clock=clock)
+
+        await keeper.check()
+        assert len(await events(store)) == 3
+        clock.advance(config.settings.delivered_retention_hours * 3600 + 1)
+        await keeper.check()
+
+        assert [(e.id, e.state) for e in await events(store)] == [
+            (second.id, DEAD), (third.id, PENDING)]
+
+
+class TestRetryAfter:
+    def test_seconds_and_http_dates(self) -> None:
+        """Retry-After is read as seconds or as an HTTP date; anything else is ignored."""
+        from email.utils import format_datetime  # noqa: PLC0415
+
+        from daemon.pagerduty import _retry_after  # noqa: PLC0415
+
+        later = datetime.now(tz=NOW.tzinfo) + timedelta(seconds=60)
+        assert _retry_after({"Retry-After": "7"}) == 7.0
+        date = _retry_after({"Retry-After": format_datetime(later, usegmt=True)})
+        assert date is not None
+        assert 50 < date <= 60
+        assert _retry_after({"Retry-After": "soon"}) is None
+        assert _retry_after({}) is None

@@ -70,6 +70,13 @@ class Store(Protocol):
     async def oldest_pending_at(self) -> datetime | None:
         """When the oldest event still waiting for delivery was created."""
 
+    async def overdue_events(self, created_before: datetime, limit: int) -> list[StoredEvent]:
+        """Events still pending that were created before `created_before`, oldest first."""
+
+    async def cleanup(self, delivered_before: datetime, resolutions_before: datetime) -> int:
+        """Delete delivered and dry-run outbox rows done before the first cutoff and
+        remembered resolutions older than the second; dead letters stay. How many rows."""
+
     async def outbox_counts(self) -> dict[str, int]:
         """Number of outbox rows per state."""
 

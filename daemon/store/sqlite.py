@@ -387,6 +387,33 @@ class SqliteStore:
             "SELECT MIN(created_at) FROM outbox WHERE state = ?", (PENDING,)).fetchone())
         return _dt(row[0])
 
+    async def overdue_events(self, created_before: datetime, limit: int) -> list[StoredEvent]:
+        """Events still pending that were created before `created_before`, oldest first."""
+        rows = await self._run(lambda: self.conn.execute(
+            "SELECT * FROM outbox WHERE state = ? AND created_at < ? ORDER BY id LIMIT ?",
+            (PENDING, created_before.timestamp(), limit)).fetchall())
+        return [_event_from_row(r) for r in rows]
+
+    async def cleanup(self, delivered_before: datetime, resolutions_before: datetime) -> int:
+        """Delete delivered and dry-run rows done before the first cutoff, and remembered
+        resolutions older than the second; dead letters stay until someone looks."""
+        def run() -> int:
+            conn = self.conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                gone = conn.execute(
+                    "DELETE FROM outbox WHERE state IN (?, ?) AND done_at < ?",
+                    (DELIVERED, DRY_RUN, delivered_before.timestamp())).rowcount
+                gone += conn.execute("DELETE FROM resolutions WHERE at < ?",
+                                     (resolutions_before.timestamp(),)).rowcount
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return int(gone)
+        return await self._run(run)
+
     async def outbox_counts(self) -> dict[str, int]:
         """Number of outbox rows per state."""
         rows = await self._run(lambda: self.conn.execute(

@@ -13,8 +13,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mappi
 from pathlib import Path
 from typing import Any, Protocol
 
+import aiohttp
 import pytest
 
+from daemon.config import Config
+from daemon.store.sqlite import SqliteStore
+from tests.helpers import make_config
 from tests.pagerduty_standin import PagerDutyStandIn
 from tests.procs import (
     ALERTMANAGER_BINARY,
@@ -182,3 +186,34 @@ async def prometheus(
         yield start
     finally:
         await _stop_all(request, procs)
+
+
+# Shared by the unit tests of the engine, store, outbox, client and server.
+
+
+@pytest.fixture(scope="module")
+def config() -> Config:
+    """The repository's configuration with a routing key for every target."""
+    return make_config()
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    """An open store on a fresh database file."""
+    opened = SqliteStore(tmp_path / "state.db")
+    await opened.open()
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture
+async def pd(pagerduty: PagerDutyStandIn) -> PagerDutyStandIn:
+    """The PagerDuty stand-in on a free local port (short name)."""
+    return pagerduty
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    """A client session, closed after the test."""
+    async with aiohttp.ClientSession() as opened:
+        yield opened

@@ -14,7 +14,7 @@ from daemon.dispatch import Dispatcher
 from daemon.errors import StoreError
 from daemon.metrics import Metrics
 from daemon.store.sqlite import SqliteStore
-from tests.helpers import NOW, alert, make_config, webhook
+from tests.helpers import NOW, alert, webhook
 
 
 class GatedStore(SqliteStore):
@@ -33,12 +33,6 @@ class GatedStore(SqliteStore):
         if name in self.failing:
             raise StoreError(f"could not write to {self.path}: disk I/O error")
         await super().commit(decision)
-
-
-@pytest.fixture(scope="module")
-def config() -> Config:
-    """The repository's configuration with a routing key for every target."""
-    return make_config()
 
 
 @pytest.fixture

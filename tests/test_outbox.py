@@ -8,7 +8,6 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -37,35 +36,6 @@ class Clock:
     def advance(self, seconds: float) -> None:
         """Let `seconds` pass."""
         self.now += timedelta(seconds=seconds)
-
-
-@pytest.fixture(scope="module")
-def config() -> Config:
-    """The repository's configuration with a routing key for every target."""
-    return make_config()
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    """An open store on a fresh database file."""
-    opened = SqliteStore(tmp_path / "state.db")
-    await opened.open()
-    yield opened
-    await opened.close()
-
-
-@pytest.fixture
-async def pd() -> AsyncIterator[PagerDutyStandIn]:
-    """The PagerDuty stand-in on a free local port."""
-    async with PagerDutyStandIn() as standin:
-        yield standin
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    """A client session, closed after the test."""
-    async with aiohttp.ClientSession() as opened:
-        yield opened
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -34,20 +33,6 @@ def trigger(severity: str = "critical") -> dict[str, Any]:
                     "source": "postgres-payments", "severity": severity},
         "client": "Firehouse",
     }
-
-
-@pytest.fixture
-async def pd() -> AsyncIterator[PagerDutyStandIn]:
-    """The PagerDuty stand-in on a free local port."""
-    async with PagerDutyStandIn() as standin:
-        yield standin
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    """A client session, closed after the test."""
-    async with aiohttp.ClientSession() as opened:
-        yield opened
 
 
 class TestClassify:

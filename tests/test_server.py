@@ -80,13 +80,6 @@ class Running:
         await wait_until(empty, what="empty outbox")
 
 
-@pytest.fixture
-async def pd() -> AsyncIterator[PagerDutyStandIn]:
-    """The PagerDuty stand-in on a free local port."""
-    async with PagerDutyStandIn() as standin:
-        yield standin
-
-
 @asynccontextmanager
 async def serving(tmp_path: Path, pd: PagerDutyStandIn, settings: Path = SETTINGS,
                   store: Store | None = None) -> AsyncIterator[Running]:

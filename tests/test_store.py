@@ -8,7 +8,6 @@ import json
 import os
 import sqlite3
 import stat
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -20,24 +19,9 @@ from daemon.decide import RESOLVE, TRIGGER, Deadlines, Decision, State, apply, d
 from daemon.errors import StoreError
 from daemon.store import DEAD, DELIVERED, DRY_RUN, PENDING
 from daemon.store.sqlite import SqliteStore
-from tests.helpers import NOW, alert, make_config, resolved, routing_key, target_names, webhook
+from tests.helpers import NOW, alert, resolved, routing_key, target_names, webhook
 
 DAY = 24 * 3600.0
-
-
-@pytest.fixture(scope="module")
-def config() -> Config:
-    """The repository's configuration with a routing key for every target."""
-    return make_config()
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    """An open store on a fresh database file."""
-    opened = SqliteStore(tmp_path / "state.db")
-    await opened.open()
-    yield opened
-    await opened.close()
 
 
 def db_alert(service: str = "postgres-payments", name: str = "PostgresDown",

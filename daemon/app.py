@@ -136,7 +136,8 @@ class Firehouse:
         client = PagerDutyClient(settings.pagerduty_url, self.session, settings.pagerduty_timeout)
         self.deliverer = Deliverer(self.store, client, self.metrics)
         self._tasks.append(asyncio.create_task(self.deliverer.run(), name="outbox"))
-        self.housekeeper = Housekeeper(self.store, self.metrics, lambda: self.config.settings)
+        self.housekeeper = Housekeeper(self.store, self.metrics, lambda: self.config.settings,
+                                       after_cleanup=self.dispatcher.refresh)
         self._tasks.append(asyncio.create_task(self.housekeeper.run(), name="housekeeping"))
         self.runner = web.AppRunner(make_app(self), access_log=None, shutdown_timeout=10.0)
         await self.runner.setup()

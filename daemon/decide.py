@@ -332,8 +332,12 @@ class _Work:
     def __init__(self, config: Config, state: State, now: datetime, external_url: str) -> None:
         self.config = config
         self.settings = config.settings
-        self.open = dict(state.open)
-        self.by_fp = dict(state.by_fingerprint)
+        # Read through to the state; what this decision changes is kept aside, so that a
+        # webhook costs what it changes, not the size of the state.
+        self.open = state.open
+        self.state_by_fp = state.by_fingerprint
+        self.fp_added: dict[str, str] = {}
+        self.fp_removed: set[str] = set()
         self.resolved = state.resolved
         self.now = now
         self.external_url = external_url
@@ -363,7 +367,7 @@ class _Work:
     def fire(self, alert: Alert) -> None:
         graph = self.config.graph
         service, label = locate(alert.labels, graph, self.settings.service_labels)
-        existing = self.by_fp.get(alert.fingerprint)
+        existing = self._incident_of(alert.fingerprint)
         if existing is not None:
             self.seen.append((existing, alert.fingerprint))
             self._explain(alert, service, label, "already open", incident_id=existing)
@@ -377,6 +381,12 @@ class _Work:
             return
         self._open(alert, service, label)
 
+    def _incident_of(self, fingerprint: str) -> str | None:
+        """The open incident an alert belongs to, as this decision has left it."""
+        if fingerprint in self.fp_removed:
+            return None
+        return self.fp_added.get(fingerprint) or self.state_by_fp.get(fingerprint)
+
     def _last_resolution(self, fingerprint: str) -> tuple[bool, datetime | None]:
         """Whether a resolution of the alert is remembered, and when that occurrence began."""
         if fingerprint in self.resolutions:
@@ -387,7 +397,7 @@ class _Work:
 
     def resolve(self, alert: Alert) -> None:
         service, label = locate(alert.labels, self.config.graph, self.settings.service_labels)
-        existing = self.by_fp.get(alert.fingerprint)
+        existing = self._incident_of(alert.fingerprint)
         if existing is None:
             known, resolved_start = self._last_resolution(alert.fingerprint)
             if known and (alert.starts_at is None
@@ -428,8 +438,9 @@ class _Work:
             self.timeline.append(Note(incident.id, self.now, "resolved",
                                       f"incident resolved; {len(pages)} page(s) resolved"))
             for fp in alerts:
-                if self.by_fp.get(fp) == incident.id:
-                    del self.by_fp[fp]
+                if self._incident_of(fp) == incident.id:
+                    self.fp_added.pop(fp, None)
+                    self.fp_removed.add(fp)
         else:
             incident = replace(incident, updated_at=self.now, alerts=MappingProxyType(alerts))
         self.changed[incident.id] = incident
@@ -467,7 +478,8 @@ class _Work:
             external_url=self.external_url, deadlines=Deadlines.of(outcome, self.now),
         )
         self.changed[ident] = incident
-        self.by_fp[alert.fingerprint] = ident
+        self.fp_added[alert.fingerprint] = ident
+        self.fp_removed.discard(alert.fingerprint)
         opened = f"{clean(title)} (rules: {', '.join(incident.rules)})"
         deadlines = incident.deadlines.describe(self.now)
         if deadlines:

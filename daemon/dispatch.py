@@ -37,6 +37,7 @@ class Dispatcher:
         self._lock = asyncio.Lock()
         self._in_flight = 0
         self._stale = False
+        self._refresh_wanted = False
 
     @property
     def retention_seconds(self) -> float:
@@ -47,6 +48,15 @@ class Dispatcher:
         """Load the engine state from the store (at start, and after a failed commit)."""
         self.state = await self.store.load_state(self.clock(), self.retention_seconds)
         self.metrics.incidents_open.set(len(self.state.open))
+
+    async def refresh(self) -> None:
+        """Reload the state from the store, which forgets resolutions past their retention
+        (memory stays bounded); deferred until no commit is in flight."""
+        async with self._lock:
+            if self._in_flight:
+                self._refresh_wanted = True
+                return
+            await self.load()
 
     def swap_config(self, config: Config) -> None:
         """Activate a new, fully validated configuration for the next decisions."""
@@ -83,9 +93,11 @@ class Dispatcher:
         """
         async with self._lock:
             self._in_flight -= 1
-            if not self._stale or self._in_flight:
+            if self._in_flight or not (self._stale or self._refresh_wanted):
                 return
-            log.error("commit failed; reloading engine state from the store")
+            if self._stale:
+                log.error("commit failed; reloading engine state from the store")
+            self._refresh_wanted = False
             try:
                 await self.load()
             except StoreError:

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 from daemon.config import Settings, mask
@@ -180,7 +180,9 @@ class Housekeeper:
     """Reports events that are overdue (still retried) and deletes what is past keeping."""
 
     def __init__(self, store: Store, metrics: Metrics, settings: Callable[[], Settings], *,
-                 clock: Clock = utcnow, interval: float = 30.0) -> None:
+                 clock: Clock = utcnow, interval: float = 30.0,
+                 after_cleanup: Callable[[], Awaitable[None]] | None = None) -> None:
+        self.after_cleanup = after_cleanup
         self.store = store
         self.metrics = metrics
         self.settings = settings
@@ -223,3 +225,5 @@ class Housekeeper:
             now - timedelta(hours=settings.resolved_retention_hours))
         if removed:
             log.info("cleaned up", extra={"fields": {"rows": removed}})
+            if self.after_cleanup is not None:
+                await self.after_cleanup()

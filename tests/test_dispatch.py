@@ -88,3 +88,27 @@ class TestDispatcher:
         assert first.events
         assert (await dispatcher.handle(orders)).events == ()
         assert (await dispatcher.handle(cart)).events
+
+    async def test_refresh_forgets_resolutions_past_retention(
+        self, store: GatedStore, config: Config
+    ) -> None:
+        """After the store drops old resolutions, a refresh drops them from memory too."""
+        from datetime import timedelta  # noqa: PLC0415
+
+        now = [NOW]
+        dispatcher = Dispatcher(store, config, Metrics(), lambda: now[0], lambda: None)
+        for n in range(5):
+            await dispatcher.handle(webhook(resolved_alert(f"Gone{n}")))
+        assert len(dispatcher.state.resolved) == 5
+
+        now[0] = NOW + timedelta(hours=config.settings.resolved_retention_hours + 1)
+        await store.cleanup(now[0], now[0] - timedelta(
+            hours=config.settings.resolved_retention_hours))
+        await dispatcher.refresh()
+
+        assert dispatcher.state.resolved == {}
+
+
+def resolved_alert(name: str) -> dict[str, object]:
+    """A resolved alert never seen firing: the engine remembers its resolution."""
+    return alert({"alertname": name, "service": "payments"}, status="resolved")

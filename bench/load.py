@@ -1,0 +1,668 @@
+"""Webhook benchmark: Firehouse end to end (HTTP, decision, SQLite, outbox, PagerDuty
+stand-in), next to a bare aiohttp baseline measured in the same run.
+
+    python -m bench            # everything, 3 repetitions (about 20 minutes)
+    python -m bench --quick    # one short repetition (CI: prints figures, asserts nothing)
+
+Every measurement starts its own processes (Firehouse with a fresh state file on disk and
+the 10,000-service generated map, the PagerDuty stand-in, the load generator) and stops
+them by PID. Figures are printed with the goals next to them and written as JSON
+(bench/results/webhooks.json). Goals are compared, never enforced: the exit status is 0
+whatever the figures are (1 only if a measurement could not be made at all).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from bench.harness import (
+    Proc,
+    Processes,
+    cpu_of,
+    cpu_percent,
+    generated_map,
+    http,
+    metrics,
+    python,
+    start_baseline,
+    start_firehouse,
+    start_standin,
+)
+from bench.webhooks import PER_WEBHOOK, outage, outage_fingerprints, rfc3339
+
+SERVICES = 10_000
+PAGES_PER_ALERT = 2  # technical lead + incident lead
+LUA = Path(__file__).with_name("webhooks.lua")
+
+# name -> (description, comparison, threshold); compared on the median of the repetitions.
+GOALS: dict[str, tuple[str, str, float]] = {
+    "sustained_webhooks_per_s": ("≥ 1,000 webhooks/s", ">=", 1000),
+    "sustained_ratio_to_baseline": ("≥ 30% of baseline", ">=", 0.30),
+    "page_100_p99_ms": ("p99 ≤ 50 ms", "<=", 50),
+    "page_500_p99_ms": ("p99 ≤ 200 ms", "<=", 200),
+    "burst_1000_ack_ms": ("≤ 200 ms", "<=", 200),
+    "burst_10000_ack_ms": ("≤ 2,000 ms", "<=", 2000),
+    "rss_10k_open_mib": ("≤ 200 MB (190.7 MiB)", "<=", 200 * 1e6 / 2**20),
+}
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0..1) of values, nearest rank; NaN when there are none."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def ms(seconds: float) -> float | None:
+    """Milliseconds, rounded; None for an infinite (never observed) time."""
+    return None if seconds == float("inf") else round(seconds * 1e3, 1)
+
+
+class Arrivals:
+    """What the stand-in received, fetched incrementally from its arrivals route."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.items: list[list[Any]] = []
+
+    def poll(self) -> list[list[Any]]:
+        status, body = http(f"{self.url}?since={len(self.items)}")
+        if status == 200:
+            self.items += json.loads(body)["arrivals"]
+        return self.items
+
+    def triggers(self, tokens: set[str]) -> dict[str, list[float]]:
+        """Arrival times of accepted triggers per token, for the tokens asked for."""
+        found: dict[str, list[float]] = {}
+        for at, status, action, _key, token in self.items:
+            if status == 202 and action == "trigger" and token in tokens:
+                found.setdefault(token, []).append(at)
+        return found
+
+    def wait_for(self, tokens: set[str], pages: int, limit: float, idle: float = 30.0
+                 ) -> dict[str, list[float]]:
+        """Poll until every token has `pages` triggers, nothing came for `idle` seconds, or
+        `limit` seconds passed."""
+        deadline = time.monotonic() + limit
+        last_count, last_change = -1, time.monotonic()
+        while True:
+            self.poll()
+            found = self.triggers(tokens)
+            count = sum(len(v) for v in found.values())
+            if count >= pages * len(tokens):
+                return found
+            now = time.monotonic()
+            if count != last_count:
+                last_count, last_change = count, now
+            if now > deadline or now - last_change > idle:
+                return found
+            time.sleep(0.1)
+
+
+def refused(arrivals: Arrivals) -> int:
+    """Events the stand-in refused (invalid by PagerDuty's spec)."""
+    return sum(1 for item in arrivals.items if item[1] != 202)
+
+
+def run_wrk(procs: Processes, workdir: Path, url: str, seconds: float, connections: int,
+            nonce: str, starts_at: str, watch: dict[str, Proc], stream: int = 0
+            ) -> dict[str, Any]:
+    """wrk posting the webhook stream for `seconds`; its totals and every process' CPU."""
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "30s",
+               "-s", str(LUA), url, "--", "100", nonce, str(SERVICES), starts_at, str(stream)]
+    started = time.monotonic()
+    wrk = procs.add(Proc(f"wrk-{stream}", command, workdir))
+    watched = {**watch, "wrk": wrk}
+    before, sampled = cpu_of(watched), time.monotonic()
+    # /proc/<pid>/stat of an exited, reaped process is gone: sample wrk's CPU just before
+    # its end, and the others then too.
+    after, sampled_after = before, sampled
+    while wrk.wait(0.1) is None:
+        if time.monotonic() - started < seconds - 0.3:
+            continue
+        after, sampled_after = cpu_of(watched), time.monotonic()
+    line = wrk.stdout_path.read_text(errors="replace")
+    found = [x for x in line.splitlines() if x.startswith("WRK_JSON ")]
+    if not found:
+        raise RuntimeError(f"wrk printed no result:\n{wrk.tail()}")
+    result = json.loads(found[-1][len("WRK_JSON "):])
+    duration = result["duration_us"] / 1e6
+    errors = sum(v for k, v in result.items() if k.startswith("errors_"))
+    return {
+        "webhooks_per_s": round(result["requests"] / duration, 1),
+        "requests": result["requests"],
+        "errors": errors,
+        "errors_detail": {k: v for k, v in result.items() if k.startswith("errors_")},
+        "latency_p50_ms": round(result["latency_p50_us"] / 1e3, 1),
+        "latency_p99_ms": round(result["latency_p99_us"] / 1e3, 1),
+        "latency_max_ms": round(result["latency_max_us"] / 1e3, 1),
+        "cpu_percent": cpu_percent(before, after, max(sampled_after - sampled, 1e-3)),
+    }
+
+
+# --------------------------------------------------------------------------- scenarios
+
+
+def baseline(workdir: Path, seconds: float, connections: int, nonce: str, starts_at: str
+             ) -> dict[str, Any]:
+    with Processes() as procs:
+        server, url = start_baseline(procs, workdir)
+        run_wrk(procs, workdir, url, 2, connections, nonce, starts_at, {}, stream=1)  # warm
+        result = run_wrk(procs, workdir, url, seconds, connections, nonce, starts_at,
+                         {"baseline": server})
+        result["rss_mib"] = round(server.rss_mib(), 1)
+        return result
+
+
+def sustained(workdir: Path, maps: Path, seconds: float, connections: int, nonce: str,
+              starts_at: str) -> dict[str, Any]:
+    """Saturation: wrk with `connections` connections for `seconds`."""
+    with Processes() as procs:
+        standin, pd_url, arrivals_url = start_standin(procs, workdir)
+        firehouse, url = start_firehouse(procs, workdir, maps, pd_url)
+        before = metrics(url)
+        result = run_wrk(procs, workdir, url + "/webhook/alertmanager", seconds, connections,
+                         nonce, starts_at, {"firehouse": firehouse, "standin": standin})
+        after = metrics(url)
+        arrivals = Arrivals(arrivals_url)
+        arrivals.poll()
+
+        def delta(name: str) -> float:
+            return after.get(name, 0.0) - before.get(name, 0.0)
+
+        result.update({
+            "accepted": int(delta('firehouse_webhooks_total{outcome="accepted"}')),
+            "refused_by_firehouse": int(sum(
+                delta(k) for k in after if k.startswith("firehouse_webhooks_total{")
+                and 'outcome="accepted"' not in k)),
+            "incidents_opened": int(sum(delta(k) for k in after
+                                        if k.startswith("firehouse_incidents_opened_total{"))),
+            "incidents_resolved": int(delta("firehouse_incidents_resolved_total")),
+            "events_delivered": int(sum(delta(k) for k in after if k.startswith(
+                "firehouse_events_sent_total{") and 'outcome="ok"' in k)),
+            "outbox_pending_at_end": int(after.get(
+                'firehouse_outbox_events{state="pending"}', 0)),
+            "standin_received": len(arrivals.items),
+            "standin_refused": refused(arrivals),
+            "firehouse_peak_rss_mib": round(peak_rss(firehouse), 1),
+        })
+        result["events_delivered_per_s"] = round(result["events_delivered"] / seconds, 1)
+        return result
+
+
+def peak_rss(proc: Proc) -> float:
+    try:
+        for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def paced(workdir: Path, maps: Path, rate: int, seconds: float, wait: float, nonce: str,
+          starts_at: str) -> dict[str, Any]:
+    """Time to page at a fixed offered load; pages still missing `wait` seconds after the
+    last webhook was answered count as infinitely late (a percentile that falls on them is
+    reported as None: not measured, and certainly over any goal)."""
+    out = workdir / f"pace-{rate}.json"
+    with Processes() as procs:
+        standin, pd_url, arrivals_url = start_standin(procs, workdir)
+        firehouse, url = start_firehouse(procs, workdir, maps, pd_url)
+        client = procs.add(Proc(f"pace-{rate}", python(
+            "bench.pace", url + "/webhook/alertmanager", "--rate", str(rate), "--seconds",
+            f"{seconds:g}", "--out", str(out), "--nonce", nonce, "--starts-at", starts_at,
+            "--services", str(SERVICES)), workdir))
+        watched = {"firehouse": firehouse, "standin": standin, "client": client}
+        client.wait_line("MEASURING", timeout=120)
+        before, started = cpu_of(watched), time.monotonic()
+        client.wait_line("SENT", timeout=seconds * 20 + 120)
+        after, elapsed = cpu_of(watched), time.monotonic() - started
+        if client.wait(60) is None or not out.exists():
+            raise RuntimeError(f"paced client failed:\n{client.tail()}")
+        sent = json.loads(out.read_text())
+        due: dict[str, float] = {}
+        responses: list[float] = []
+        failed = 0
+        for when, answered, status, opened in sent["webhooks"]:
+            responses.append(answered - when)
+            failed += status != 200
+            for fp in opened:
+                due[fp] = when
+        arrivals = Arrivals(arrivals_url)
+        found = arrivals.wait_for(set(due), PAGES_PER_ALERT, limit=wait, idle=wait)
+        pages = [at - due[token] for token, times in found.items() for at in times]
+        missing = PAGES_PER_ALERT * len(due) - len(pages)
+        pages += [float("inf")] * missing
+        return {
+            "rate": rate, "seconds": seconds, "webhooks": len(responses),
+            "webhook_errors": failed,
+            "pages_expected": PAGES_PER_ALERT * len(due), "pages_missing": missing,
+            "page_wait_limit_s": wait,
+            "page_p50_ms": ms(percentile(pages, 0.5)), "page_p99_ms": ms(percentile(pages, 0.99)),
+            "page_max_ms": ms(max(pages, default=float("nan"))),
+            "response_p50_ms": ms(percentile(responses, 0.5)),
+            "response_p99_ms": ms(percentile(responses, 0.99)),
+            "response_max_ms": ms(max(responses, default=float("nan"))),
+            "standin_refused": refused(arrivals),
+            "cpu_percent": cpu_percent(before, after, elapsed),
+        }
+
+
+class Stalls:
+    """Polls a URL from a thread (20 ms apart): the longest answer shows how long the
+    event loop was blocked meanwhile."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.longest = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            http(self.url, timeout=60)
+            self.longest = max(self.longest, time.monotonic() - started)
+            self._stop.wait(0.02)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.longest
+
+
+def burst(workdir: Path, maps: Path, size: int, wait: float, nonce: str, starts_at: str
+          ) -> dict[str, Any]:
+    """One webhook of `size` new alerts: time to its 200, and until every page arrived (if
+    within `wait` seconds)."""
+    body = outage(0, size, nonce=nonce, services=SERVICES, starts_at=starts_at)
+    tokens = set(outage_fingerprints(0, size, nonce))
+    with Processes() as procs:
+        standin, pd_url, arrivals_url = start_standin(procs, workdir)
+        firehouse, url = start_firehouse(procs, workdir, maps, pd_url)
+        before = cpu_of({"firehouse": firehouse, "standin": standin})
+        stalls = Stalls(url + "/-/healthy")
+        sent = time.monotonic()
+        status, answer = http(url + "/webhook/alertmanager", body, timeout=300)
+        acked = time.monotonic()
+        stall = stalls.stop()
+        arrivals = Arrivals(arrivals_url)
+        found = arrivals.wait_for(tokens, PAGES_PER_ALERT, limit=wait, idle=min(wait, 30))
+        delivered = time.monotonic()
+        after = cpu_of({"firehouse": firehouse, "standin": standin})
+        times = [at for ts in found.values() for at in ts]
+        pages = len(times)
+        last = max(times, default=float("nan"))
+        return {
+            "alerts": size, "body_mib": round(len(body) / 2**20, 2), "status": status,
+            "events": json.loads(answer).get("events") if status == 200 else None,
+            "ack_ms": ms(acked - sent),
+            "waited_s": wait,
+            "all_delivered_ms": ms(last - sent) if pages == PAGES_PER_ALERT * size else None,
+            "first_page_ms": ms(min(times) - sent) if pages else None,
+            "pages": pages, "pages_missing": PAGES_PER_ALERT * size - pages,
+            "delivery_per_s": round(pages / (last - acked), 1) if pages else None,
+            "standin_refused": refused(arrivals),
+            "healthy_max_ms": ms(stall),
+            "cpu_percent": cpu_percent(before, after, delivered - sent),
+        }
+
+
+def memory(workdir: Path, maps: Path, incidents: int, wait: float, nonce: str, starts_at: str
+           ) -> dict[str, Any]:
+    """RSS with the map alone, then with `incidents` open incidents (10 new alerts a
+    webhook, 4 webhooks at a time), and once their pages are delivered (if within `wait`
+    seconds)."""
+    per = PER_WEBHOOK
+    with Processes() as procs:
+        _standin, pd_url, arrivals_url = start_standin(procs, workdir)
+        firehouse, url = start_firehouse(procs, workdir, maps, pd_url)
+        time.sleep(1.0)
+        at_start = firehouse.rss_mib()
+        bodies = [outage(i * per, per, nonce=nonce, services=SERVICES, starts_at=starts_at)
+                  for i in range(incidents // per)]
+
+        def post(body: bytes) -> tuple[int, float]:
+            started = time.monotonic()
+            status, _ = http(url + "/webhook/alertmanager", body)
+            return status, time.monotonic() - started
+
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(post, bodies))
+        accepted = firehouse.rss_mib()
+        open_now = metrics(url).get("firehouse_incidents_open", float("nan"))
+        arrivals = Arrivals(arrivals_url)
+        found = arrivals.wait_for(set(outage_fingerprints(0, incidents, nonce)),
+                                  PAGES_PER_ALERT, limit=wait, idle=min(wait, 30))
+        delivered = sum(len(v) for v in found.values())
+        time.sleep(1.0)
+        drained = firehouse.rss_mib() if delivered == PAGES_PER_ALERT * incidents else None
+        state = sum(f.stat().st_size for f in (workdir / "state").glob("firehouse.db*"))
+        latencies = [seconds for _, seconds in results]
+        tenth = max(1, len(latencies) // 10)
+        return {
+            "incidents_open": int(open_now),
+            "webhook_errors": sum(1 for status, _ in results if status != 200),
+            "rss_start_mib": round(at_start, 1),
+            "rss_open_mib": round(accepted, 1),
+            "rss_open_drained_mib": round(drained, 1) if drained is not None else None,
+            "rss_peak_mib": round(peak_rss(firehouse), 1),
+            "response_first_tenth_p50_ms": ms(statistics.median(latencies[:tenth])),
+            "response_last_tenth_p50_ms": ms(statistics.median(latencies[-tenth:])),
+            "pages_delivered": delivered,
+            "state_file_mib": round(state / 2**20, 1),
+        }
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def plan(quick: bool) -> dict[str, Any]:
+    """Durations (s) and sizes. Time to page: rate -> (seconds sent, longest wait for the
+    last pages); 20/s is light load, for reference (no goal)."""
+    if quick:
+        return {"repeats": 1, "saturation_seconds": 5, "connections": 16,
+                "paced": {100: (5, 20), 500: (2, 10)},
+                "bursts": {1_000: 30, 10_000: 0}, "incidents": 10_000, "drain_wait": 0}
+    return {"repeats": 3, "saturation_seconds": 20, "connections": 16,
+            "paced": {20: (15, 60), 100: (30, 120), 500: (10, 120)},
+            "bursts": {1_000: 120, 10_000: 300}, "incidents": 10_000, "drain_wait": 300}
+
+
+def measure(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+    """Every scenario, `repeats` times, interleaved (noise on a shared machine then spreads
+    over all of them rather than spoiling one)."""
+    settings = plan(args.quick)
+    maps = generated_map(work / "maps", SERVICES)
+    starts_at = rfc3339(time.time() - 60)
+    repetitions = []
+    repeats = args.repeats or settings["repeats"]
+    only = set(args.only.split(",")) if args.only else None
+    for rep in range(repeats):
+        nonce = f"{(os.getpid() * 31 + rep) % 65536:04x}"
+        found: dict[str, Any] = {}
+
+        def step(name: str, fn: Callable[..., dict[str, Any]], *fn_args: Any,
+                 found: dict[str, Any] = found, rep: int = rep) -> None:
+            if only is not None and not {name, name.partition("_")[0]} & only:
+                return
+            workdir = work / f"{name}-{rep + 1}"
+            shutil.rmtree(workdir, ignore_errors=True)
+            workdir.mkdir(parents=True)
+            print(f"  [{rep + 1}/{repeats}] {name} …", end="", flush=True)
+            started = time.monotonic()
+            try:
+                found[name] = fn(workdir, *fn_args)
+            except Exception as exc:  # reported; the run goes on
+                found[name] = {"error": f"{type(exc).__name__}: {exc}"}
+                print(f" FAILED: {found[name]['error']}", flush=True)
+                return
+            print(f" {time.monotonic() - started:.0f}s", flush=True)
+            if not args.keep:
+                shutil.rmtree(workdir, ignore_errors=True)
+
+        connections = settings["connections"]
+        step("baseline", baseline, settings["saturation_seconds"], connections, nonce,
+             starts_at)
+        step("sustained", sustained, maps, settings["saturation_seconds"], connections, nonce,
+             starts_at)
+        for rate, (seconds, wait) in settings["paced"].items():
+            step(f"page_{rate}", paced, maps, rate, seconds, wait, nonce, starts_at)
+        for size, wait in settings["bursts"].items():
+            step(f"burst_{size}", burst, maps, size, wait, nonce, starts_at)
+        step("memory", memory, maps, settings["incidents"], settings["drain_wait"], nonce,
+             starts_at)
+        repetitions.append(found)
+    return repetitions
+
+
+def figures(rep: dict[str, Any]) -> dict[str, float | None]:
+    """The headline figures of one repetition (of the measurements it has)."""
+    rep = {name: found for name, found in rep.items() if "error" not in found}
+    out: dict[str, float | None] = {}
+    base, sus = rep.get("baseline"), rep.get("sustained")
+    if base:
+        out.update({
+            "baseline_webhooks_per_s": base["webhooks_per_s"],
+            "baseline_p99_ms": base["latency_p99_ms"],
+            "cpu_baseline_pct": base["cpu_percent"].get("baseline"),
+            "cpu_baseline_wrk_pct": base["cpu_percent"].get("wrk"),
+            "cpu_baseline_others_pct": base["cpu_percent"].get("others"),
+        })
+    if sus:
+        generated = PAGES_PER_ALERT * (sus["incidents_opened"] + sus["incidents_resolved"])
+        per_webhook = generated / sus["accepted"] if sus["accepted"] else float("nan")
+        out.update({
+            "sustained_webhooks_per_s": sus["webhooks_per_s"],
+            "sustained_errors": sus["errors"] + sus["refused_by_firehouse"],
+            "sustained_p99_ms": sus["latency_p99_ms"],
+            "sustained_events_per_webhook": round(per_webhook, 2),
+            "sustained_events_delivered_per_s": sus["events_delivered_per_s"],
+            "sustained_outbox_pending_at_end": sus["outbox_pending_at_end"],
+            "sustained_delivery_bound_webhooks_per_s": round(
+                sus["events_delivered_per_s"] / per_webhook, 1),
+            "cpu_firehouse_pct": sus["cpu_percent"].get("firehouse"),
+            "cpu_standin_pct": sus["cpu_percent"].get("standin"),
+            "cpu_wrk_pct": sus["cpu_percent"].get("wrk"),
+            "cpu_others_pct": sus["cpu_percent"].get("others"),
+        })
+    if base and sus:
+        out["sustained_ratio_to_baseline"] = round(
+            sus["webhooks_per_s"] / base["webhooks_per_s"], 3)
+    for key, page in rep.items():
+        if key.startswith("page_"):
+            rate = key.split("_")[1]
+            out.update({
+                f"page_{rate}_p50_ms": page["page_p50_ms"],
+                f"page_{rate}_p99_ms": page["page_p99_ms"],
+                f"page_{rate}_max_ms": page["page_max_ms"],
+                f"page_{rate}_missing": page["pages_missing"],
+                f"response_{rate}_p50_ms": page["response_p50_ms"],
+                f"response_{rate}_p99_ms": page["response_p99_ms"],
+                f"response_{rate}_max_ms": page["response_max_ms"],
+                f"cpu_firehouse_{rate}_pct": page["cpu_percent"].get("firehouse"),
+                f"cpu_others_{rate}_pct": page["cpu_percent"].get("others"),
+            })
+        elif key.startswith("burst_"):
+            size = key.split("_")[1]
+            out[f"burst_{size}_ack_ms"] = page["ack_ms"]
+            # Not waited for (--quick): not measured, rather than missing.
+            out[f"burst_{size}_delivered_ms"] = (page["all_delivered_ms"] if page["waited_s"]
+                                                 else float("nan"))
+            out[f"burst_{size}_missing"] = page["pages_missing"]
+            out[f"burst_{size}_delivery_per_s"] = page["delivery_per_s"]
+            out[f"burst_{size}_healthy_max_ms"] = page["healthy_max_ms"]
+    mem = rep.get("memory")
+    if mem:
+        out.update({
+            "rss_start_mib": mem["rss_start_mib"], "rss_10k_open_mib": mem["rss_open_mib"],
+            "rss_10k_open_drained_mib": mem["rss_open_drained_mib"],
+            "rss_peak_mib": mem["rss_peak_mib"],
+            "memory_response_first_tenth_ms": mem["response_first_tenth_p50_ms"],
+            "memory_response_last_tenth_ms": mem["response_last_tenth_p50_ms"],
+            "state_file_mib": mem["state_file_mib"],
+        })
+    return out
+
+
+def censored(name: str) -> bool:
+    """Figures for which None means "did not happen within the wait": infinitely late."""
+    return (name.startswith("page_") and name.endswith("_ms")) or name.endswith("delivered_ms")
+
+
+def summary(repetitions: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Median, min and max of each figure over the repetitions (None: not measured, or for
+    a time, not observed within the wait)."""
+    per = [figures(r) for r in repetitions]
+    result: dict[str, dict[str, Any]] = {}
+    for name in dict.fromkeys(name for p in per for name in p):
+        raw = [p.get(name, float("nan")) for p in per]  # NaN: not measured in that one
+        if censored(name):
+            raw = [float("inf") if v is None else v for v in raw]
+        values = [v for v in raw if v is not None and v == v]  # NaN: nothing measured
+        if not values:
+            result[name] = {"median": None, "min": None, "max": None, "measured": False}
+            continue
+        stats = (statistics.median(values), min(values), max(values))
+        result[name] = dict(zip(("median", "min", "max"),
+                                (None if v == float("inf") else v for v in stats),
+                                strict=True))
+    return result
+
+
+def verdict(name: str, stats: dict[str, Any]) -> str:
+    if name not in GOALS:
+        return ""
+    text, op, threshold = GOALS[name]
+    median = stats["median"]
+    if stats.get("measured") is False:
+        return f"{text}: not measured"
+    if median is None:
+        return f"{text}: {'FAIL (not all delivered)' if censored(name) else 'n/a'}"
+    ok = median >= threshold if op == ">=" else median <= threshold
+    return f"{text}: {'PASS' if ok else 'FAIL'}"
+
+
+ROWS = [
+    # (label, Firehouse figure, baseline figure or second figure, unit)
+    ("sustained webhooks/s (10 alerts each)", "sustained_webhooks_per_s",
+     "baseline_webhooks_per_s", "/s"),
+    ("  ratio to baseline", "sustained_ratio_to_baseline", None, "x"),
+    ("  errors (wrk + refused)", "sustained_errors", None, ""),
+    ("  response p99 at saturation (ms)", "sustained_p99_ms", "baseline_p99_ms", "ms"),
+    ("  events per webhook (triggers + resolves)", "sustained_events_per_webhook", None, ""),
+    ("  events delivered/s meanwhile", "sustained_events_delivered_per_s", None, "/s"),
+    ("  webhooks/s the outbox keeps up with", "sustained_delivery_bound_webhooks_per_s",
+     None, "/s"),
+    ("  outbox pending at the end", "sustained_outbox_pending_at_end", None, ""),
+    ("  CPU % server", "cpu_firehouse_pct", "cpu_baseline_pct", "%"),
+    ("  CPU % PagerDuty stand-in", "cpu_standin_pct", None, "%"),
+    ("  CPU % wrk", "cpu_wrk_pct", "cpu_baseline_wrk_pct", "%"),
+    ("  CPU % other people's processes", "cpu_others_pct", "cpu_baseline_others_pct", "%"),
+]
+for _rate in (20, 100, 500):
+    ROWS += [
+        (f"time to page at {_rate}/s: p50 (ms)", f"page_{_rate}_p50_ms", None, "ms"),
+        ("  p99 (ms)", f"page_{_rate}_p99_ms", None, "ms"),
+        ("  max (ms)", f"page_{_rate}_max_ms", None, "ms"),
+        ("  pages missing", f"page_{_rate}_missing", None, ""),
+        ("  webhook response p50 | p99 (ms)", f"response_{_rate}_p50_ms",
+         f"response_{_rate}_p99_ms", "ms"),
+        ("  CPU % Firehouse | others", f"cpu_firehouse_{_rate}_pct", f"cpu_others_{_rate}_pct",
+         "%"),
+    ]
+ROWS += [
+    ("1,000-alert webhook: 200 after (ms)", "burst_1000_ack_ms", None, "ms"),
+    ("  all 2,000 pages delivered after (ms)", "burst_1000_delivered_ms", None, "ms"),
+    ("10,000-alert webhook: 200 after (ms)", "burst_10000_ack_ms", None, "ms"),
+    ("  all 20,000 pages delivered after (ms)", "burst_10000_delivered_ms", None, "ms"),
+    ("  pages delivered/s after the 200 (1k | 10k)", "burst_1000_delivery_per_s",
+     "burst_10000_delivery_per_s", "/s"),
+    ("  longest GET /-/healthy meanwhile (1k | 10k)", "burst_1000_healthy_max_ms",
+     "burst_10000_healthy_max_ms", "ms"),
+    ("RSS at start, 10k-service map (MiB)", "rss_start_mib", None, "MiB"),
+    ("RSS with 10k open incidents (MiB)", "rss_10k_open_mib", None, "MiB"),
+    ("  once their 20,000 pages are delivered", "rss_10k_open_drained_mib", None, "MiB"),
+    ("  webhook response p50, first | last 100 (ms)", "memory_response_first_tenth_ms",
+     "memory_response_last_tenth_ms", "ms"),
+    ("  state file (SQLite + WAL, MiB)", "state_file_mib", None, "MiB"),
+]
+
+
+def fmt(stats: dict[str, Any] | None, unit: str, name: str = "") -> str:
+    if not stats or stats.get("measured") is False:
+        return "n/a"
+    missing = "missing" if censored(name) else "n/a"
+
+    def one(v: float | None) -> str:
+        if v is None:
+            return missing
+        if unit == "x":
+            return f"{v:.2f}"
+        return f"{v:,.0f}" if abs(v) >= 100 or float(v).is_integer() else f"{v:.1f}"
+
+    med, low, high = stats["median"], stats["min"], stats["max"]
+    text = one(med)
+    if one(low) != one(high):
+        text += f" [{one(low)}-{one(high)}]"
+    return text
+
+
+def report(result: dict[str, Any]) -> str:
+    stats = result["summary"]
+    lines = [f"{'':44} {'Firehouse':>24} {'baseline | 2nd':>22}  goal"]
+    for label, name, base, unit in ROWS:
+        if name not in stats:
+            continue
+        right = fmt(stats.get(base), unit, base) if base else ""
+        lines.append(f"{label:44} {fmt(stats[name], unit, name):>24} {right:>22}  "
+                     f"{verdict(name, stats[name])}")
+    lines.append("(medians of the repetitions, [min-max] when they differ; CPU in % of one "
+                 "core, 2 cores = 200%)")
+    return "\n".join(lines)
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cores": os.cpu_count(), "cpu": model, "python": platform.python_version(),
+            "kernel": platform.release(), "load_average": os.getloadavg()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split(
+        "\n\n")[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="one short repetition (CI)")
+    parser.add_argument("--out", default="bench/results/webhooks.json")
+    parser.add_argument("--work", default="bench/results/webhooks-work",
+                        help="scratch directory (maps, state files, logs)")
+    parser.add_argument("--keep", action="store_true", help="keep state files and logs")
+    parser.add_argument("--repeats", type=int, help="repetitions (default: 3, --quick: 1)")
+    parser.add_argument("--only", help="comma-separated measurements: baseline, sustained, "
+                        "page (or page_100 …), burst (or burst_1000 …), memory")
+    args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        print("wrk not found: apt-get install wrk", file=sys.stderr)
+        return 2
+    info = machine()
+    print(f"machine: {info['cores']} cores ({info['cpu']}), Python {info['python']}, "
+          f"Linux {info['kernel']}, load average {info['load_average'][0]:.2f}")
+    work = Path(args.work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    repetitions = measure(args, work)
+    result = {"machine": info, "quick": args.quick, "plan": plan(args.quick),
+              "seconds": round(time.monotonic() - started), "summary": summary(repetitions),
+              "repetitions": repetitions}
+    print(report(result))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=str))
+    print(f"written to {out} in {result['seconds']} s")
+    failed = [f"{name} #{n}" for n, rep in enumerate(repetitions, 1)
+              for name, found in rep.items() if "error" in found]
+    if failed:
+        print(f"measurements that failed (see the JSON): {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0

@@ -47,12 +47,15 @@ def authorized(request: web.Request, token: str, basic: tuple[str, str] | None) 
         return True
     header = request.headers.get("Authorization", "")
     scheme, _, value = header.partition(" ")
+    # Header values are untrusted: bytes that are not UTF-8 arrive as surrogates, and must
+    # mean "wrong credentials", not an error.
+    given = value.strip().encode("utf-8", "surrogateescape")
     if token and scheme.lower() == "bearer":
-        return hmac.compare_digest(value.strip().encode(), token.encode())
+        return hmac.compare_digest(given, token.encode())
     if basic is not None and scheme.lower() == "basic":
         try:
-            decoded = base64.b64decode(value.strip(), validate=True).decode()
-        except (binascii.Error, UnicodeDecodeError):
+            decoded = base64.b64decode(given, validate=True).decode()
+        except (binascii.Error, ValueError):
             return False
         user, _, password = decoded.partition(":")
         ok_user = hmac.compare_digest(user.encode(), basic[0].encode())

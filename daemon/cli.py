@@ -76,14 +76,21 @@ def _load(args: argparse.Namespace) -> Config:
     return load_config(Path(args.config) if args.config else None)
 
 
+def _load_or_report(args: argparse.Namespace) -> Config | None:
+    """The configuration, or None after printing every problem to stderr."""
+    try:
+        return _load(args)
+    except ConfigError as exc:
+        print(f"firehouse: configuration is invalid:\n{exc}", file=sys.stderr)
+        return None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the daemon until SIGTERM."""
     from daemon.app import serve  # noqa: PLC0415 - keeps `check` light
 
-    try:
-        config = _load(args)
-    except ConfigError as exc:
-        print(f"firehouse: configuration is invalid:\n{exc}", file=sys.stderr)
+    config = _load_or_report(args)
+    if config is None:
         return 2
     _setup_logging(config.settings.log_level)
     for warning in config.warnings:
@@ -134,10 +141,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
                   f"2026-01-31T09:00:00Z: {args.at!r}", file=sys.stderr)
             return 2
         now = at
-    try:
-        config = _load(args)
-    except ConfigError as exc:
-        print(f"firehouse: configuration is invalid:\n{exc}", file=sys.stderr)
+    config = _load_or_report(args)
+    if config is None:
         return 2
     try:
         raw = sys.stdin.buffer.read() if args.payload == "-" else Path(args.payload).read_bytes()
@@ -251,10 +256,8 @@ def _print_decision(decision: Decision, rejected: list[str]) -> None:
 
 def cmd_impact(args: argparse.Namespace) -> int:
     """Print the blast radius of services failing together."""
-    try:
-        config = _load(args)
-    except ConfigError as exc:
-        print(f"firehouse: configuration is invalid:\n{exc}", file=sys.stderr)
+    config = _load_or_report(args)
+    if config is None:
         return 2
     graph = config.graph
     names = []

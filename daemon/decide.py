@@ -612,9 +612,15 @@ def _business_leads(graph: ServiceGraph, impact: Impact) -> list[str]:
     return leads
 
 
-def impact_summary(impact: Impact) -> dict[str, Any]:
+def impact_summary(impact: Impact) -> Mapping[str, Any]:
     """The impact, small enough for a page: top entries with totals, root causes, and the
-    chains that explain the most critical impacted services."""
+    chains that explain the most critical impacted services. Built once per impact."""
+    if impact.summary is None:
+        impact.summary = MappingProxyType(_summarise(impact))
+    return impact.summary
+
+
+def _summarise(impact: Impact) -> dict[str, Any]:
     return {
         "failing": list(impact.failing),
         "most_critical_tier": impact.most_critical_tier,

@@ -11,7 +11,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import networkx as nx
 
@@ -119,10 +119,25 @@ class Impact:
     chain that explains each, only when asked for (a page needs the top few and totals).
     """
 
-    __slots__ = ("_blame", "_buckets", "_graph", "_impacted", "_nearest", "_sources", "_walk",
-                 "business_services",
-                 "degraded_total", "down_tier", "down_total", "failing", "most_critical_tier",
-                 "root_causes", "severity", "tier_counts")
+    __slots__ = (
+        "_blame",
+        "_buckets",
+        "_graph",
+        "_impacted",
+        "_nearest",
+        "_sources",
+        "_walk",
+        "business_services",
+        "degraded_total",
+        "down_tier",
+        "down_total",
+        "failing",
+        "most_critical_tier",
+        "root_causes",
+        "severity",
+        "summary",
+        "tier_counts",
+    )
 
     def __init__(self, graph: ServiceGraph | None = None, sources: tuple[int, ...] = (), *,
                  failing: tuple[str, ...] = (), most_critical_tier: int | None = None,
@@ -140,6 +155,9 @@ class Impact:
         # How many impacted services each (tier, down?) holds, and the nearest found so far.
         self._buckets: Mapping[tuple[int, bool], int] = buckets or {}
         self._nearest: dict[tuple[int, bool], list[int]] = {}
+        # A presentation of this impact built once by its user (the engine's page summary):
+        # impacts are cached per failing set, so alerts on one service share it.
+        self.summary: Mapping[str, Any] | None = None
         self.failing = failing
         self.most_critical_tier = most_critical_tier
         # The most critical tier among the failing and down services (degraded ones aside).

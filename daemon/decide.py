@@ -212,12 +212,42 @@ class Explanation:
 
 
 @dataclass(frozen=True, slots=True)
+class Change:
+    """A deploy or configuration change posted to Firehouse (`POST /api/v1/changes`)."""
+
+    id: str
+    service: str
+    summary: str
+    at: datetime
+    who: str = ""
+    version: str = ""
+    links: tuple[tuple[str, str], ...] = ()  # (href, text)
+    received_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PagerDutyUpdate:
+    """What a PagerDuty v3 webhook said about one of the alerts Firehouse triggered."""
+
+    event_id: str
+    event_type: str  # incident.acknowledged, incident.resolved, incident.reassigned, ...
+    occurred_at: datetime
+    dedup_key: str  # PagerDuty's incident_key: the dedup key Firehouse triggered with
+    pd_incident: str = ""  # PagerDuty's incident id
+    url: str = ""  # PagerDuty's html_url of the incident
+    agent: str = ""  # who did it, as PagerDuty names them
+    detail: str = ""  # e.g. the new assignees of a reassignment
+
+
+@dataclass(frozen=True, slots=True)
 class State:
-    """What the engine needs to know: open incidents and recently resolved alerts."""
+    """What the engine needs to know: open incidents, recently resolved alerts and recent
+    changes (oldest first)."""
 
     open: Mapping[str, Incident] = field(default_factory=dict)
     by_fingerprint: Mapping[str, str] = field(default_factory=dict)
     resolved: Mapping[str, datetime | None] = field(default_factory=dict)
+    changes: tuple[Change, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,12 +261,13 @@ class Decision:
     resolutions: tuple[tuple[str, datetime | None], ...] = ()
     explanations: tuple[Explanation, ...] = ()
     now: datetime | None = None
+    changes: tuple[Change, ...] = ()
 
     @property
     def changes_anything(self) -> bool:
         """Whether the decision has anything to store."""
         return bool(self.incidents or self.seen or self.events or self.timeline
-                    or self.resolutions)
+                    or self.resolutions or self.changes)
 
 
 def map_severity(labels: Mapping[str, str], severity_labels: Iterable[str]) -> str:
@@ -300,6 +331,35 @@ def decide(webhook: Webhook, config: Config, state: State, now: datetime) -> Dec
         else:
             work.resolve(alert)
     return work.decision()
+
+
+def on_pagerduty(update: PagerDutyUpdate, config: Config, state: State, now: datetime
+                 ) -> Decision:
+    """What a PagerDuty webhook (acknowledged, resolved, reassigned...) changes."""
+    return Decision(now=now)  # TODO(engine)
+
+
+def tick(config: Config, state: State, now: datetime) -> Decision:
+    """What the clock changes at `now`: missed deadlines, damped resolutions, business
+    updates."""
+    return Decision(now=now)  # TODO(engine)
+
+
+def next_deadline(config: Config, state: State) -> datetime | None:
+    """When `tick` next has something to do; None when nothing is pending."""
+    return None  # TODO(engine)
+
+
+def stale_fingerprints(config: Config, state: State, now: datetime) -> tuple[str, ...]:
+    """Firing alerts of open incidents not refreshed for longer than the stale window."""
+    return ()  # TODO(engine)
+
+
+def reconcile(checked: tuple[str, ...], present: frozenset[str] | None, config: Config,
+              state: State, now: datetime) -> Decision:
+    """Resolve the `checked` alerts that Alertmanager no longer has (`present`: the
+    fingerprints it has); None when it could not be asked: the incidents are flagged stale."""
+    return Decision(now=now)  # TODO(engine)
 
 
 def apply(state: State, decision: Decision) -> State:

@@ -64,9 +64,14 @@ class Dispatcher:
 
     async def handle(self, webhook: Webhook) -> Decision:
         """Decide on a notification and return once the decision is durable."""
+        return await self.run(lambda config, state, now: decide(webhook, config, state, now))
+
+    async def run(self, step: Callable[[Config, State, datetime], Decision]) -> Decision:
+        """Run one pure engine step (a webhook, a PagerDuty update, a clock tick, a change...)
+        on the current state and return once its decision is durable."""
         async with self._lock:
             now = self.clock()
-            decision = decide(webhook, self.config, self.state, now)
+            decision = step(self.config, self.state, now)
             if decision.changes_anything:
                 # Advance now so the next webhook decides on top of this one; undone below
                 # (by reloading) if the commit fails.

@@ -15,12 +15,14 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from daemon.clock import Timekeeper
 from daemon.config import Config, load_config
 from daemon.dispatch import Dispatcher
 from daemon.errors import ConfigError
 from daemon.metrics import Metrics
 from daemon.outbox import Deliverer, Housekeeper, utcnow
 from daemon.pagerduty import PagerDutyClient
+from daemon.reconcile import Reconciler
 from daemon.server import make_app
 from daemon.store import Store
 from daemon.store.sqlite import SqliteStore
@@ -46,6 +48,8 @@ class Firehouse:
         self.session: aiohttp.ClientSession | None = None
         self.deliverer: Deliverer | None = None
         self.housekeeper: Housekeeper | None = None
+        self.reconciler: Reconciler | None = None
+        self.timekeeper: Timekeeper | None = None
         self._tasks: list[asyncio.Task[None]] = []
         # Reloads run one at a time (see `reload`); SIGHUP's run as tasks kept here.
         self._reload_lock = asyncio.Lock()
@@ -57,6 +61,8 @@ class Firehouse:
     def _wake(self) -> None:
         if self.deliverer is not None:
             self.deliverer.wake()
+        if self.timekeeper is not None:
+            self.timekeeper.wake()
 
     async def reload(self, trigger: str) -> Config:
         """Build and validate the new configuration completely, then swap it in.
@@ -114,6 +120,8 @@ class Firehouse:
     def _activate(self, config: Config) -> None:
         self.config = config
         self.dispatcher.swap_config(config)
+        if self.timekeeper is not None:
+            self.timekeeper.wake()  # the new rules may set other deadlines
         for warning in config.warnings:
             log.warning("%s", warning)
         self.metrics.set_config(config.digest, config.settings.dry_run,
@@ -139,6 +147,11 @@ class Firehouse:
         self.housekeeper = Housekeeper(self.store, self.metrics, lambda: self.config.settings,
                                        after_cleanup=self.dispatcher.refresh)
         self._tasks.append(asyncio.create_task(self.housekeeper.run(), name="housekeeping"))
+        self.timekeeper = Timekeeper(self.dispatcher, self.metrics, self.dispatcher.clock)
+        self._tasks.append(asyncio.create_task(self.timekeeper.run(), name="clock"))
+        # Asks Alertmanager about stale incidents; reads the settings afresh each round.
+        self.reconciler = Reconciler(self.dispatcher, self.session, self.metrics)
+        self._tasks.append(asyncio.create_task(self.reconciler.run(), name="reconciler"))
         self.runner = web.AppRunner(make_app(self), access_log=None, shutdown_timeout=10.0)
         await self.runner.setup()
         site = web.TCPSite(self.runner, settings.listen_host, settings.listen_port)
@@ -168,6 +181,10 @@ class Firehouse:
             self.deliverer.stop()
         if self.housekeeper is not None:
             self.housekeeper.stop()
+        if self.reconciler is not None:
+            self.reconciler.stop()
+        if self.timekeeper is not None:
+            self.timekeeper.stop()
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             try:

@@ -126,6 +126,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     auth = settings.webhook_auth
     print(f"  webhook authentication: {auth}"
           + (" (anyone who can reach the port can post alerts)" if auth == "off" else ""))
+    secrets = len(settings.pagerduty_webhook_secrets)
+    print(f"  PagerDuty webhook: {secrets} secret(s)" if secrets else "  PagerDuty webhook: off "
+          "(no pagerduty.webhook_secret: POST /webhook/pagerduty answers 403)")
     for warning in config.warnings:
         print(f"  {warning}")
     return 0

@@ -7,19 +7,22 @@ it: a reload that finds a problem leaves the running configuration in place.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import urlsplit
 
 from daemon.errors import ConfigError, Problem
 from daemon.graph import DEFAULT_TIER_SEVERITY, OWNER_ROLES, SEVERITIES, ServiceGraph
 from daemon.maps import MapDefaults, MapOptions, load_maps, map_files, owner_key
-from daemon.rules import MapNames, Rule, load_rules, rule_files
+from daemon.rules import MapNames, Rule, format_duration, load_rules, parse_duration, rule_files
 from daemon.yamlsrc import LocatedDict, load_file, shown
 
 DEFAULT_SETTINGS_FILE = "firehouse.yml"
@@ -34,17 +37,26 @@ _MASK_MIN_CHARS = 16
 _TARGET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _DIRECT_ROLES = ("incident_lead", "senior_management", "business_line")
+# A little more than Alertmanager's default repeat_interval (4h): an alert it still has is
+# normally re-sent, and so refreshed, before the incident counts as stale.
+DEFAULT_STALE_AFTER = 4 * 3600.0 + 15 * 60
+_ALERTMANAGER_KEYS = ("url", "stale_after", "check_interval", "timeout_seconds", "bearer_token",
+                      "bearer_token_file", "basic_auth")
 
 ENV_VARS = {
     "FIREHOUSE_LISTEN": "listen",
     "FIREHOUSE_STATE": "state",
     "FIREHOUSE_PAGERDUTY_URL": "pagerduty.url",
+    "FIREHOUSE_PAGERDUTY_WEBHOOK_SECRET": "pagerduty.webhook_secret",
+    "FIREHOUSE_PAGERDUTY_WEBHOOK_SECRET_FILE": "pagerduty.webhook_secret_file",
     "FIREHOUSE_RULES": "rules",
     "FIREHOUSE_DEPENDENCY_MAPS": "dependency_maps",
     "FIREHOUSE_WEBHOOK_TOKEN": "auth.bearer_token",
     "FIREHOUSE_WEBHOOK_TOKEN_FILE": "auth.bearer_token_file",
     "FIREHOUSE_DRY_RUN": "dry_run",
     "FIREHOUSE_LOG_LEVEL": "log_level",
+    "FIREHOUSE_ALERTMANAGER_URL": "alertmanager.url",
+    "FIREHOUSE_ALERTMANAGER_TOKEN_FILE": "alertmanager.bearer_token_file",
 }
 
 
@@ -97,6 +109,8 @@ class Settings:
     dependency_maps: tuple[Path, ...] = (Path("dependency_maps"),)
     pagerduty_url: str = DEFAULT_PAGERDUTY_URL
     pagerduty_timeout: float = 10.0
+    # Secrets of the PagerDuty v3 webhook subscription; several while one is rotated.
+    pagerduty_webhook_secrets: tuple[str, ...] = field(default=(), repr=False)
     service_labels: tuple[str, ...] = ("service", "job")
     severity_labels: tuple[str, ...] = ("severity", "priority")
     roles: Mapping[str, str] = field(default_factory=dict)
@@ -111,6 +125,18 @@ class Settings:
     overdue_after: float = 300.0
     # Delivered and dry-run outbox rows are deleted this long after delivery.
     delivered_retention_hours: float = 168.0
+    # Changes this recent are rollback candidates (daemon/changes.py).
+    changes_window_hours: float = 24.0
+    # Flap damping: an incident resolves only once all its alerts stayed resolved this long.
+    flap_damping: float = 300.0
+    # Alertmanager's API, asked about incidents whose alerts were not refreshed for
+    # `stale_after` seconds (daemon/reconcile.py); several URLs for an HA pair.
+    alertmanager_urls: tuple[str, ...] = ()
+    stale_after: float = DEFAULT_STALE_AFTER
+    stale_check_interval: float = 60.0
+    alertmanager_timeout: float = 10.0
+    alertmanager_bearer_token: str = field(default="", repr=False)
+    alertmanager_basic_auth: tuple[str, str] | None = field(default=None, repr=False)
     log_level: str = "info"
     map_options: MapOptions = field(default_factory=MapOptions)
     source: str = "(built-in defaults)"
@@ -213,7 +239,7 @@ class _Reader:
         "listen", "state", "rules", "dependency_maps", "pagerduty", "service_labels",
         "severity_labels", "roles", "targets", "tier_severity", "dry_run", "auth",
         "max_body_bytes", "resolved_retention_hours", "log_level", "backstage_owners",
-        "map_defaults",
+        "map_defaults", "incidents", "alertmanager", "changes",
     })
 
     def __init__(self, raw: LocatedDict, file: str, problems: list[Problem]) -> None:
@@ -270,7 +296,7 @@ class _Reader:
             pd = {}
         for key in pd:
             if key not in ("url", "timeout_seconds", "overdue_after_seconds",
-                           "delivered_retention_hours"):
+                           "delivered_retention_hours", "webhook_secret", "webhook_secret_file"):
                 self.bad(f"pagerduty.{key}", "unknown setting", key)
         url = self._string("pagerduty.url", DEFAULT_PAGERDUTY_URL).rstrip("/")
         if not url.startswith(("http://", "https://")):
@@ -289,6 +315,8 @@ class _Reader:
             overdue_after=self._number("pagerduty.overdue_after_seconds", 300.0, 1.0, 86400.0),
             delivered_retention_hours=self._number("pagerduty.delivered_retention_hours",
                                                    168.0, 1.0, 24 * 365),
+            pagerduty_webhook_secrets=self._webhook_secrets(base),
+            changes_window_hours=self._changes(),
             service_labels=self._labels("service_labels", defaults.service_labels),
             severity_labels=self._labels("severity_labels", defaults.severity_labels),
             roles=MappingProxyType(self._roles(targets)),
@@ -300,11 +328,24 @@ class _Reader:
             max_body_bytes=int(self._number("max_body_bytes", DEFAULT_MAX_BODY_BYTES, 1024,
                                             1 << 30)),
             resolved_retention_hours=self._number("resolved_retention_hours", 24.0, 0.0, 24 * 365),
+            flap_damping=self._incidents(),
+            **self._alertmanager(base),
             log_level=level,
             map_options=MapOptions(MappingProxyType(self._backstage_owners(targets)),
                                    self._map_defaults(targets)),
             source=self.file,
         )
+
+    def _incidents(self) -> float:
+        """The `incidents` mapping: flap damping, in seconds."""
+        raw = self.get("incidents") or {}
+        if not isinstance(raw, dict):
+            self.bad("incidents", "must be a mapping", raw)
+            return 300.0
+        for key in raw:
+            if key != "flap_damping_seconds":
+                self.bad(f"incidents.{key}", "unknown setting", key)
+        return self._number("incidents.flap_damping_seconds", 300.0, 0.0, 86400.0)
 
     def _string(self, key: str, default: str) -> str:
         value = self.get(key, default)
@@ -324,6 +365,17 @@ class _Reader:
             self.bad(key, f"must be a number from {low:g} to {high:g}", value)
             return default
         return number
+
+    def _changes(self) -> float:
+        """The `changes` mapping: how recent a change must be to be a rollback candidate."""
+        raw = self.get("changes") or {}
+        if not isinstance(raw, dict):
+            self.bad("changes", "must be a mapping", raw)
+            return 24.0
+        for key in raw:
+            if key != "window_hours":
+                self.bad(f"changes.{key}", "unknown setting", key)
+        return self._number("changes.window_hours", 24.0, 0.1, 720.0)
 
     def _listen(self, defaults: Settings) -> tuple[str, int]:
         value = self.get("listen", f"{defaults.listen_host}:{defaults.listen_port}")
@@ -552,6 +604,40 @@ class _Reader:
             return ""
         return value or ""
 
+    def _webhook_secrets(self, base: Path) -> tuple[str, ...]:
+        """The PagerDuty webhook subscription's secrets, all accepted so that one can be
+        rotated: `webhook_secret` (one or a list; comma-separated in the environment) and
+        every non-blank line of each `webhook_secret_file`."""
+        key, file_key = "pagerduty.webhook_secret", "pagerduty.webhook_secret_file"
+        secrets: list[str] = []
+        value = self.get(key)
+        if isinstance(value, str):
+            value = value.split(",") if key in self.env_sources else [value]
+        if value is None:
+            pass
+        elif not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            # Never shown: whatever is there is most likely a secret.
+            self.bad(key, "must be a secret or a list of secrets")
+        elif not value or not all(v.strip() for v in value):
+            self.bad(key, "must be one or more non-empty secrets")
+        else:
+            # PagerDuty's secrets hold no whitespace: around one, it is a copy-paste slip.
+            secrets.extend(v.strip() for v in value)
+        files = self.get(file_key)
+        if isinstance(files, str):
+            files = files.split(os.pathsep) if file_key in self.env_sources else [files]
+        if files is None:
+            pass
+        elif not isinstance(files, list) or not files or not all(
+            isinstance(f, str) and f for f in files
+        ):
+            self.bad(file_key, "must be a path or a list of paths", files)
+        else:
+            for name in files:
+                text = self._read_secret(self._resolve(base, file_key, name), file_key)
+                secrets.extend(line.strip() for line in text.splitlines() if line.strip())
+        return tuple(dict.fromkeys(secrets))
+
     def _read_secret(self, path: Path, key: str) -> str:
         """A secret file's content without its final line break; "" and a problem when it
         cannot be read or is empty (an empty token file must not turn authentication off)."""
@@ -579,19 +665,98 @@ class _Reader:
         for k in auth:
             if k not in ("bearer_token", "bearer_token_file", "basic_auth"):
                 self.bad(f"auth.{k}", "unknown setting", k)
-        basic = auth.get("basic_auth")
+        return self._credentials(base, "auth.basic_auth")
+
+    def _credentials(self, base: Path, key: str) -> tuple[str, str] | None:
+        """The `{username, password | password_file}` mapping at `key`, if any."""
+        basic = self.get(key)
         if basic is None:
             return None
         if not isinstance(basic, dict) or not isinstance(basic.get("username"), str):
-            self.bad("auth.basic_auth", "must have username and password or password_file")
+            self.bad(key, "must have username and password or password_file")
             return None
-        password = self._secret(base, "auth.basic_auth.password", "auth.basic_auth.password_file")
+        password = self._secret(base, f"{key}.password", f"{key}.password_file")
         if not password:
             # An unreadable or empty password_file has been reported already.
             if not basic.get("password_file"):
-                self.bad("auth.basic_auth", "has no password (password or password_file)")
+                self.bad(key, "has no password (password or password_file)")
             return None
         return basic["username"], password
+
+    def _alertmanager(self, base: Path) -> dict[str, Any]:
+        """The `alertmanager` mapping, as keyword arguments of `Settings`."""
+        raw = self.get("alertmanager") or {}
+        if not isinstance(raw, dict):
+            self.bad("alertmanager", "must be a mapping", raw)
+            raw = {}
+        for key in raw:
+            if key not in _ALERTMANAGER_KEYS:
+                self.bad(f"alertmanager.{key}", "unknown setting", key)
+        bearer = self._secret(base, "alertmanager.bearer_token", "alertmanager.bearer_token_file")
+        basic = self._credentials(base, "alertmanager.basic_auth")
+        if bearer and basic:
+            # As in Alertmanager's own http_config: which one was meant is anybody's guess.
+            self.bad("alertmanager.basic_auth", "only one of bearer_token(_file) and basic_auth "
+                     "may be set")
+        return {
+            "alertmanager_urls": self._urls("alertmanager.url"),
+            "stale_after": self._duration("alertmanager.stale_after", DEFAULT_STALE_AFTER,
+                                          1.0, 28 * 86400.0),
+            "stale_check_interval": self._duration("alertmanager.check_interval", 60.0,
+                                                   0.1, 86400.0),
+            "alertmanager_timeout": self._number("alertmanager.timeout_seconds", 10.0, 0.1, 60.0),
+            "alertmanager_bearer_token": bearer,
+            "alertmanager_basic_auth": basic,
+        }
+
+    def _urls(self, key: str) -> tuple[str, ...]:
+        """One URL, several (a list, or comma-separated as the environment gives them), or
+        none; each http(s), without a trailing slash and without credentials."""
+        value = self.get(key)
+        if value is None:
+            return ()
+        if isinstance(value, str):
+            items = [v.strip() for v in value.split(",")]
+        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+            items = [v.strip() for v in value]
+        else:
+            self.bad(key, "must be a URL or a list of URLs", value)
+            return ()
+        urls: list[str] = []
+        for item in items:
+            url = item.rstrip("/")
+            parsed = urlsplit(url)
+            if parsed.scheme not in ("http", "https") or not parsed.hostname:
+                self.bad(key, "must be an http:// or https:// URL", item)
+            elif parsed.username is not None or parsed.password is not None:
+                # Not shown: the URL carries a password. It would be logged and hashed too.
+                self.bad(key, "must not carry credentials: use alertmanager.basic_auth")
+            elif url in urls:
+                self.bad(key, "names the same Alertmanager twice", item)
+            else:
+                urls.append(url)
+        return tuple(urls)
+
+    def _duration(self, key: str, default: float, low: float, high: float) -> float:
+        """Seconds, from a Prometheus-style duration (`4h15m`) or a number of seconds."""
+        value = self.get(key)
+        if value is None:
+            return default
+        seconds: float | None = None
+        if isinstance(value, str):
+            try:
+                seconds = parse_duration(value).total_seconds()
+            except ValueError:
+                with contextlib.suppress(ValueError):
+                    seconds = float(value)
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            seconds = float(value)
+        if seconds is None or not low <= seconds <= high:
+            self.bad(key, f"must be a duration such as 30s, 15m or 4h15m, or a number of "
+                     f"seconds, from {low:g}s to {format_duration(timedelta(seconds=high))}",
+                     value)
+            return default
+        return seconds
 
 
 def _hashes(files: list[Path]) -> dict[str, str]:

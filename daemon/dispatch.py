@@ -15,7 +15,17 @@ from datetime import datetime
 
 from daemon.alerts import Webhook
 from daemon.config import Config
-from daemon.decide import OPEN, Decision, State, apply, decide
+from daemon.decide import (
+    BUSINESS_UPDATE,
+    MERGED,
+    OPEN,
+    OPENED,
+    RESOLVED,
+    Decision,
+    State,
+    apply,
+    decide,
+)
 from daemon.errors import StoreError
 from daemon.metrics import Metrics
 from daemon.store import Store
@@ -46,7 +56,9 @@ class Dispatcher:
 
     async def load(self) -> None:
         """Load the engine state from the store (at start, and after a failed commit)."""
-        self.state = await self.store.load_state(self.clock(), self.retention_seconds)
+        self.state = await self.store.load_state(
+            self.clock(), self.retention_seconds,
+            changes_seconds=self.config.settings.changes_window_hours * 3600)
         self.metrics.incidents_open.set(len(self.state.open))
 
     async def refresh(self) -> None:
@@ -85,7 +97,7 @@ class Dispatcher:
                 raise
             finally:
                 await self._settle()
-            if decision.events:
+            if decision.events or decision.incidents:
                 self.on_commit()
         self._count(decision)
         return decision
@@ -114,6 +126,11 @@ class Dispatcher:
         for incident in decision.incidents:
             if incident.status == OPEN and incident.opened_at == decision.now:
                 self.metrics.incidents_opened.labels(str(incident.mapped).lower()).inc()
-            elif incident.status != OPEN:
+            elif incident.status == RESOLVED:
                 self.metrics.incidents_resolved.inc()
+            elif incident.status == MERGED:
+                self.metrics.incidents_merged.inc()
+            for page in incident.pages:
+                if page.at == decision.now and page.reason not in (OPENED, BUSINESS_UPDATE):
+                    self.metrics.escalations.labels(page.reason.replace(" ", "_")).inc()
         self.metrics.incidents_open.set(len(self.state.open))

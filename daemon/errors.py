@@ -42,3 +42,7 @@ class PayloadError(FirehouseError):
 
 class StoreError(FirehouseError):
     """The store could not read or write durably."""
+
+
+class ReconcileError(FirehouseError):
+    """Alertmanager could not be asked which alerts it has; the message says why."""

@@ -7,6 +7,7 @@ edges only is *down*; one that needs a soft edge on every path is *degraded*.
 
 from __future__ import annotations
 
+import difflib
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -283,6 +284,34 @@ class ServiceGraph:
             service = self.services.get(canonical) if canonical else None
         return service
 
+    def closest(self, name: str) -> str | None:
+        """The service name or alias most like `name`, for a "did you mean"; None if none is."""
+        found = difflib.get_close_matches(name, sorted({*self.services, *self.aliases}), n=1)
+        return found[0] if found else None
+
+    def dependencies(self, names: Iterable[str]) -> dict[str, str]:
+        """Everything `names` (or their aliases) depend on, directly or not, along hard and
+        soft edges, each mapped to the one of `names` it is nearest to; `names` themselves
+        are left out, unknown names ignored."""
+        idx = self._index
+        # Breadth first from all of `names` at once: each dependency keeps the first (so
+        # nearest; on a tie, the earliest-named) service that reached it.
+        origin: dict[int, int] = {}
+        for name in names:
+            service = self.resolve(name)
+            if service is not None:
+                origin.setdefault(idx.position[service.name], idx.position[service.name])
+        starts = set(origin)
+        queue = deque(origin)
+        while queue:
+            node = queue.popleft()
+            for dependency in idx.dependencies[node]:
+                if dependency not in origin:
+                    origin[dependency] = origin[node]
+                    queue.append(dependency)
+        return {idx.names[node]: idx.names[source] for node, source in origin.items()
+                if node not in starts}
+
     def impact(self, failing: Iterable[str]) -> Impact:
         """Union of the blast radii of `failing`, with business impact, implied severity and
         probable root causes. Unknown names are ignored."""
@@ -295,6 +324,33 @@ class ServiceGraph:
                 self._cache.clear()
             self._cache[sources] = cached
         return cached
+
+    def affects(self, cause: str, other: str) -> bool:
+        """Whether a failure of `cause` reaches `other`: `other` is `cause` or depends on it,
+        directly or not, along hard or soft edges. Unknown names affect nothing."""
+        idx = self._index
+        a, b = idx.position.get(cause), idx.position.get(other)
+        if a is None or b is None:
+            return False
+        if a == b:
+            return True
+        if idx.bits is not None:
+            return bool(idx.bits.reach[a] >> b & 1)
+        seen = {a}
+        work = [a]
+        while work:
+            for dependent in idx.all_dependents[work.pop()]:
+                if dependent == b:
+                    return True
+                if dependent not in seen:
+                    seen.add(dependent)
+                    work.append(dependent)
+        return False
+
+    def connected(self, a: str, b: str) -> bool:
+        """Whether one of two services depends on the other: failing together, they are one
+        fire."""
+        return self.affects(a, b) or self.affects(b, a)
 
     def _names(self, nodes: Iterable[int]) -> tuple[str, ...]:
         names = self._index.names

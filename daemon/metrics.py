@@ -6,6 +6,15 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 
 from daemon.pagerduty import OUTCOMES
 
+# Outcomes of a round of the reconciler (daemon/reconcile.py): Alertmanager answered, none
+# of its URLs answered, no URL is configured, or the round failed (a bug, the store).
+STALE_CHECK_OUTCOMES = ("ok", "unreachable", "unconfigured", "error")
+# Outcomes of a request to POST /webhook/pagerduty (daemon/pdwebhook.py): stored, an event
+# Firehouse does not act on, a bad or missing signature, a malformed or oversized body, no
+# secret configured, or not stored (the store, shutting down: PagerDuty retries).
+PAGERDUTY_WEBHOOK_OUTCOMES = ("accepted", "ignored", "unauthorized", "invalid", "unconfigured",
+                              "error")
+
 
 class Metrics:
     """Every metric Firehouse exports; names are firehouse_<noun>_<unit>, labels closed."""
@@ -22,6 +31,11 @@ class Metrics:
         self.webhook_seconds = Histogram(
             "firehouse_webhook_duration_seconds", "Time to answer a webhook, commit included.",
             registry=r, buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+        self.pagerduty_webhooks = Counter(
+            "firehouse_pagerduty_webhooks", "PagerDuty v3 webhook requests by outcome.",
+            ["outcome"], registry=r)
+        for outcome in PAGERDUTY_WEBHOOK_OUTCOMES:
+            self.pagerduty_webhooks.labels(outcome)
         self.alerts = Counter(
             "firehouse_alerts_received", "Alerts received, by status.", ["status"], registry=r)
         self.alerts_rejected = Counter(
@@ -34,6 +48,19 @@ class Metrics:
             "firehouse_incidents_resolved", "Incidents resolved.", registry=r)
         self.incidents_open = Gauge(
             "firehouse_incidents_open", "Incidents currently open.", registry=r)
+        self.clock_ticks = Counter(
+            "firehouse_clock_ticks", "Clock ticks that changed an incident.", registry=r)
+        self.escalations = Counter(
+            "firehouse_escalations", "Pages sent beyond an incident's first ones, by reason.",
+            ["reason"], registry=r)
+        self.incidents_merged = Counter(
+            "firehouse_incidents_merged", "Incidents merged into another one that an alert "
+            "connected them to.", registry=r)
+        self.changes_received = Counter(
+            "firehouse_changes_received", "Changes posted to /api/v1/changes, by outcome.",
+            ["outcome"], registry=r)
+        for outcome in ("accepted", "duplicate", "invalid"):
+            self.changes_received.labels(outcome)
         self.events_sent = Counter(
             "firehouse_events_sent", "Delivery attempts to PagerDuty, by action and outcome.",
             ["action", "outcome"], registry=r)
@@ -68,6 +95,19 @@ class Metrics:
             "firehouse_dependency_map_services", "Services in the active dependency map.",
             registry=r)
         self.rules = Gauge("firehouse_rules", "Rules in the active configuration.", registry=r)
+        self.stale_checks = Counter(
+            "firehouse_stale_checks",
+            "Rounds that checked stale alerts against Alertmanager's API, by outcome.",
+            ["outcome"], registry=r)
+        for outcome in STALE_CHECK_OUTCOMES:
+            self.stale_checks.labels(outcome)
+        self.stale_alerts_resolved = Counter(
+            "firehouse_stale_alerts_resolved",
+            "Stale alerts resolved because Alertmanager no longer has them.", registry=r)
+        self.incidents_stale = Gauge(
+            "firehouse_incidents_stale",
+            "Open incidents with stale alerts that the last check could not verify "
+            "(Alertmanager unreachable or not configured).", registry=r)
 
     def set_config(self, digest: str, dry_run: bool, services: int, rules: int, now: float
                    ) -> None:

@@ -21,8 +21,11 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from daemon.alerts import parse_body
+from daemon.changes import change_json, parse_change, record_change
+from daemon.decide import on_pagerduty
 from daemon.errors import ConfigError, PayloadError, StoreError
 from daemon.outbox import utcnow
+from daemon.pdwebhook import SIGNATURE_HEADER, parse, verify
 from daemon.store import PENDING, StoredEvent
 
 if TYPE_CHECKING:
@@ -64,6 +67,16 @@ def authorized(request: web.Request, token: str, basic: tuple[str, str] | None) 
     return False
 
 
+def warn_rejected(request: web.Request, why: str) -> None:
+    """Log a request refused for its credentials, at most once every 10 seconds."""
+    firehouse = request.app[APP_KEY]
+    now = time.monotonic()
+    if now - firehouse.last_auth_warning > 10.0:
+        firehouse.last_auth_warning = now
+        log.warning("rejected request %s path=%s remote=%s (further rejections within 10s "
+                    "are counted, not logged)", why, request.path, request.remote)
+
+
 def require_auth(handler: Handler) -> Handler:
     """Wrap a handler so that it answers 401 without valid credentials."""
     async def wrapped(request: web.Request) -> web.StreamResponse:
@@ -73,12 +86,7 @@ def require_auth(handler: Handler) -> Handler:
             # Alertmanager drops a notification answered 401: make that visible here.
             if request.path == "/webhook/alertmanager":
                 firehouse.metrics.webhooks.labels("unauthorized").inc()
-            now = time.monotonic()
-            if now - firehouse.last_auth_warning > 10.0:
-                firehouse.last_auth_warning = now
-                log.warning("rejected request without valid credentials path=%s remote=%s "
-                            "(further rejections within 10s are counted, not logged)",
-                            request.path, request.remote)
+            warn_rejected(request, "without valid credentials")
             return web.json_response(
                 {"status": "error", "error": "missing or invalid credentials"}, status=401,
                 headers={"WWW-Authenticate": 'Bearer realm="firehouse"'},
@@ -132,6 +140,69 @@ async def alertmanager_webhook(request: web.Request) -> web.Response:
         "rejected": [r.reason for r in webhook.rejected],
         "incidents_opened": opened,
         "events": len(decision.events),
+    })
+
+
+async def pagerduty_webhook(request: web.Request) -> web.Response:
+    """Accept one PagerDuty v3 webhook (acknowledged, resolved, reassigned...); 200 only
+    once its decision is stored. The signature is the authentication, not the webhook's
+    bearer token or basic auth: PagerDuty sends neither.
+
+    PagerDuty drops a delivery answered with a 4xx and retries a 5xx (5 attempts in about
+    20 minutes), as Alertmanager does.
+    """
+    firehouse = request.app[APP_KEY]
+    outcomes = firehouse.metrics.pagerduty_webhooks
+    secrets = firehouse.config.settings.pagerduty_webhook_secrets
+    if not secrets:
+        outcomes.labels("unconfigured").inc()
+        return error(403, "PagerDuty webhooks are not configured: set pagerduty.webhook_secret "
+                     "(or $FIREHOUSE_PAGERDUTY_WEBHOOK_SECRET) to the secret of the v3 webhook "
+                     "subscription")
+    if not firehouse.accepting:
+        outcomes.labels("error").inc()
+        return error(503, "shutting down or not ready; retry")
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        outcomes.labels("invalid").inc()
+        return error(413, f"body larger than {request.app[MAX_BODY_KEY]} bytes")
+    if not verify(body, request.headers.get(SIGNATURE_HEADER), secrets):
+        outcomes.labels("unauthorized").inc()
+        warn_rejected(request, f"without a valid {SIGNATURE_HEADER}")
+        return error(401, f"missing or invalid {SIGNATURE_HEADER}: no v1 signature matches "
+                     "a configured pagerduty.webhook_secret")
+    try:
+        update = parse(body)
+    except PayloadError as exc:
+        outcomes.labels("invalid").inc()
+        log.warning("rejected PagerDuty webhook: %s", json.dumps(str(exc)))
+        return error(400, str(exc))
+    if update is None:
+        outcomes.labels("ignored").inc()
+        return web.json_response({"status": "ignored",
+                                  "reason": "Firehouse does not act on this event type"})
+    if not update.dedup_key:
+        # Every incident Firehouse triggers has one: this incident is someone else's.
+        outcomes.labels("ignored").inc()
+        log.info("ignored PagerDuty %s of incident %s: it has no incident_key, so it is no "
+                 "page of Firehouse's", update.event_type, json.dumps(update.pd_incident))
+        return web.json_response({"status": "ignored", "event_type": update.event_type,
+                                  "reason": "no incident_key: not an incident Firehouse "
+                                  "triggered"})
+    try:
+        decision = await firehouse.dispatcher.run(
+            lambda config, state, now: on_pagerduty(update, config, state, now))
+    except StoreError as exc:
+        outcomes.labels("error").inc()
+        log.error("could not store decision: %s", exc)  # noqa: TRY400 - the message says it all
+        return error(503, "could not store the decision; retry")
+    outcomes.labels("accepted").inc()
+    return web.json_response({
+        "status": "success",
+        "event_type": update.event_type,
+        "dedup_key": update.dedup_key,
+        "matched": bool(decision.timeline),
     })
 
 
@@ -210,6 +281,62 @@ async def outbox(request: web.Request) -> web.Response:
     })
 
 
+@require_auth
+async def post_change(request: web.Request) -> web.Response:
+    """Record a deploy or configuration change from a pipeline: 201 once it is stored, 200
+    with `duplicate: true` for an id already recorded, 400 naming every bad field."""
+    firehouse = request.app[APP_KEY]
+    received = firehouse.metrics.changes_received
+    if not firehouse.accepting:
+        return error(503, "shutting down or not ready; retry")
+    if request.content_type not in _JSON_TYPES:
+        received.labels("invalid").inc()
+        return error(415, f"Content-Type must be application/json, got {request.content_type}")
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        received.labels("invalid").inc()
+        return error(413, f"body larger than {request.app[MAX_BODY_KEY]} bytes")
+    dispatcher = firehouse.dispatcher
+    try:
+        change = parse_change(body, dispatcher.config.graph, dispatcher.clock())
+    except PayloadError as exc:
+        received.labels("invalid").inc()
+        log.warning("rejected change: %s", json.dumps(str(exc)))
+        return error(400, str(exc))
+    try:
+        decision = await dispatcher.run(
+            lambda config, state, now: record_change(change, config, state, now))
+    except StoreError as exc:
+        log.error("could not store change: %s", exc)  # noqa: TRY400 - the message says it all
+        return error(503, "could not store the change; retry")
+    if not decision.changes:
+        received.labels("duplicate").inc()
+        stored = next((c for c in dispatcher.state.changes if c.id == change.id), change)
+        return web.json_response({**change_json(stored), "duplicate": True})
+    received.labels("accepted").inc()
+    log.info("change recorded", extra={"fields": {
+        "id": change.id, "service": change.service, "summary": change.summary,
+        "notes": len(decision.timeline)}})
+    return web.json_response({**change_json(change), "duplicate": False}, status=201)
+
+
+@require_auth
+async def changes(request: web.Request) -> web.Response:
+    """Recorded changes, newest first: `?service=NAME` (a map name or alias), `?limit=N`."""
+    firehouse = request.app[APP_KEY]
+    service = request.query.get("service") or None
+    if service is not None:
+        found = firehouse.config.graph.resolve(service)
+        service = found.name if found is not None else service
+    try:
+        items = await firehouse.store.list_changes(service, _limit(request))
+    except StoreError as exc:
+        log.error("could not list changes: %s", exc)  # noqa: TRY400 - the message says it all
+        return error(503, "could not read the store; retry")
+    return web.json_response({"changes": items})
+
+
 def _event_json(event: StoredEvent) -> dict[str, Any]:
     return {
         "id": event.id, "incident_id": event.incident_id, "target": event.target,
@@ -234,6 +361,7 @@ def make_app(firehouse: Firehouse) -> web.Application:
     app[APP_KEY] = firehouse
     app[MAX_BODY_KEY] = max_body
     app.router.add_post("/webhook/alertmanager", alertmanager_webhook)
+    app.router.add_post("/webhook/pagerduty", pagerduty_webhook)
     app.router.add_get("/-/healthy", healthy)
     app.router.add_get("/-/ready", ready)
     app.router.add_post("/-/reload", reload)
@@ -241,4 +369,6 @@ def make_app(firehouse: Firehouse) -> web.Application:
     app.router.add_get("/api/v1/incidents", incidents)
     app.router.add_get("/api/v1/incidents/{id}", incident)
     app.router.add_get("/api/v1/outbox", outbox)
+    app.router.add_post("/api/v1/changes", post_change)
+    app.router.add_get("/api/v1/changes", changes)
     return app

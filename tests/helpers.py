@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import json
 import socket
-from collections.abc import Awaitable, Callable, Mapping
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from daemon.config import Config, load_config
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = ROOT / "firehouse.yml"
 FIXTURES = ROOT / "tests" / "fixtures" / "alertmanager"
+PAGERDUTY_FIXTURES = ROOT / "tests" / "fixtures" / "pagerduty"
 NOW = datetime(2024, 5, 1, 12, 0, 0, 250000, tzinfo=UTC)
 STARTED = NOW - timedelta(minutes=5)
 ZERO_TIME = "0001-01-01T00:00:00Z"
@@ -151,6 +154,56 @@ def body(*alerts: Mapping[str, Any], status: str | None = None) -> bytes:
 def fixture_files() -> list[Path]:
     """Every real Alertmanager payload under tests/fixtures/alertmanager/."""
     return sorted(FIXTURES.rglob("*.json"))
+
+
+def pagerduty_webhook(
+    event_type: str,
+    dedup_key: str | None,
+    *,
+    agent: str | None = "Tenex Engineer",
+    occurred_at: datetime = NOW,
+    incident_id: str = "PGR0VU2",
+    assignees: Sequence[str] = ("User 123",),
+    priority: str | None = "P1",
+    event_id: str | None = None,
+) -> bytes:
+    """A PagerDuty v3 webhook body about an incident whose `incident_key` is `dedup_key`
+    (None: null), shaped as PagerDuty's documented example and sent compact, as PagerDuty
+    sends it. `agent` None is a null agent (PagerDuty itself); the event id is derived from
+    the arguments unless given."""
+    data = json.loads((PAGERDUTY_FIXTURES / "developer_docs_incident.priority_updated.json")
+                      .read_text(encoding="utf-8"))
+    event = data["event"]
+    event["id"] = event_id or str(uuid.uuid5(
+        uuid.NAMESPACE_URL, f"{event_type}/{dedup_key}/{incident_id}/{occurred_at.isoformat()}"))
+    event["event_type"] = event_type
+    event["occurred_at"] = (occurred_at.astimezone(UTC).isoformat(timespec="milliseconds")
+                            .replace("+00:00", "Z"))
+    if agent is None:
+        event["agent"] = None
+    else:
+        event["agent"]["summary"] = agent
+    incident = event["data"]
+    incident["id"] = incident_id
+    incident["self"] = f"https://api.pagerduty.com/incidents/{incident_id}"
+    incident["html_url"] = f"https://acme.pagerduty.com/incidents/{incident_id}"
+    incident["incident_key"] = dedup_key
+    incident["status"] = {"incident.acknowledged": "acknowledged",
+                          "incident.resolved": "resolved"}.get(event_type, "triggered")
+    template = incident["assignees"][0]
+    incident["assignees"] = [{**template, "id": f"PU{index:05d}", "summary": name}
+                             for index, name in enumerate(assignees)]
+    if priority is None:
+        incident["priority"] = None
+    else:
+        incident["priority"]["summary"] = priority
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
+def sign_pagerduty(body: bytes, secret: str) -> str:
+    """The X-PagerDuty-Signature PagerDuty sends with `body` for one subscription secret
+    (join several with "," for a rotation)."""
+    return "v1=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
 def free_port() -> int:

@@ -58,6 +58,21 @@ class TestCheck:
         assert "  webhook authentication: bearer\n" in out
         assert "s3cret-token" not in out
 
+    def test_says_whether_pagerduty_webhooks_are_configured(
+        self, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """check counts the PagerDuty webhook secrets, never showing them, or says the route
+        is off."""
+        monkeypatch.delenv("FIREHOUSE_PAGERDUTY_WEBHOOK_SECRET", raising=False)
+        _, off, _ = run(capsys, "check", "--config", str(SETTINGS))
+        monkeypatch.setenv("FIREHOUSE_PAGERDUTY_WEBHOOK_SECRET", "old-pd-secret,new-pd-secret")
+        code, out, _ = run(capsys, "check", "--config", str(SETTINGS))
+        assert "  PagerDuty webhook: off (no pagerduty.webhook_secret: POST /webhook/pagerduty " \
+            "answers 403)\n" in off
+        assert code == 0
+        assert "  PagerDuty webhook: 2 secret(s)\n" in out
+        assert "pd-secret" not in out
+
     def test_malformed_routing_key(self, capsys: pytest.CaptureFixture[str],
                                    monkeypatch: pytest.MonkeyPatch) -> None:
         """check fails on a routing key PagerDuty would refuse, without printing it."""

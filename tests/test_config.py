@@ -467,6 +467,112 @@ class TestWebhookAuth:
         assert Settings(bearer_token=token, basic_auth=basic).webhook_auth == mode
 
 
+class TestPagerDutyWebhookSecrets:
+    """pagerduty.webhook_secret(_file): the v3 webhook subscription's secrets, for rotation."""
+
+    PD_SECRET = "V3W3BH00KS3CR3TV3W3BH00KS3CR3T00"
+    NEW_SECRET = "N3WW3BH00KS3CR3TN3WW3BH00KS3CR3T"
+
+    def test_none_by_default(self, tmp_path: Path) -> None:
+        """Without the setting, no secret is configured (the route answers 403)."""
+        assert load_config(write(tmp_path), {}).settings.pagerduty_webhook_secrets == ()
+
+    def test_one_secret_in_the_file(self, tmp_path: Path) -> None:
+        """A single secret is taken as given, trimmed, and kept out of the repr."""
+        path = write(tmp_path, SETTINGS + f"pagerduty:\n  webhook_secret: ' {self.PD_SECRET}'\n")
+        settings = load_config(path, {}).settings
+        assert settings.pagerduty_webhook_secrets == (self.PD_SECRET,)
+        assert self.PD_SECRET not in repr(settings)
+
+    def test_a_list_for_rotation(self, tmp_path: Path) -> None:
+        """A list gives several secrets, in order, each once."""
+        path = write(tmp_path, SETTINGS + "pagerduty:\n  webhook_secret: "
+                     f"[{self.PD_SECRET}, {self.NEW_SECRET}, {self.PD_SECRET}]\n")
+        assert load_config(path, {}).settings.pagerduty_webhook_secrets == (
+            self.PD_SECRET, self.NEW_SECRET)
+
+    def test_environment_replaces_the_file_and_takes_commas(self, tmp_path: Path) -> None:
+        """$FIREHOUSE_PAGERDUTY_WEBHOOK_SECRET wins over the file and may hold several
+        secrets separated by commas."""
+        path = write(tmp_path, SETTINGS + "pagerduty:\n  webhook_secret: from-the-file\n")
+        env = {"FIREHOUSE_PAGERDUTY_WEBHOOK_SECRET": f"{self.PD_SECRET}, {self.NEW_SECRET}"}
+        assert load_config(path, env).settings.pagerduty_webhook_secrets == (
+            self.PD_SECRET, self.NEW_SECRET)
+
+    def test_secret_file_one_per_line_relative_to_the_settings(self, tmp_path: Path) -> None:
+        """Each non-blank line of a secret file is a secret; the path is relative to the
+        settings file; a secret given inline is accepted too."""
+        (tmp_path / "pd.secret").write_text(f"{self.PD_SECRET}\n\n {self.NEW_SECRET} \r\n",
+                                            encoding="utf-8")
+        path = write(tmp_path, SETTINGS + "pagerduty:\n  webhook_secret_file: pd.secret\n"
+                     "  webhook_secret: inline-one\n")
+        assert load_config(path, {}).settings.pagerduty_webhook_secrets == (
+            "inline-one", self.PD_SECRET, self.NEW_SECRET)
+
+    def test_secret_files_from_environment(self, tmp_path: Path) -> None:
+        """$FIREHOUSE_PAGERDUTY_WEBHOOK_SECRET_FILE takes ':'-separated paths."""
+        old, new = tmp_path / "old", tmp_path / "new"
+        old.write_text(self.PD_SECRET, encoding="utf-8")
+        new.write_text(self.NEW_SECRET, encoding="utf-8")
+        env = {"FIREHOUSE_PAGERDUTY_WEBHOOK_SECRET_FILE": f"{old}:{new}"}
+        assert load_config(write(tmp_path), env).settings.pagerduty_webhook_secrets == (
+            self.PD_SECRET, self.NEW_SECRET)
+
+    def test_empty_secret_file(self, tmp_path: Path) -> None:
+        """An empty secret file is a problem, not a secret that matches nothing."""
+        (tmp_path / "pd.secret").write_text("\n", encoding="utf-8")
+        path = write(tmp_path, SETTINGS + "pagerduty:\n  webhook_secret_file: pd.secret\n")
+        assert problems_of(path) == [
+            f"{path}:11: pagerduty.webhook_secret_file: is empty "
+            f"(got {str(tmp_path / 'pd.secret')!r})",
+        ]
+
+    def test_missing_secret_file_from_environment(self, tmp_path: Path) -> None:
+        """An unreadable secret file is reported against the variable that named it."""
+        missing = tmp_path / "nope"
+        lines = problems_of(write(tmp_path),
+                            {"FIREHOUSE_PAGERDUTY_WEBHOOK_SECRET_FILE": str(missing)})
+        assert lines == [
+            "$FIREHOUSE_PAGERDUTY_WEBHOOK_SECRET_FILE: pagerduty.webhook_secret_file: cannot "
+            f"read: No such file or directory (got {str(missing)!r})",
+        ]
+
+    @pytest.mark.parametrize("value", ["''", "[]", f"['{PD_SECRET}', '  ']"])
+    def test_empty_secret(self, tmp_path: Path, value: str) -> None:
+        """An empty secret, or an empty one in a list, is a problem that shows no secret."""
+        path = write(tmp_path, SETTINGS + f"pagerduty:\n  webhook_secret: {value}\n")
+        lines = problems_of(path)
+        assert lines == [
+            f"{path}:11: pagerduty.webhook_secret: must be one or more non-empty secrets",
+        ]
+
+    @pytest.mark.parametrize("value", ["12345678", "{key: s3cr3t-in-a-map}", "[s3cr3t, 7]"],
+                             ids=["number", "mapping", "list-with-a-number"])
+    def test_not_text(self, tmp_path: Path, value: str) -> None:
+        """A secret that is not text is a problem that never shows the value."""
+        path = write(tmp_path, SETTINGS + f"pagerduty:\n  webhook_secret: {value}\n")
+        text = "\n".join(problems_of(path))
+        assert text == f"{path}:11: pagerduty.webhook_secret: must be a secret or a list of secrets"
+        assert "s3cr3t" not in text
+        assert "12345678" not in text
+
+    def test_secret_file_not_a_path(self, tmp_path: Path) -> None:
+        """webhook_secret_file must be a path or a list of paths."""
+        path = write(tmp_path, SETTINGS + "pagerduty:\n  webhook_secret_file: [a, 3]\n")
+        assert problems_of(path) == [
+            f"{path}:11: pagerduty.webhook_secret_file: must be a path or a list of paths "
+            "(got ['a', 3])",
+        ]
+
+    def test_secret_stays_out_of_errors(self, tmp_path: Path) -> None:
+        """An error raised while the secret is loaded does not print it."""
+        path = write(tmp_path, SETTINGS + f"pagerduty:\n  webhook_secret: {self.PD_SECRET}\n"
+                     "  retries: 3\n")
+        text = "\n".join(problems_of(path))
+        assert text == f"{path}:12: pagerduty.retries: unknown setting (got 'retries')"
+        assert self.PD_SECRET not in text
+
+
 class TestLimits:
     """max_body_bytes: large by default, configurable."""
 
@@ -479,6 +585,45 @@ class TestLimits:
         """max_body_bytes in the settings file replaces the default."""
         path = write(tmp_path, SETTINGS + "max_body_bytes: 65536\n")
         assert load_config(path, {}).settings.max_body_bytes == 65536
+
+
+class TestChangesWindow:
+    """changes.window_hours: how recent a change must be to be a rollback candidate."""
+
+    def test_default_is_a_day(self, tmp_path: Path) -> None:
+        """Without the setting, changes of the last 24 hours are candidates."""
+        assert load_config(write(tmp_path), {}).settings.changes_window_hours == 24.0
+        assert Settings().changes_window_hours == 24.0
+
+    def test_configurable(self, tmp_path: Path) -> None:
+        """changes.window_hours in the settings file replaces the default."""
+        path = write(tmp_path, SETTINGS + "changes:\n  window_hours: 2.5\n")
+        assert load_config(path, {}).settings.changes_window_hours == 2.5
+
+    @pytest.mark.parametrize("hours", ["0.05", "'a week'", "true"])
+    def test_out_of_range(self, tmp_path: Path, hours: str) -> None:
+        """A window outside 0.1 to 720 hours, or no number, is refused with its value."""
+        path = write(tmp_path, SETTINGS + f"changes:\n  window_hours: {hours}\n")
+        problems = problems_of(path)
+        assert len(problems) == 1
+        assert problems[0].startswith(f"{path}:11: changes.window_hours: must be a number")
+
+    def test_exact_message(self, tmp_path: Path) -> None:
+        """The message gives the range and the value."""
+        path = write(tmp_path, SETTINGS + "changes:\n  window_hours: 721\n")
+        assert problems_of(path) == [
+            f"{path}:11: changes.window_hours: must be a number from 0.1 to 720 (got 721)"]
+
+    def test_unknown_key(self, tmp_path: Path) -> None:
+        """A key the changes section does not know is refused with its path."""
+        path = write(tmp_path, SETTINGS + "changes:\n  window_hour: 12\n")
+        assert problems_of(path) == [
+            f"{path}:11: changes.window_hour: unknown setting (got 'window_hour')"]
+
+    def test_not_a_mapping(self, tmp_path: Path) -> None:
+        """`changes: 12` (the window without its key) is refused."""
+        path = write(tmp_path, SETTINGS + "changes: 12\n")
+        assert problems_of(path) == [f"{path}:10: changes: must be a mapping (got 12)"]
 
 
 class TestEmptyMaps:
@@ -694,3 +839,127 @@ rules:
         assert [w.message for w in config.warnings] == [
             "no services: every alert will be treated as unmapped",
         ]
+
+
+class TestAlertmanagerSettings:
+    """The `alertmanager` section: where to check stale incidents, and when."""
+
+    def test_defaults(self, tmp_path: Path) -> None:
+        """Without the section, no URL is set and the windows are 4h15m, 60s and 10s."""
+        settings = load_config(write(tmp_path), {}).settings
+        assert settings.alertmanager_urls == ()
+        assert settings.stale_after == 4 * 3600 + 15 * 60
+        assert settings.stale_check_interval == 60.0
+        assert settings.alertmanager_timeout == 10.0
+        assert settings.alertmanager_bearer_token == ""
+        assert settings.alertmanager_basic_auth is None
+
+    def test_one_url_and_durations(self, tmp_path: Path) -> None:
+        """A URL loses its trailing slash; durations are Prometheus-style, in seconds."""
+        path = write(tmp_path, SETTINGS + "alertmanager:\n  url: http://am.example:9093/\n"
+                     "  stale_after: 4h30m\n  check_interval: 30s\n  timeout_seconds: 5\n")
+        settings = load_config(path, {}).settings
+        assert settings.alertmanager_urls == ("http://am.example:9093",)
+        assert (settings.stale_after, settings.stale_check_interval) == (16200.0, 30.0)
+        assert settings.alertmanager_timeout == 5.0
+
+    def test_plain_seconds(self, tmp_path: Path) -> None:
+        """A number is taken as seconds, fractions included (short windows for tests)."""
+        path = write(tmp_path, SETTINGS + "alertmanager:\n  stale_after: 2\n"
+                     "  check_interval: 0.5\n")
+        settings = load_config(path, {}).settings
+        assert (settings.stale_after, settings.stale_check_interval) == (2.0, 0.5)
+
+    def test_ha_pair(self, tmp_path: Path) -> None:
+        """A list of URLs names the members of an HA pair, in order."""
+        path = write(tmp_path, SETTINGS + "alertmanager:\n  url: [http://am-a:9093, "
+                     "'https://am-b:9093/']\n")
+        assert load_config(path, {}).settings.alertmanager_urls == (
+            "http://am-a:9093", "https://am-b:9093")
+
+    def test_urls_from_the_environment(self, tmp_path: Path) -> None:
+        """FIREHOUSE_ALERTMANAGER_URL wins over the file and takes comma-separated URLs."""
+        path = write(tmp_path, SETTINGS + "alertmanager:\n  url: http://file:9093\n")
+        env = {"FIREHOUSE_ALERTMANAGER_URL": "http://am-a:9093, http://am-b:9093"}
+        assert load_config(path, env).settings.alertmanager_urls == (
+            "http://am-a:9093", "http://am-b:9093")
+
+    def test_bad_url_from_the_environment(self, tmp_path: Path) -> None:
+        """A bad URL from the environment is reported against the variable."""
+        path = write(tmp_path)
+        assert problems_of(path, {"FIREHOUSE_ALERTMANAGER_URL": "am:9093"}) == [
+            "$FIREHOUSE_ALERTMANAGER_URL: alertmanager.url: must be an http:// or https:// URL "
+            "(got 'am:9093')",
+        ]
+
+    def test_every_problem_at_once(self, tmp_path: Path) -> None:
+        """Unknown keys, bad URLs, durations and numbers are all reported, located."""
+        path = write(tmp_path, SETTINGS + "alertmanager:\n  url: [ftp://am:21, http://a:1, "
+                     "http://a:1/]\n  stale_after: soon\n  check_interval: 0s\n"
+                     "  timeout_seconds: 100\n  retries: 3\n")
+        duration = "must be a duration such as 30s, 15m or 4h15m, or a number of seconds"
+        assert problems_of(path) == [
+            f"{path}:11: alertmanager.url: must be an http:// or https:// URL (got 'ftp://am:21')",
+            f"{path}:11: alertmanager.url: names the same Alertmanager twice (got 'http://a:1/')",
+            f"{path}:12: alertmanager.stale_after: {duration}, from 1s to 4w (got 'soon')",
+            f"{path}:13: alertmanager.check_interval: {duration}, from 0.1s to 1d (got '0s')",
+            f"{path}:14: alertmanager.timeout_seconds: must be a number from 0.1 to 60 (got 100)",
+            f"{path}:15: alertmanager.retries: unknown setting (got 'retries')",
+        ]
+
+    def test_url_with_credentials_is_refused_unquoted(self, tmp_path: Path) -> None:
+        """A URL carrying a password is refused without printing it."""
+        path = write(tmp_path, SETTINGS + "alertmanager:\n  url: http://admin:hunter2@am:9093\n")
+        lines = problems_of(path)
+        assert lines == [
+            f"{path}:11: alertmanager.url: must not carry credentials: use "
+            "alertmanager.basic_auth",
+        ]
+
+    def test_not_a_mapping(self, tmp_path: Path) -> None:
+        """The section must be a mapping."""
+        path = write(tmp_path, SETTINGS + "alertmanager: http://am:9093\n")
+        assert problems_of(path) == [
+            f"{path}:10: alertmanager: must be a mapping (got 'http://am:9093')",
+        ]
+
+    def test_bearer_token_file(self, tmp_path: Path) -> None:
+        """The token file is read relative to the settings, trimmed, and kept out of repr."""
+        (tmp_path / "am.token").write_text("am-s3cret-token\n", encoding="utf-8")
+        path = write(tmp_path, SETTINGS + "alertmanager:\n  url: http://am:9093\n"
+                     "  bearer_token_file: am.token\n")
+        settings = load_config(path, {}).settings
+        assert settings.alertmanager_bearer_token == "am-s3cret-token"
+        assert "am-s3cret-token" not in repr(settings)
+
+    def test_token_file_from_the_environment(self, tmp_path: Path) -> None:
+        """FIREHOUSE_ALERTMANAGER_TOKEN_FILE names the token file."""
+        token = tmp_path / "token"
+        token.write_text("from-env-token", encoding="utf-8")
+        env = {"FIREHOUSE_ALERTMANAGER_TOKEN_FILE": str(token)}
+        assert load_config(write(tmp_path), env).settings.alertmanager_bearer_token == (
+            "from-env-token")
+
+    def test_basic_auth(self, tmp_path: Path) -> None:
+        """basic_auth takes a username and a password file, as the webhook's does."""
+        (tmp_path / "am.pw").write_text("pa55word\n", encoding="utf-8")
+        path = write(tmp_path, SETTINGS + "alertmanager:\n  url: http://am:9093\n"
+                     "  basic_auth: {username: firehouse, password_file: am.pw}\n")
+        settings = load_config(path, {}).settings
+        assert settings.alertmanager_basic_auth == ("firehouse", "pa55word")
+        assert "pa55word" not in repr(settings)
+
+    def test_bearer_and_basic_together(self, tmp_path: Path) -> None:
+        """A bearer token and basic auth together are refused, as Alertmanager does."""
+        path = write(tmp_path, SETTINGS + "alertmanager:\n  bearer_token: t0ken\n"
+                     "  basic_auth: {username: firehouse, password: pa55word}\n")
+        assert problems_of(path) == [
+            f"{path}:12: alertmanager.basic_auth: only one of bearer_token(_file) and "
+            "basic_auth may be set",
+        ]
+
+    def test_digest_follows_the_urls(self, tmp_path: Path) -> None:
+        """Another Alertmanager URL is another configuration digest."""
+        path = write(tmp_path)
+        first = load_config(path, {"FIREHOUSE_ALERTMANAGER_URL": "http://a:9093"}).digest
+        assert load_config(path, {"FIREHOUSE_ALERTMANAGER_URL": "http://b:9093"}).digest != first

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
 
@@ -400,3 +401,33 @@ class TestImpactedServiceExplain:
         """A direct dependent names only the failing service."""
         hit = ImpactedService("web", 1, DEGRADED, 1, ("cdn", "web"))
         assert hit.explain() == "web is degraded because cdn is failing"
+
+
+class TestDependencies:
+    """ServiceGraph.dependencies and closest: what services need, and names almost right."""
+
+    def test_transitive_hard_and_soft(self, shop: ServiceGraph) -> None:
+        """Everything payments needs, through hard and soft edges, each from payments."""
+        assert shop.dependencies(["payments"]) == dict.fromkeys(
+            ["dns", "postgres-payments", "egress-proxy", "kafka", "core-network",
+             "volume-storage"], "payments")
+
+    def test_nearest_of_several_and_aliases(self) -> None:
+        """A shared dependency goes to the nearest service given (aliases count); the given
+        services are left out, even when one depends on another; unknown names are ignored."""
+        graph = build_graph([
+            service("web", 1, "api", Dependency("cache", SOFT)),
+            replace(service("api", 2, "db"), aliases=("api-server",)),
+            service("cache", 3),
+            service("db", 3, "disk"),
+            service("disk", 4),
+        ])
+        assert graph.dependencies(["web", "api-server", "nope"]) == {
+            "cache": "web", "db": "api", "disk": "api"}
+        assert graph.dependencies(["disk"]) == {}
+
+    def test_closest(self, shop: ServiceGraph) -> None:
+        """A misspelt name finds the service or alias it probably meant; gibberish nothing."""
+        assert shop.closest("paymnets") == "payments"
+        assert shop.closest("checkout-ap") == "checkout-api"
+        assert shop.closest("zzzzzzzz") is None

@@ -23,13 +23,16 @@ from daemon.store import Store
 from daemon.store.sqlite import SqliteStore
 from tests.helpers import (
     NOW,
+    PAGERDUTY_FIXTURES,
     SETTINGS,
     alert,
     body,
     config_env,
     fixture_files,
     make_config,
+    pagerduty_webhook,
     routing_key,
+    sign_pagerduty,
     target_names,
     wait_until,
     write_settings,
@@ -349,3 +352,208 @@ class TestEndpoints:
         assert status == 200
         assert "max_body_bytes changes only on restart; still using 2048" in caplog.text
         assert too_big == 413
+
+
+PD_SECRET = "pd-subscription-secret-for-the-route-tests"
+PD_PATH = "/webhook/pagerduty"
+
+
+def with_pagerduty_webhook(tmp_path: Path, secrets: list[str] | None, **changes: Any) -> Path:
+    """The repository's settings with `pagerduty.webhook_secret` set (None: left unset)."""
+    pagerduty: dict[str, Any] = {"url": "https://events.pagerduty.com"}
+    if secrets is not None:
+        pagerduty["webhook_secret"] = secrets
+    return write_settings(tmp_path, pagerduty=pagerduty, **changes)
+
+
+def signed(data: bytes, secret: str = PD_SECRET) -> dict[str, str]:
+    """Headers as PagerDuty sends a v3 webhook signed with `secret`."""
+    return {**JSON, "X-PagerDuty-Signature": sign_pagerduty(data, secret)}
+
+
+async def open_incident(firehouse: Running) -> str:
+    """Open the payments-database incident and return the dedup key of its page to the
+    database's technical lead."""
+    status, answer = await firehouse.post(pg_down())
+    assert status == 200, answer
+    (incident_id,) = answer["incidents_opened"]
+    _, text = await firehouse.get(f"/api/v1/incidents/{incident_id}")
+    (key,) = [p["dedup_key"] for p in json.loads(text)["pages"] if p["target"] == "dba-oncall"]
+    assert isinstance(key, str)
+    return key
+
+
+class TestPagerDutyWebhook:
+    async def test_signed_acknowledgement_of_a_page_is_accepted_and_matched(
+        self, tmp_path: Path, pd: PagerDutyStandIn
+    ) -> None:
+        """A signed incident.acknowledged for one of Firehouse's pages is decided and answered
+        200, saying that it matched; one for a key Firehouse never sent matches nothing."""
+        settings = with_pagerduty_webhook(tmp_path, [PD_SECRET])
+        async with serving(tmp_path, pd, settings) as firehouse:
+            key = await open_incident(firehouse)
+            ack = pagerduty_webhook("incident.acknowledged", key, agent="Ann Oncall")
+            status, answer = await firehouse.post(ack, signed(ack), path=PD_PATH)
+            other = pagerduty_webhook("incident.acknowledged", "someone-elses-key")
+            other_status, unmatched = await firehouse.post(other, signed(other), path=PD_PATH)
+            _, metrics = await firehouse.get("/metrics")
+
+        assert status == 200, answer
+        assert answer == {"status": "success", "event_type": "incident.acknowledged",
+                          "dedup_key": key, "matched": True}
+        assert other_status == 200
+        assert unmatched["matched"] is False
+        assert 'firehouse_pagerduty_webhooks_total{outcome="accepted"} 2.0' in metrics
+
+    async def test_real_pagerduty_delivery_with_its_own_signature(
+        self, tmp_path: Path, pd: PagerDutyStandIn
+    ) -> None:
+        """Bodies and signatures a PagerDuty account sent are accepted under its secret: the
+        test ping is ignored, the acknowledgement decided (no page of ours: unmatched)."""
+        signatures = json.loads((PAGERDUTY_FIXTURES / "signatures.json").read_text())
+        settings = with_pagerduty_webhook(tmp_path, ["an-old-secret", signatures["secret"]])
+        answers = {}
+        async with serving(tmp_path, pd, settings) as firehouse:
+            for name in ("aldaviva_pagey.ping.json", "aldaviva_incident.acknowledged.json"):
+                headers = {**JSON, "X-PagerDuty-Signature":
+                           signatures["x-pagerduty-signature"][name]}
+                answers[name] = await firehouse.post((PAGERDUTY_FIXTURES / name).read_bytes(),
+                                                     headers, path=PD_PATH)
+
+        assert answers["aldaviva_pagey.ping.json"] == (200, {
+            "status": "ignored", "reason": "Firehouse does not act on this event type"})
+        assert answers["aldaviva_incident.acknowledged.json"] == (200, {
+            "status": "success", "event_type": "incident.acknowledged",
+            "dedup_key": "dfead9d88e0649e8b7dee514b1875756", "matched": False})
+
+    @pytest.mark.parametrize("signature", [
+        None, "", "v1=" + "0" * 64, "garbage", "v1=\u00e9", "sha256=abc",
+    ], ids=["unsigned", "empty", "forged", "garbage", "non-ascii", "other-scheme"])
+    async def test_bad_signature_is_401_and_decides_nothing(
+        self, tmp_path: Path, pd: PagerDutyStandIn, monkeypatch: pytest.MonkeyPatch,
+        signature: str | None
+    ) -> None:
+        """Without a signature made with a configured secret, the webhook is refused with 401
+        before it is parsed, and the engine is not run."""
+        def must_not_run(*args: Any) -> Decision:
+            raise AssertionError("the engine ran on an unauthenticated webhook")
+
+        monkeypatch.setattr("daemon.server.on_pagerduty", must_not_run)
+        settings = with_pagerduty_webhook(tmp_path, [PD_SECRET])
+        ack = pagerduty_webhook("incident.acknowledged", "firehouse/x/dba-oncall")
+        headers = dict(JSON)
+        if signature is not None:
+            headers["X-PagerDuty-Signature"] = signature
+        async with serving(tmp_path, pd, settings) as firehouse:
+            status, answer = await firehouse.post(ack, headers, path=PD_PATH)
+            wrong_secret, _ = await firehouse.post(ack, signed(ack, "not-the-secret"),
+                                                   path=PD_PATH)
+            _, metrics = await firehouse.get("/metrics")
+
+        assert (status, wrong_secret) == (401, 401)
+        assert "X-PagerDuty-Signature" in answer["error"]
+        assert 'firehouse_pagerduty_webhooks_total{outcome="unauthorized"} 2.0' in metrics
+
+    async def test_rejections_are_logged_at_most_every_10s(
+        self, tmp_path: Path, pd: PagerDutyStandIn, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A burst of forged webhooks is counted, and logged once."""
+        settings = with_pagerduty_webhook(tmp_path, [PD_SECRET])
+        ack = pagerduty_webhook("incident.acknowledged", "firehouse/x/dba-oncall")
+        async with serving(tmp_path, pd, settings) as firehouse:
+            with caplog.at_level(logging.WARNING, logger="firehouse.server"):
+                for _ in range(3):
+                    await firehouse.post(ack, signed(ack, "forged"), path=PD_PATH)
+
+        warnings = [r.getMessage() for r in caplog.records
+                    if "without a valid X-PagerDuty-Signature" in r.getMessage()]
+        assert len(warnings) == 1
+        assert "path=/webhook/pagerduty" in warnings[0]
+
+    async def test_not_configured_is_403_saying_how(
+        self, tmp_path: Path, pd: PagerDutyStandIn
+    ) -> None:
+        """Without a webhook secret the route refuses everything with 403, naming the setting
+        and the variable to set."""
+        settings = with_pagerduty_webhook(tmp_path, None)
+        ack = pagerduty_webhook("incident.acknowledged", "firehouse/x/dba-oncall")
+        async with serving(tmp_path, pd, settings) as firehouse:
+            status, answer = await firehouse.post(ack, signed(ack), path=PD_PATH)
+            _, metrics = await firehouse.get("/metrics")
+
+        assert status == 403
+        assert "pagerduty.webhook_secret" in answer["error"]
+        assert "$FIREHOUSE_PAGERDUTY_WEBHOOK_SECRET" in answer["error"]
+        assert 'firehouse_pagerduty_webhooks_total{outcome="unconfigured"} 1.0' in metrics
+
+    async def test_body_above_the_limit_is_413(self, tmp_path: Path, pd: PagerDutyStandIn
+                                               ) -> None:
+        """A webhook larger than max_body_bytes is refused with 413, signed or not."""
+        settings = with_pagerduty_webhook(tmp_path, [PD_SECRET], max_body_bytes=2048)
+        huge = pagerduty_webhook("incident.reassigned", "firehouse/x/dba-oncall",
+                                 assignees=["x" * 4096])
+        async with serving(tmp_path, pd, settings) as firehouse:
+            status, answer = await firehouse.post(huge, signed(huge), path=PD_PATH)
+            _, metrics = await firehouse.get("/metrics")
+
+        assert status == 413
+        assert "2048" in answer["error"]
+        assert 'firehouse_pagerduty_webhooks_total{outcome="invalid"} 1.0' in metrics
+
+    async def test_signed_malformed_body_is_400_naming_the_field(
+        self, tmp_path: Path, pd: PagerDutyStandIn
+    ) -> None:
+        """A correctly signed body that is not a usable event is refused with 400 and the
+        parser's message."""
+        settings = with_pagerduty_webhook(tmp_path, [PD_SECRET])
+        broken = b'{"event": {"event_type": "incident.resolved", "id": "E1"}}'
+        async with serving(tmp_path, pd, settings) as firehouse:
+            status, answer = await firehouse.post(broken, signed(broken), path=PD_PATH)
+
+        assert (status, answer["error"]) == (400, "field 'event.data' is missing")
+
+    async def test_incident_without_incident_key_is_ignored(
+        self, tmp_path: Path, pd: PagerDutyStandIn
+    ) -> None:
+        """An incident event without an incident_key cannot be one of Firehouse's pages: it is
+        answered 200, ignored, and counted as such."""
+        settings = with_pagerduty_webhook(tmp_path, [PD_SECRET])
+        keyless = pagerduty_webhook("incident.resolved", None)
+        async with serving(tmp_path, pd, settings) as firehouse:
+            status, answer = await firehouse.post(keyless, signed(keyless), path=PD_PATH)
+            _, metrics = await firehouse.get("/metrics")
+
+        assert (status, answer["status"]) == (200, "ignored")
+        assert "incident_key" in answer["reason"]
+        assert 'firehouse_pagerduty_webhooks_total{outcome="ignored"} 1.0' in metrics
+
+    async def test_webhook_credentials_do_not_apply(self, tmp_path: Path, pd: PagerDutyStandIn
+                                                    ) -> None:
+        """With a bearer token configured for Alertmanager, a signed PagerDuty webhook without
+        it is still accepted: the signature is its authentication."""
+        settings = with_pagerduty_webhook(tmp_path, [PD_SECRET], auth={"bearer_token": TOKEN})
+        ack = pagerduty_webhook("incident.acknowledged", "firehouse/x/dba-oncall")
+        async with serving(tmp_path, pd, settings) as firehouse:
+            status, answer = await firehouse.post(ack, signed(ack), path=PD_PATH)
+
+        assert (status, answer["status"]) == (200, "success")
+
+    async def test_store_failure_is_503_so_pagerduty_retries(
+        self, tmp_path: Path, pd: PagerDutyStandIn
+    ) -> None:
+        """When the decision on an acknowledgement cannot be stored, the answer is 503."""
+        store = FlakyStore(tmp_path / "state.db")
+        settings = with_pagerduty_webhook(tmp_path, [PD_SECRET])
+        async with serving(tmp_path, pd, settings, store=store) as firehouse:
+            key = await open_incident(firehouse)
+            ack = pagerduty_webhook("incident.acknowledged", key)
+            store.failing = True
+            refused, answer = await firehouse.post(ack, signed(ack), path=PD_PATH)
+            store.failing = False
+            retried, accepted = await firehouse.post(ack, signed(ack), path=PD_PATH)
+            _, metrics = await firehouse.get("/metrics")
+
+        assert (refused, retried) == (503, 200)
+        assert "retry" in answer["error"]
+        assert accepted["matched"] is True
+        assert 'firehouse_pagerduty_webhooks_total{outcome="error"} 1.0' in metrics

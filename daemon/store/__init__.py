@@ -46,8 +46,10 @@ class Store(Protocol):
     async def close(self) -> None:
         """Flush and close."""
 
-    async def load_state(self, now: datetime, retention_seconds: float) -> State:
-        """Open incidents and remembered resolutions, for the engine."""
+    async def load_state(self, now: datetime, retention_seconds: float, *,
+                         changes_seconds: float = 86400.0) -> State:
+        """Open incidents, remembered resolutions and the changes made within
+        `changes_seconds` (oldest first), for the engine."""
 
     async def commit(self, decision: Decision) -> None:
         """Write a decision durably, in one transaction."""
@@ -74,8 +76,9 @@ class Store(Protocol):
         """Events still pending that were created before `created_before`, oldest first."""
 
     async def cleanup(self, delivered_before: datetime, resolutions_before: datetime) -> int:
-        """Delete delivered and dry-run outbox rows done before the first cutoff and
-        remembered resolutions older than the second; dead letters stay. How many rows."""
+        """Delete delivered and dry-run outbox rows done before the first cutoff, changes
+        made before it, and remembered resolutions older than the second; dead letters stay.
+        How many rows."""
 
     async def outbox_counts(self) -> dict[str, int]:
         """Number of outbox rows per state."""
@@ -88,3 +91,6 @@ class Store(Protocol):
 
     async def get_incident(self, incident_id: str) -> dict[str, Any] | None:
         """One incident with its alerts, pages and timeline, as a JSON-ready dict."""
+
+    async def list_changes(self, service: str | None, limit: int) -> list[dict[str, Any]]:
+        """Changes as JSON-ready dicts, newest first, optionally of one service."""

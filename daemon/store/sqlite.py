@@ -20,13 +20,14 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
 
+from daemon.changes import change_json
 from daemon.decide import (
     OPEN,
     AlertRecord,
+    Change,
     Deadlines,
     Decision,
     Incident,
-    Page,
     State,
 )
 from daemon.errors import StoreError
@@ -35,6 +36,9 @@ from daemon.store import DEAD, DELIVERED, DRY_RUN, PENDING, StoredEvent
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# Bumped only by a change that an older Firehouse cannot run on (it refuses a newer version).
+# New tables (changes) are created IF NOT EXISTS and ignored by older versions, so they
+# leave it alone: rolling Firehouse itself back must keep working.
 SCHEMA_VERSION = 1
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -68,6 +72,12 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS outbox_by_key ON outbox (dedup_key, id);
+CREATE TABLE IF NOT EXISTS changes (
+    id TEXT PRIMARY KEY, service TEXT NOT NULL, at REAL NOT NULL, received_at REAL,
+    summary TEXT NOT NULL, who TEXT NOT NULL, version TEXT NOT NULL, links TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS changes_by_time ON changes (at);
+CREATE INDEX IF NOT EXISTS changes_by_service ON changes (service, at);
 """
 
 
@@ -302,14 +312,24 @@ class SqliteStore:
                   json.dumps(dict(e.body)), e.priority, PENDING, now, now)
                  for e in decision.events],
             )
+        if decision.changes:
+            # A repeated id is the same change (the engine skips it; this makes sure).
+            conn.executemany(
+                "INSERT OR IGNORE INTO changes VALUES (?,?,?,?,?,?,?,?)",
+                [(c.id, c.service, _ts(c.at), _ts(c.received_at), c.summary, c.who, c.version,
+                  json.dumps([list(link) for link in c.links])) for c in decision.changes],
+            )
 
     # -- engine state ----------------------------------------------------------------------
 
-    async def load_state(self, now: datetime, retention_seconds: float) -> State:
-        """Open incidents with their alerts, and resolutions younger than the retention."""
-        return await self._run(self._load_state, now.timestamp() - retention_seconds)
+    async def load_state(self, now: datetime, retention_seconds: float, *,
+                         changes_seconds: float = 86400.0) -> State:
+        """Open incidents with their alerts, resolutions younger than the retention, and
+        changes made within `changes_seconds` (oldest first)."""
+        return await self._run(self._load_state, now.timestamp() - retention_seconds,
+                               now.timestamp() - changes_seconds)
 
-    def _load_state(self, cutoff: float) -> State:
+    def _load_state(self, cutoff: float, changes_cutoff: float) -> State:
         conn = self.conn
         incidents: dict[str, Incident] = {}
         rows = conn.execute(
@@ -323,12 +343,17 @@ class SqliteStore:
         for row in rows:
             incidents[row[0]] = _incident_from_row(row, alerts.get(row[0], {}))
         by_fp = {fp: i.id for i in incidents.values() for fp in i.alerts}
+        by_service = {name: i.id for i in incidents.values() if i.mapped for name in i.services}
         resolved = {
             fp: _dt(starts) for fp, starts in conn.execute(
                 "SELECT fingerprint, starts_at FROM resolutions WHERE at >= ?", (cutoff,))
         }
+        changes = tuple(_change_from_row(row) for row in conn.execute(
+            "SELECT * FROM changes WHERE at >= ? ORDER BY at, received_at, id",
+            (changes_cutoff,)))
         return State(MappingProxyType(incidents), MappingProxyType(by_fp),
-                     MappingProxyType(resolved))
+                     MappingProxyType(resolved), changes=changes,
+                     by_service=MappingProxyType(by_service))
 
     # -- outbox ----------------------------------------------------------------------------
 
@@ -395,8 +420,9 @@ class SqliteStore:
         return [_event_from_row(r) for r in rows]
 
     async def cleanup(self, delivered_before: datetime, resolutions_before: datetime) -> int:
-        """Delete delivered and dry-run rows done before the first cutoff, and remembered
-        resolutions older than the second; dead letters stay until someone looks."""
+        """Delete delivered and dry-run rows done before the first cutoff, changes made
+        before it, and remembered resolutions older than the second; dead letters stay until
+        someone looks."""
         def run() -> int:
             conn = self.conn
             conn.execute("BEGIN IMMEDIATE")
@@ -406,6 +432,8 @@ class SqliteStore:
                     (DELIVERED, DRY_RUN, delivered_before.timestamp())).rowcount
                 gone += conn.execute("DELETE FROM resolutions WHERE at < ?",
                                      (resolutions_before.timestamp(),)).rowcount
+                gone += conn.execute("DELETE FROM changes WHERE at < ?",
+                                     (delivered_before.timestamp(),)).rowcount
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
@@ -479,38 +507,37 @@ class SqliteStore:
             return result
         return await self._run(run)
 
+    async def list_changes(self, service: str | None, limit: int) -> list[dict[str, Any]]:
+        """Changes as JSON-ready dicts, newest first, optionally of one service."""
+        def run() -> list[dict[str, Any]]:
+            sql = "SELECT * FROM changes"
+            args: tuple[Any, ...] = ()
+            if service is not None:
+                sql += " WHERE service = ?"
+                args = (service,)
+            rows = self.conn.execute(sql + " ORDER BY at DESC, received_at DESC, id LIMIT ?",
+                                     (*args, limit)).fetchall()
+            return [change_json(_change_from_row(r)) for r in rows]
+        return await self._run(run)
+
+
+def _change_from_row(row: tuple[Any, ...]) -> Change:
+    return Change(
+        id=row[0], service=row[1], at=_need_dt(row[2]), received_at=_dt(row[3]),
+        summary=row[4], who=row[5], version=row[6],
+        links=tuple((href, text) for href, text in json.loads(row[7])),
+    )
+
 
 def _incident_doc(incident: Incident) -> dict[str, Any]:
-    return {
-        "services": list(incident.services),
-        "mapped": incident.mapped,
-        "pages": [
-            {"target": p.target, "roles": list(p.roles), "dedup_key": p.dedup_key,
-             "severity": p.severity, "routing_key": p.routing_key, "status": p.status}
-            for p in incident.pages
-        ],
-        "impact": dict(incident.impact),
-        "rules": list(incident.rules),
-        "external_url": incident.external_url,
-        "deadlines": incident.deadlines.to_json(),
-    }
+    return incident.to_doc()
 
 
 def _incident_from_row(row: tuple[Any, ...], alerts: dict[str, AlertRecord]) -> Incident:
-    doc = json.loads(row[7])
     return Incident(
         id=row[0], status=row[1], opened_at=_need_dt(row[2]), updated_at=_need_dt(row[3]),
         resolved_at=_dt(row[4]), severity=row[5], title=row[6],
-        services=tuple(doc["services"]), mapped=doc["mapped"],
-        alerts=MappingProxyType(alerts),
-        pages=tuple(
-            Page(p["target"], tuple(p["roles"]), p["dedup_key"], p["severity"],
-                 p["routing_key"], p["status"]) for p in doc["pages"]
-        ),
-        impact=MappingProxyType(doc["impact"]), rules=tuple(doc["rules"]),
-        external_url=doc["external_url"],
-        # Incidents stored before deadlines existed have none.
-        deadlines=Deadlines.from_json(doc.get("deadlines", {})),
+        alerts=MappingProxyType(alerts), **Incident.fields_from_doc(json.loads(row[7])),
     )
 
 

@@ -1,0 +1,622 @@
+"""Alerts into incidents: correlation on the dependency map, paging everyone needed at once,
+escalation on growth, flap-damped resolution.
+
+One incident per fire: an alert joins the open incident whose failing services it is
+connected to (one depends on the other); an alert connected to several merges them. The
+incident is then assessed once per decision: its impact over all firing alerts, the rules
+of each alert against that impact, and the pages that are owed — new targets, and a new
+dedup key for every target when the severity goes up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import replace
+from datetime import datetime, timedelta
+from types import MappingProxyType
+from typing import Any
+
+from daemon.alerts import Alert, Webhook
+from daemon.config import Config
+from daemon.decide.bodies import business_summary, impact_summary, resolve_body, title, trigger_body
+from daemon.decide.model import (
+    BUSINESS_UPDATE,
+    FIRING,
+    GREW,
+    MERGED,
+    OPEN,
+    OPENED,
+    RESOLVE,
+    RESOLVE_PRIORITY,
+    RESOLVED,
+    TRIGGER,
+    AlertRecord,
+    Deadlines,
+    Decision,
+    Explanation,
+    Incident,
+    Note,
+    OutboundEvent,
+    Page,
+    State,
+    _not_after,
+    clean,
+    dedup_key,
+    incident_id,
+    locate,
+    map_severity,
+    trigger_priority,
+)
+from daemon.graph import Impact, Service, ServiceGraph, higher, severity_rank
+from daemon.rules import Outcome, Subject, evaluate
+
+BUSINESS_LINE = "business_line"
+
+
+def decide(webhook: Webhook, config: Config, state: State, now: datetime) -> Decision:
+    """Decide, alert by alert, what a notification changes; the top-level status is ignored.
+    A payload that Alertmanager truncated resolves nothing: it is not the whole group."""
+    work = Work(config, state, now, webhook.external_url)
+    for alert in webhook.alerts:
+        if alert.firing:
+            work.fire(alert)
+        elif webhook.truncated_alerts:
+            work.explain(alert, None, alert.labels.get("service"),
+                         "resolution ignored: the payload was truncated")
+        else:
+            work.resolve(alert)
+    return work.decision()
+
+
+def apply(state: State, decision: Decision) -> State:
+    """The state after a decision was stored."""
+    open_ = dict(state.open)
+    by_fp = dict(state.by_fingerprint)
+    by_service = dict(state.by_service)
+    resolved = dict(state.resolved)
+    for incident in decision.incidents:
+        previous = open_.get(incident.id)
+        if previous is not None:
+            for fp in previous.alerts:
+                if by_fp.get(fp) == incident.id:
+                    del by_fp[fp]
+            for name in previous.services:
+                if by_service.get(name) == incident.id:
+                    del by_service[name]
+        if incident.status == OPEN:
+            open_[incident.id] = incident
+            by_fp.update(dict.fromkeys(incident.alerts, incident.id))
+            if incident.mapped:
+                by_service.update(dict.fromkeys(incident.services, incident.id))
+        else:
+            open_.pop(incident.id, None)
+    for incident_id_, fp in decision.seen:
+        seen = open_.get(incident_id_)
+        if seen is not None and decision.now is not None and fp in seen.alerts:
+            alerts = dict(seen.alerts)
+            alerts[fp] = replace(alerts[fp], last_seen=decision.now)
+            open_[incident_id_] = replace(seen, alerts=MappingProxyType(alerts))
+    resolved.update(decision.resolutions)
+    changes = state.changes + decision.changes if decision.changes else state.changes
+    return State(MappingProxyType(open_), MappingProxyType(by_fp), MappingProxyType(resolved),
+                 changes, MappingProxyType(by_service))
+
+
+class Work:
+    """Accumulates one decision over the state; shared by every engine step, never kept.
+
+    Reads go through to the state; what the decision changes is kept aside, so that a step
+    costs what it changes, not the size of the state.
+    """
+
+    def __init__(self, config: Config, state: State, now: datetime,
+                 external_url: str = "") -> None:
+        self.config = config
+        self.settings = config.settings
+        self.graph: ServiceGraph = config.graph
+        self.state = state
+        self.now = now
+        self.external_url = external_url
+        self.changed: dict[str, Incident] = {}
+        self.fp_index: dict[str, str | None] = {}
+        self.service_index: dict[str, str | None] = {}
+        self.seen: list[tuple[str, str]] = []
+        self.timeline: list[Note] = []
+        self.events: list[OutboundEvent] = []
+        self.explanations: list[Explanation] = []
+        self.resolutions: dict[str, datetime | None] = {}
+        # Incident -> fingerprints to (re-)assess at the end of the decision.
+        self.touched: dict[str, set[str]] = {}
+
+    # -- reading and writing the state --------------------------------------------------
+
+    def incident(self, ident: str) -> Incident:
+        """An open incident as this decision has left it."""
+        return self.changed.get(ident) or self.state.open[ident]
+
+    def put(self, incident: Incident) -> None:
+        """Record a changed incident and keep the indexes in step with it."""
+        previous = self.changed.get(incident.id) or self.state.open.get(incident.id)
+        if previous is not None:
+            for fp in previous.alerts:
+                if self.incident_of(fp) == previous.id:
+                    self.fp_index[fp] = None
+            for name in previous.services:
+                if self.incident_of_service(name) == previous.id:
+                    self.service_index[name] = None
+        if incident.status == OPEN:
+            self.fp_index.update(dict.fromkeys(incident.alerts, incident.id))
+            if incident.mapped:
+                self.service_index.update(dict.fromkeys(incident.services, incident.id))
+        self.changed[incident.id] = incident
+
+    def incident_of(self, fingerprint: str) -> str | None:
+        """The open incident an alert belongs to."""
+        if fingerprint in self.fp_index:
+            return self.fp_index[fingerprint]
+        return self.state.by_fingerprint.get(fingerprint)
+
+    def incident_of_service(self, name: str) -> str | None:
+        """The open incident a mapped service is failing in."""
+        if name in self.service_index:
+            return self.service_index[name]
+        return self.state.by_service.get(name)
+
+    def failing_services(self) -> dict[str, str]:
+        """Every mapped service failing in an open incident, with that incident."""
+        found = {name: ident for name, ident in self.state.by_service.items()
+                 if name not in self.service_index}
+        found.update((n, i) for n, i in self.service_index.items() if i is not None)
+        return found
+
+    def note(self, incident: Incident | str, kind: str, message: str) -> None:
+        """Write a timeline entry."""
+        ident = incident if isinstance(incident, str) else incident.id
+        self.timeline.append(Note(ident, self.now, kind, message))
+
+    def decision(self) -> Decision:
+        """Assess what was touched and return everything this step decided."""
+        for ident, fingerprints in list(self.touched.items()):
+            self.assess(ident, fingerprints)
+        return Decision(
+            incidents=tuple(self.changed.values()), seen=tuple(self.seen),
+            timeline=tuple(self.timeline), events=tuple(self.events),
+            resolutions=tuple(self.resolutions.items()),
+            explanations=tuple(self.explanations), now=self.now,
+        )
+
+    def explain(self, alert: Alert, service: Service | None, label: str | None, action: str,
+                **extra: Any) -> None:
+        """Say how an alert was handled, for `firehouse explain`, `test` and the logs."""
+        self.explanations.append(Explanation(
+            fingerprint=alert.fingerprint, alertname=alert.name, status=alert.status,
+            service=service.name if service else label, mapped=service is not None,
+            action=action, **extra,
+        ))
+
+    # -- firing alerts -------------------------------------------------------------------
+
+    def fire(self, alert: Alert) -> None:
+        """A firing alert: a repeat, a flap inside damping, a new member of a fire, or a new
+        fire."""
+        service, label = locate(alert.labels, self.graph, self.settings.service_labels)
+        existing = self.incident_of(alert.fingerprint)
+        if existing is not None:
+            self._fire_again(alert, service, label, existing)
+            return
+        known, resolved_start = self._last_resolution(alert.fingerprint)
+        if known and _not_after(alert.starts_at, resolved_start):
+            # Occurrences of one alert never overlap: a firing that started no later than a
+            # resolved occurrence is a late copy (HA peer, retry), not a new fire. Without a
+            # startsAt there is no telling, and paging again is the cheaper mistake.
+            self.explain(alert, service, label, "stale repeat of a resolved alert")
+            return
+        record = AlertRecord(
+            fingerprint=alert.fingerprint, status=FIRING, labels=alert.labels,
+            annotations=alert.annotations, starts_at=alert.starts_at, ends_at=None,
+            generator_url=alert.generator_url, service=service.name if service else label,
+            severity=map_severity(alert.labels, self.settings.severity_labels),
+            first_seen=self.now, last_seen=self.now,
+        )
+        joined = self._connected(service.name) if service is not None else []
+        if service is None or not joined:
+            ident = self._open(record, service)
+            self.note(ident, "opened", f"{clean(record.name)} on "
+                      f"{record.service or 'an unknown service'} opened the incident")
+        else:
+            ident = joined[0]
+            for other in joined[1:]:
+                self._merge(ident, other)
+            incident = self.incident(ident)
+            alerts = {**incident.alerts, alert.fingerprint: record}
+            services = incident.services
+            if service.name not in services:
+                services = (*services, service.name)
+            self.put(replace(incident, alerts=MappingProxyType(alerts), services=services,
+                             updated_at=self.now, quiet_since=None))
+            self.note(ident, "alert_joined", f"{clean(record.name)} on {record.service} "
+                      "joined: it is connected to the failing services")
+        self.touched.setdefault(ident, set()).add(alert.fingerprint)
+        self.resolutions.pop(alert.fingerprint, None)
+
+    def _fire_again(self, alert: Alert, service: Service | None, label: str | None,
+                    ident: str) -> None:
+        incident = self.incident(ident)
+        record = incident.alerts[alert.fingerprint]
+        if record.status == FIRING or _not_after(alert.starts_at, record.starts_at):
+            self.seen.append((ident, alert.fingerprint))
+            if incident.stale_since is not None:
+                self.put(replace(incident, stale_since=None, updated_at=self.now))
+                self.note(ident, "refreshed", "Alertmanager sent the alerts again: no "
+                          "longer stale")
+            self.explain(alert, service, label, "already open", incident_id=ident)
+            return
+        # A new occurrence while the incident waits out its flap damping: the same fire.
+        alerts = dict(incident.alerts)
+        alerts[alert.fingerprint] = replace(
+            record, status=FIRING, starts_at=alert.starts_at, ends_at=None,
+            labels=alert.labels, annotations=alert.annotations, last_seen=self.now)
+        self.put(replace(incident, alerts=MappingProxyType(alerts), quiet_since=None,
+                         updated_at=self.now))
+        self.note(ident, "alert_fired_again", f"{clean(record.name)} fired again; the "
+                  "incident continues")
+        self.touched.setdefault(ident, set()).add(alert.fingerprint)
+
+    def _connected(self, name: str) -> list[str]:
+        """Open incidents with a failing service connected to `name`, oldest first."""
+        own = self.incident_of_service(name)
+        if own is not None:
+            found = {own}
+        else:
+            found = {ident for failing, ident in self.failing_services().items()
+                     if self.graph.connected(failing, name)}
+        return sorted(found, key=lambda i: (self.incident(i).opened_at, i))
+
+    def _open(self, record: AlertRecord, service: Service | None) -> str:
+        ident = incident_id(record.fingerprint, self.now)
+        self.put(Incident(
+            id=ident, status=OPEN, opened_at=self.now, updated_at=self.now, resolved_at=None,
+            severity=record.severity, title="", services=(record.service,)
+            if record.service else (), mapped=service is not None,
+            alerts=MappingProxyType({record.fingerprint: record}), pages=(),
+            impact=MappingProxyType({}), rules=(), external_url=self.external_url,
+        ))
+        return ident
+
+    def _merge(self, keep_id: str, other_id: str) -> None:
+        """Two fires found connected are one: the later joins the earlier, with its alerts,
+        its pages (resolved with the incident) and its clock."""
+        keep, other = self.incident(keep_id), self.incident(other_id)
+        acknowledged = [a for a in (keep.acknowledged_at, other.acknowledged_at) if a]
+        merged = replace(
+            keep,
+            alerts=MappingProxyType({**keep.alerts, **other.alerts}),
+            services=tuple(dict.fromkeys((*keep.services, *other.services))),
+            pages=keep.pages + other.pages,
+            rules=tuple(dict.fromkeys((*keep.rules, *other.rules))),
+            deadlines=keep.deadlines.tighter(other.deadlines),
+            severity=higher(keep.severity, other.severity) or keep.severity,
+            acknowledged_at=min(acknowledged) if acknowledged else None,
+            fired=tuple(dict.fromkeys((*keep.fired, *other.fired))),
+            updated_at=self.now, quiet_since=None,
+        )
+        self.put(replace(other, status=MERGED, merged_into=keep_id, resolved_at=self.now,
+                         updated_at=self.now))
+        self.put(merged)
+        self.note(other_id, "merged", f"merged into incident {keep_id}: a new alert connects "
+                  "their failing services")
+        self.note(keep_id, "merged", f"incident {other_id} merged in "
+                  f"({len(other.alerts)} alert(s), {len(other.pages)} page(s))")
+        self.touched.setdefault(keep_id, set()).update(other.alerts)
+        self.touched.pop(other_id, None)
+
+    # -- assessment -----------------------------------------------------------------------
+
+    def assess(self, ident: str, fingerprints: Iterable[str]) -> None:
+        """Recompute an incident's impact over its firing alerts, evaluate the rules of its
+        new alerts (of all, when the failing set changed), and page what is owed."""
+        incident = self.incident(ident)
+        firing = incident.firing
+        if not firing:
+            return
+        failing = sorted({a.service for a in firing
+                          if a.service is not None and a.service in self.graph.services})
+        impact = self.graph.impact(failing)
+        wanted = set(fingerprints)
+        if list(incident.impact.get("failing", ())) != failing:
+            wanted = {a.fingerprint for a in firing}
+        verdict = _Assessment(incident)
+        for record in firing:
+            if record.fingerprint in wanted:
+                verdict.add(self, record, impact)
+        summary = impact_summary(impact)
+        first = not incident.pages
+        updated = replace(
+            incident, severity=verdict.severity, impact=summary, rules=tuple(verdict.rules),
+            deadlines=verdict.deadlines, updated_at=self.now,
+            services=tuple(dict.fromkeys((*incident.services, *failing))),
+        )
+        updated = replace(updated, title=title(updated, verdict.severity))
+        if not first and (grown := _growth(incident.impact, summary)):
+            self.note(ident, "grew", "impact grew: " + "; ".join(grown))
+        if first:
+            text = verdict.deadlines.describe(self.now)
+            self.note(ident, "assessed", f"{clean(updated.title)} (rules: "
+                      f"{', '.join(updated.rules)})" + (f"; deadlines: {text}" if text else ""))
+        rose = not first and severity_rank(verdict.severity) > severity_rank(incident.severity)
+        if rose:
+            self.note(ident, "escalated", f"severity rose from {incident.severity} to "
+                      f"{verdict.severity}")
+        self._page(updated, verdict.targets, first)
+        has_business = any(p.reason == BUSINESS_UPDATE for p in updated.pages)
+        if verdict.business or has_business:
+            before = list(incident.impact.get("business_services", ()))
+            if not has_business or rose or before != list(summary["business_services"]):
+                self.business_update(self.incident(ident))
+        for record, outcome in verdict.outcomes:
+            self.explanations.append(Explanation(
+                fingerprint=record.fingerprint, alertname=record.name, status=record.status,
+                service=record.service, mapped=record.service in self.graph.services,
+                action="opened" if first else "joined", incident_id=ident,
+                severity=outcome.severity, impact=impact, outcome=outcome,
+                deadlines=verdict.deadlines,
+            ))
+
+    def _page(self, incident: Incident, targets: dict[str, list[str]], first: bool) -> None:
+        """Page every target not yet paged at the incident's severity, all in this step."""
+        pages = list(incident.pages)
+        new_pages: list[Page] = []
+        severity = incident.severity
+        for target, roles in targets.items():
+            mine = [p for p in pages if p.target == target and p.reason != BUSINESS_UPDATE]
+            best = max((severity_rank(p.severity) for p in mine), default=-1)
+            if mine and best >= severity_rank(severity):
+                # Paged at this severity already: a role it now holds too is written down.
+                for i, page in enumerate(pages):
+                    if page in mine and set(roles) - set(page.roles):
+                        pages[i] = replace(page, roles=tuple(dict.fromkeys(
+                            (*page.roles, *roles))))
+                continue
+            new_pages.append(Page(target, tuple(roles or ("incident_lead",)),
+                                  dedup_key(incident.id, target, severity), severity,
+                                  self.routing_key(target), reason=OPENED if first else GREW,
+                                  at=self.now))
+        incident = replace(incident, pages=(*pages, *new_pages))
+        self.put(incident)
+        for page in new_pages:
+            self.send_trigger(incident, page)
+
+    def routing_key(self, target: str) -> str:
+        """The target's routing key; empty in dry-run."""
+        found = self.settings.targets.get(target)
+        return found.routing_key if found and not self.settings.dry_run else ""
+
+    def resolve_roles(self, roles: Iterable[str], service: Service | None, impact: Impact
+                      ) -> dict[str, tuple[str, ...]]:
+        """Resolve roles to targets; each target is paged once, naming all its roles."""
+        result: dict[str, list[str]] = {}
+        for role in roles:
+            for target in self.targets_of(role, service, impact):
+                result.setdefault(target, [])
+                if role not in result[target]:
+                    result[target].append(role)
+        if not result:
+            # Never drop: whoever else is missing, the command center hears of it.
+            incident_lead = self.config.target_for_role("incident_lead") or "command-center"
+            result[incident_lead] = ["incident_lead"]
+        return {target: tuple(r) for target, r in result.items()}
+
+    def targets_of(self, role: str, service: Service | None, impact: Impact | None
+                   ) -> list[str]:
+        """The targets a role (or a target named directly) stands for."""
+        if role == "technical_lead":
+            return [service.owners["technical_lead"]] if service is not None else []
+        if role == "service_lead":
+            found = []
+            if service is not None and "service_lead" in service.owners:
+                found.append(service.owners["service_lead"])
+            if impact is not None:
+                found.extend(t for t in _business_leads(self.graph, impact) if t not in found)
+            return found
+        if role in self.settings.targets:
+            return [role]
+        target = self.config.target_for_role(role)
+        return [target] if target else []
+
+    # -- sending ------------------------------------------------------------------------
+
+    def send_trigger(self, incident: Incident, page: Page) -> None:
+        """Queue a page's trigger and say so on the timeline."""
+        body = trigger_body(incident, page, self.now, self.rollback(incident))
+        self.events.append(OutboundEvent(
+            incident.id, page.target, page.routing_key, page.dedup_key, TRIGGER,
+            MappingProxyType(body), priority=trigger_priority(page.severity)))
+        self.note(incident, "paged", f"paged {page.target} as {', '.join(page.roles)} at "
+                  f"{page.severity} ({page.reason})")
+
+    def send_resolves(self, incident: Incident, pages: Iterable[Page]) -> Incident:
+        """Queue a resolve for each page, through the routing key its trigger used."""
+        done = {p.dedup_key for p in pages}
+        for page in pages:
+            self.events.append(OutboundEvent(
+                incident.id, page.target, page.routing_key, page.dedup_key, RESOLVE,
+                MappingProxyType(resolve_body(page)), priority=RESOLVE_PRIORITY))
+        return replace(incident, pages=tuple(
+            replace(p, status=RESOLVED) if p.dedup_key in done else p for p in incident.pages))
+
+    def rollback(self, incident: Incident) -> list[dict[str, Any]]:
+        """Recent changes on the incident's root causes and their dependencies."""
+        if not self.state.changes:
+            return []
+        from daemon.changes import rollback_candidates  # noqa: PLC0415 - optional edge
+
+        causes = [s for c in incident.impact.get("root_causes", ())
+                  for s in c.get("services", ())] or list(incident.services)
+        window = timedelta(hours=getattr(self.settings, "changes_window_hours", 24.0))
+        return rollback_candidates(self.state.changes, causes, self.graph,
+                                   incident.started_at, self.now, window)
+
+    def business_update(self, incident: Incident) -> None:
+        """Tell the business line where things stand: a fresh PagerDuty alert on its own
+        routing key replaces the previous update, so it always shows the current state."""
+        target = self.config.target_for_role(BUSINESS_LINE)
+        if target is None:
+            return
+        previous = [p for p in incident.pages if p.reason == BUSINESS_UPDATE and p.open]
+        if previous:
+            incident = self.send_resolves(incident, previous)
+        number = sum(1 for p in incident.pages if p.reason == BUSINESS_UPDATE) + 1
+        page = Page(target, (BUSINESS_LINE,), dedup_key(incident.id, target, f"update-{number}"),
+                    incident.severity, self.routing_key(target), reason=BUSINESS_UPDATE,
+                    at=self.now)
+        incident = replace(incident, pages=(*incident.pages, page),
+                           business_updated_at=self.now)
+        self.put(incident)
+        self.send_trigger(incident, page)
+        self.note(incident, "business_update", business_summary(incident, self.now))
+
+    # -- resolving ------------------------------------------------------------------------
+
+    def resolve(self, alert: Alert) -> None:
+        """A resolved alert; the incident resolves once every alert stayed resolved for the
+        flap damping time."""
+        service, label = locate(alert.labels, self.graph, self.settings.service_labels)
+        existing = self.incident_of(alert.fingerprint)
+        if existing is None:
+            known, resolved_start = self._last_resolution(alert.fingerprint)
+            if known and (alert.starts_at is None
+                          or _not_after(alert.starts_at, resolved_start)):
+                self.explain(alert, service, label, "already resolved")
+            else:
+                # Remembered, so that a late copy of its firing notification pages nobody.
+                self.resolutions[alert.fingerprint] = alert.starts_at
+                self.explain(alert, service, label, "resolution of an alert never seen firing")
+            return
+        incident = self.incident(existing)
+        record = incident.alerts[alert.fingerprint]
+        if record.status == RESOLVED:
+            self.seen.append((existing, alert.fingerprint))
+            self.explain(alert, service, label, "already resolved", incident_id=existing)
+            return
+        if (alert.ends_at is not None and record.starts_at is not None
+                and alert.ends_at < record.starts_at):
+            # A late copy (HA peer, retry) of the resolution of an earlier occurrence: it
+            # ended before the open occurrence began, so the open one's pages must stay up.
+            # (startsAt cannot tell: Alertmanager keeps the earliest start when it merges
+            # copies of an alert, so a genuine resolution may carry an earlier startsAt.)
+            self.explain(alert, service, label, "stale resolution of an earlier occurrence",
+                         incident_id=existing)
+            return
+        self.resolve_record(incident, record, alert.ends_at, f"{clean(record.name)} resolved")
+        self.explain(alert, service, label, "resolved", incident_id=existing)
+
+    def resolve_record(self, incident: Incident, record: AlertRecord,
+                       ends_at: datetime | None, message: str) -> None:
+        """Mark one alert of an incident resolved; quiet or close the incident when it was
+        the last one firing."""
+        self.resolutions[record.fingerprint] = record.starts_at
+        alerts = dict(incident.alerts)
+        alerts[record.fingerprint] = replace(record, status=RESOLVED,
+                                             ends_at=ends_at or self.now, last_seen=self.now)
+        incident = replace(incident, alerts=MappingProxyType(alerts), updated_at=self.now)
+        self.note(incident, "alert_resolved", message)
+        if incident.firing:
+            self.put(incident)
+            return
+        damping = self.settings.flap_damping
+        if damping <= 0:
+            self.close(incident)
+            return
+        self.put(replace(incident, quiet_since=self.now))
+        self.note(incident, "quiet", "all alerts resolved; the incident resolves at "
+                  f"{_at(self.now + timedelta(seconds=damping))} unless one fires again")
+        if any(p.reason == BUSINESS_UPDATE for p in incident.pages):
+            self.business_update(self.incident(incident.id))
+
+    def close(self, incident: Incident) -> None:
+        """Resolve the incident: a resolve for every page it triggered."""
+        incident = replace(incident, status=RESOLVED, resolved_at=self.now,
+                           updated_at=self.now, quiet_since=None)
+        owed = [p for p in incident.pages if p.open]
+        incident = self.send_resolves(incident, owed)
+        self.put(incident)
+        self.note(incident, "resolved", f"incident resolved; {len(owed)} page(s) resolved")
+
+    def _last_resolution(self, fingerprint: str) -> tuple[bool, datetime | None]:
+        """Whether a resolution of the alert is remembered, and when that occurrence began."""
+        if fingerprint in self.resolutions:
+            return True, self.resolutions[fingerprint]
+        if fingerprint in self.state.resolved:
+            return True, self.state.resolved[fingerprint]
+        return False, None
+
+
+class _Assessment:
+    """What the rules of an incident's alerts ask for, united: severity, targets with their
+    roles, rules matched, deadlines, business updates."""
+
+    def __init__(self, incident: Incident) -> None:
+        self.severity: str = incident.severity if incident.pages else ""
+        self.opened_at = incident.opened_at
+        self.rules = list(incident.rules)
+        self.deadlines = incident.deadlines
+        self.business = False
+        self.outcomes: list[tuple[AlertRecord, Outcome]] = []
+        # Everyone already paged stays in: a severity rise pages them again.
+        self.targets: dict[str, list[str]] = {}
+        for page in incident.pages:
+            if page.reason != BUSINESS_UPDATE:
+                self._add(page.target, page.roles)
+
+    def _add(self, target: str, roles: Iterable[str]) -> None:
+        have = self.targets.setdefault(target, [])
+        have.extend(r for r in roles if r not in have)
+
+    def add(self, work: Work, record: AlertRecord, impact: Impact) -> None:
+        """Evaluate the rules for one alert against the incident's impact."""
+        service = work.graph.services.get(record.service or "")
+        potential = higher(record.severity, impact.severity) or record.severity
+        outcome = evaluate(work.config.rules, Subject(record.labels, service, impact), potential)
+        self.outcomes.append((record, outcome))
+        self.severity = higher(self.severity or None, outcome.severity) or outcome.severity
+        self.rules.extend(r.name for r in outcome.matched if r.name not in self.rules)
+        self.deadlines = self.deadlines.tighter(Deadlines.of(outcome, self.opened_at))
+        self.business |= (outcome.business_updates is not None
+                          or BUSINESS_LINE in outcome.roles)
+        roles = [r for r in outcome.roles if r != BUSINESS_LINE]
+        for target, held in work.resolve_roles(roles, service, impact).items():
+            self._add(target, held)
+
+
+def _at(value: datetime) -> str:
+    return value.isoformat().replace("+00:00", "Z")
+
+
+def _growth(before: Any, after: Any) -> list[str]:
+    """How the impact grew, in words; empty when it did not."""
+    grown = []
+    new_business = [b for b in after["business_services"]
+                    if b not in before.get("business_services", ())]
+    if new_business:
+        grown.append(f"business services now hit: {', '.join(new_business)}")
+    tier, old_tier = after["most_critical_tier"], before.get("most_critical_tier")
+    if tier is not None and (old_tier is None or tier < old_tier):
+        grown.append(f"tier {tier} now hit")
+    if after["down_total"] > before.get("down_total", 0):
+        grown.append(f"{after['down_total']} service(s) down, was {before.get('down_total', 0)}")
+    return grown
+
+
+def _business_leads(graph: ServiceGraph, impact: Impact) -> list[str]:
+    """The service lead of each business service hit: the one on its most critical service."""
+    leads: list[str] = []
+    for business in impact.business_services:
+        carriers = sorted(
+            (s.tier, s.name) for s in graph.services.values()
+            if s.business_service == business and "service_lead" in s.owners
+        )
+        if carriers:
+            lead = graph.services[carriers[0][1]].owners["service_lead"]
+            if lead not in leads:
+                leads.append(lead)
+    return leads

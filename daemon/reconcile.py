@@ -1,0 +1,275 @@
+"""The reconciler: asks Alertmanager about incidents whose alerts went quiet.
+
+A resolve may never reach Firehouse: `send_resolved: false`, a silence or an inhibition,
+an Alertmanager restart or reload. Alertmanager re-sends a firing alert every
+repeat_interval, which refreshes it here; an alert not refreshed for longer than
+`alertmanager.stale_after` is stale. Every `alertmanager.check_interval`, the stale alerts
+(`decide.stale_fingerprints`) are looked up in Alertmanager's own API, and the engine
+(`decide.reconcile`) resolves those it no longer has, refreshes those it still has, and
+flags the incidents stale when it cannot be asked: never silently left open or closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, Protocol
+
+import aiohttp
+
+from daemon.config import Config, Settings
+from daemon.decide import RESOLVED, Decision, State, reconcile, stale_fingerprints
+from daemon.errors import ReconcileError
+from daemon.metrics import Metrics
+from daemon.outbox import Clock, utcnow
+
+log = logging.getLogger("firehouse.reconcile")
+
+ALERTS_PATH = "/api/v2/alerts"
+# Every alert Alertmanager holds, whatever its state: a silenced, inhibited or not yet
+# processed alert is still firing and must not be resolved. (Alertmanager never lists an
+# alert whose endsAt has passed, although it keeps it in memory for a while.)
+ALL_STATES = {"active": "true", "silenced": "true", "inhibited": "true", "unprocessed": "true"}
+_TEXT_LIMIT = 200
+
+# Outcomes of a round: the closed set of firehouse_stale_checks_total{outcome}.
+OK = "ok"
+UNREACHABLE = "unreachable"
+UNCONFIGURED = "unconfigured"
+ERROR = "error"
+
+StaleStep = Callable[[Config, State, datetime], tuple[str, ...]]
+ReconcileStep = Callable[[tuple[str, ...], frozenset[str] | None, Config, State, datetime],
+                         Decision]
+
+
+class AlertmanagerClient:
+    """Asks one Alertmanager, or each of an HA pair, which alerts it has."""
+
+    def __init__(self, urls: Sequence[str], session: aiohttp.ClientSession, timeout: float, *,
+                 bearer_token: str = "", basic_auth: tuple[str, str] | None = None) -> None:
+        self.urls = tuple(url.rstrip("/") for url in urls)
+        self.session = session
+        self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self.headers = {"Accept": "application/json"}
+        if bearer_token:
+            self.headers["Authorization"] = f"Bearer {bearer_token}"
+        elif basic_auth:
+            # UTF-8, as Go's SetBasicAuth sends it (aiohttp's BasicAuth is deprecated).
+            pair = base64.b64encode(":".join(basic_auth).encode()).decode("ascii")
+            self.headers["Authorization"] = f"Basic {pair}"
+
+    @classmethod
+    def of(cls, settings: Settings, session: aiohttp.ClientSession) -> AlertmanagerClient:
+        """The client the settings describe."""
+        return cls(settings.alertmanager_urls, session, settings.alertmanager_timeout,
+                   bearer_token=settings.alertmanager_bearer_token,
+                   basic_auth=settings.alertmanager_basic_auth)
+
+    async def fingerprints(self) -> frozenset[str]:
+        """The fingerprints of the alerts that any reachable Alertmanager has; raises
+        `ReconcileError` only when none could be asked."""
+        results = await asyncio.gather(*(self.fetch(url) for url in self.urls),
+                                       return_exceptions=True)
+        found: set[str] = set()
+        failures: list[ReconcileError] = []
+        for result in results:
+            if isinstance(result, ReconcileError):
+                failures.append(result)
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                found |= result
+        if not self.urls:
+            raise ReconcileError("no Alertmanager URL configured")
+        if len(failures) == len(self.urls):
+            if len(failures) == 1:
+                raise failures[0]
+            raise ReconcileError("; ".join(str(f) for f in failures)) from failures[0]
+        for failure in failures:
+            # Each member of an HA pair normally has every alert: the others' answer counts.
+            log.warning("alertmanager unreachable; using the others' answer",
+                        extra={"fields": {"error": str(failure)}})
+        return frozenset(found)
+
+    async def fetch(self, url: str) -> frozenset[str]:
+        """The fingerprints of the alerts one Alertmanager has; every failure is a
+        `ReconcileError` that starts with the URL and says what went wrong."""
+        try:
+            async with self.session.get(url + ALERTS_PATH, params=ALL_STATES,
+                                        headers=self.headers,
+                                        timeout=self.timeout) as response:
+                status = response.status
+                text = await response.text(errors="replace")
+        except TimeoutError:
+            raise ReconcileError(f"{url}: no answer within {self.timeout.total:g}s") from None
+        except aiohttp.ClientConnectorError as exc:
+            reason = ("connection refused" if isinstance(exc.os_error, ConnectionRefusedError)
+                      else f"cannot connect: {exc.strerror}")
+            raise ReconcileError(f"{url}: {reason}") from exc
+        except aiohttp.ClientError as exc:
+            raise ReconcileError(f"{url}: {type(exc).__name__}: {exc}") from exc
+        if status != 200:
+            raise ReconcileError(f"{url}: HTTP {status}: {_short(text)}")
+        return parse_fingerprints(url, text)
+
+
+def parse_fingerprints(url: str, text: str) -> frozenset[str]:
+    """The fingerprints of a `GET /api/v2/alerts` answer (a list of gettableAlert objects);
+    raises `ReconcileError` naming what is wrong with it."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise ReconcileError(f"{url}: the answer is not JSON: {_short(text)}") from None
+    if not isinstance(data, list):
+        raise ReconcileError(f"{url}: the answer is not a list of alerts but {_kind(data)}")
+    found: set[str] = set()
+    for index, alert in enumerate(data):
+        fingerprint = alert.get("fingerprint") if isinstance(alert, dict) else None
+        if not isinstance(fingerprint, str) or not fingerprint:
+            raise ReconcileError(f"{url}: alert {index} of {len(data)} has no string "
+                                 f"fingerprint: {_short(json.dumps(alert))}")
+        found.add(fingerprint)
+    return frozenset(found)
+
+
+def _short(text: str) -> str:
+    """A body quoted in an error: on one line, cut short."""
+    line = " ".join(text.split())
+    return repr(line[:_TEXT_LIMIT] + ("..." if len(line) > _TEXT_LIMIT else ""))
+
+
+def _kind(value: Any) -> str:
+    """What a JSON value is, in JSON's words."""
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+             int: "a number", float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+class Reconcilable(Protocol):
+    """What the reconciler needs of the dispatcher."""
+
+    config: Config
+    state: State
+
+    async def run(self, step: Callable[[Config, State, datetime], Decision]) -> Decision: ...
+
+
+class Reconciler:
+    """Background worker: every `stale_check_interval`, checks stale alerts against
+    Alertmanager and has the engine resolve, refresh or flag them."""
+
+    def __init__(self, dispatcher: Reconcilable, session: aiohttp.ClientSession,
+                 metrics: Metrics, *, clock: Clock = utcnow,
+                 stale: StaleStep = stale_fingerprints,
+                 reconcile: ReconcileStep = reconcile) -> None:
+        self.dispatcher = dispatcher
+        self.session = session
+        self.metrics = metrics
+        self.clock = clock
+        self.stale = stale
+        self.reconcile = reconcile
+        self._stop = asyncio.Event()
+        self._warned_unconfigured = False
+
+    def stop(self) -> None:
+        """Ask the loop to return (a question to Alertmanager in flight is abandoned)."""
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Check until stopped; a failed round is logged and counted, never fatal."""
+        while not self._stop.is_set():
+            try:
+                await self.check()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.metrics.stale_checks.labels(ERROR).inc()
+                log.exception("stale check failed; trying again later")
+            # Read every round: a reload may change it.
+            interval = self.dispatcher.config.settings.stale_check_interval
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), interval)
+
+    async def check(self) -> str | None:
+        """One round; returns its outcome, or None when no alert was stale (or the worker was
+        stopped while Alertmanager was being asked)."""
+        config, state = self.dispatcher.config, self.dispatcher.state
+        checked = self.stale(config, state, self.clock())
+        if not checked:
+            self.metrics.incidents_stale.set(0)
+            return None
+        settings = config.settings
+        present: frozenset[str] | None = None
+        error = ""
+        if not settings.alertmanager_urls:
+            outcome = UNCONFIGURED
+            if not self._warned_unconfigured:
+                log.warning("alertmanager.url is not set: stale incidents cannot be checked, "
+                            "so they are flagged stale and stay open; set alertmanager.url "
+                            "(or FIREHOUSE_ALERTMANAGER_URL)")
+                self._warned_unconfigured = True
+        else:
+            self._warned_unconfigured = False
+            try:
+                present = await self._ask(AlertmanagerClient.of(settings, self.session))
+            except ReconcileError as exc:
+                outcome, error = UNREACHABLE, str(exc)
+            else:
+                if present is None:
+                    return None
+                outcome = OK
+        resolved = 0
+
+        def step(config: Config, state: State, now: datetime) -> Decision:
+            nonlocal resolved
+            decision = self.reconcile(checked, present, config, state, now)
+            resolved = newly_resolved(checked, state, decision)
+            return decision
+
+        await self.dispatcher.run(step)
+        incidents = {state.by_fingerprint[fp] for fp in checked if fp in state.by_fingerprint}
+        self.metrics.stale_alerts_resolved.inc(resolved)
+        self.metrics.incidents_stale.set(0 if present is not None else len(incidents))
+        self.metrics.stale_checks.labels(outcome).inc()
+        fields: dict[str, object] = {"outcome": outcome, "alerts": len(checked),
+                                     "incidents": len(incidents), "resolved": resolved}
+        if error:
+            fields["error"] = error
+        level = logging.INFO if outcome == OK else logging.WARNING
+        log.log(level, "stale check", extra={"fields": fields})
+        return outcome
+
+    async def _ask(self, client: AlertmanagerClient) -> frozenset[str] | None:
+        """Alertmanager's answer, or None when the worker is stopped before it comes: a
+        stopping daemon must not wait for a timeout."""
+        fetch = asyncio.ensure_future(client.fingerprints())
+        stopped = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait((fetch, stopped), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (fetch, stopped):
+                task.cancel()
+            await asyncio.gather(fetch, stopped, return_exceptions=True)
+        if fetch.cancelled():
+            return None
+        return fetch.result()
+
+
+def newly_resolved(checked: tuple[str, ...], before: State, decision: Decision) -> int:
+    """How many of the `checked` alerts the decision resolves (firing in `before`)."""
+    count = 0
+    for incident in decision.incidents:
+        was = before.open.get(incident.id)
+        for fingerprint in checked:
+            alert = incident.alerts.get(fingerprint)
+            old = was.alerts.get(fingerprint) if was is not None else None
+            if alert is not None and alert.status == RESOLVED and (
+                    old is None or old.status != RESOLVED):
+                count += 1
+    return count

@@ -9,7 +9,8 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from datetime import datetime
 from pathlib import Path
 
 import aiohttp
@@ -37,7 +38,8 @@ class Firehouse:
     """The running daemon: owns the store, the workers and the listening socket."""
 
     def __init__(self, config: Config, config_path: Path | None, store: Store | None = None,
-                 metrics: Metrics | None = None, env: Mapping[str, str] | None = None) -> None:
+                 metrics: Metrics | None = None, env: Mapping[str, str] | None = None, *,
+                 clock: Callable[[], datetime] = utcnow) -> None:
         self.config = config
         self.config_path = config_path
         self.env = env  # what reloads read instead of os.environ, when given
@@ -55,7 +57,8 @@ class Firehouse:
         self._reload_lock = asyncio.Lock()
         self._reloads: set[asyncio.Task[None]] = set()
         self.runner: web.AppRunner | None = None
-        self.dispatcher = Dispatcher(self.store, config, self.metrics, utcnow, self._wake)
+        # The engine's `now`: a test may drive it (the workers' own pacing stays real).
+        self.dispatcher = Dispatcher(self.store, config, self.metrics, clock, self._wake)
         self.port = 0
 
     def _wake(self) -> None:

@@ -22,7 +22,16 @@ from typing import Any
 
 from daemon.alerts import parse_time
 from daemon.config import Config
-from daemon.decide import SUMMARY_LIMIT, Change, Decision, Note, OutboundEvent, State, clean, cut
+from daemon.decide.model import (
+    SUMMARY_LIMIT,
+    Change,
+    Decision,
+    Note,
+    OutboundEvent,
+    State,
+    clean,
+    cut,
+)
 from daemon.errors import PayloadError
 from daemon.graph import ServiceGraph
 

@@ -273,6 +273,8 @@ class ServiceGraph:
     cycles: tuple[tuple[str, ...], ...] = ()
     _index: _Index = field(default_factory=lambda: _build_index({}), repr=False,
                            compare=False)
+    _related: dict[str, frozenset[str]] = field(default_factory=dict, repr=False,
+                                                compare=False)
     _cache: dict[tuple[int, ...], Impact] = field(default_factory=dict, repr=False,
                                                  compare=False)
 
@@ -346,6 +348,32 @@ class ServiceGraph:
                     seen.add(dependent)
                     work.append(dependent)
         return False
+
+    def related(self, name: str) -> frozenset[str]:
+        """Every service connected to `name`: what it depends on and what depends on it,
+        directly or not, and itself. Cached per service; empty for an unknown name."""
+        found = self._related.get(name)
+        if found is not None:
+            return found
+        idx = self._index
+        start = idx.position.get(name)
+        if start is None:
+            return frozenset()
+        nodes = {start}
+        for neighbours in (idx.dependencies, idx.all_dependents):
+            seen = {start}
+            work = [start]
+            while work:
+                for other in neighbours[work.pop()]:
+                    if other not in seen:
+                        seen.add(other)
+                        work.append(other)
+            nodes |= seen
+        found = frozenset(idx.names[n] for n in nodes)
+        if len(self._related) >= _CACHE_LIMIT:
+            self._related.clear()
+        self._related[name] = found
+        return found
 
     def connected(self, a: str, b: str) -> bool:
         """Whether one of two services depends on the other: failing together, they are one

@@ -106,8 +106,8 @@ class Metrics:
             "Stale alerts resolved because Alertmanager no longer has them.", registry=r)
         self.incidents_stale = Gauge(
             "firehouse_incidents_stale",
-            "Open incidents with stale alerts that the last check could not verify "
-            "(Alertmanager unreachable or not configured).", registry=r)
+            "Open incidents flagged stale: alerts not refreshed for alertmanager.stale_after "
+            "that Alertmanager could not be asked about.", registry=r)
 
     def set_config(self, digest: str, dry_run: bool, services: int, rules: int, now: float
                    ) -> None:

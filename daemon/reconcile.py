@@ -199,10 +199,18 @@ class Reconciler:
     async def check(self) -> str | None:
         """One round; returns its outcome, or None when no alert was stale (or the worker was
         stopped while Alertmanager was being asked)."""
+        try:
+            return await self._check()
+        finally:
+            # From the state, whatever the round did: webhooks refresh incidents too.
+            self.metrics.incidents_stale.set(sum(
+                1 for incident in self.dispatcher.state.open.values()
+                if incident.stale_since is not None))
+
+    async def _check(self) -> str | None:
         config, state = self.dispatcher.config, self.dispatcher.state
         checked = self.stale(config, state, self.clock())
         if not checked:
-            self.metrics.incidents_stale.set(0)
             return None
         settings = config.settings
         present: frozenset[str] | None = None
@@ -235,13 +243,13 @@ class Reconciler:
         await self.dispatcher.run(step)
         incidents = {state.by_fingerprint[fp] for fp in checked if fp in state.by_fingerprint}
         self.metrics.stale_alerts_resolved.inc(resolved)
-        self.metrics.incidents_stale.set(0 if present is not None else len(incidents))
         self.metrics.stale_checks.labels(outcome).inc()
         fields: dict[str, object] = {"outcome": outcome, "alerts": len(checked),
                                      "incidents": len(incidents), "resolved": resolved}
         if error:
             fields["error"] = error
-        level = logging.INFO if outcome == OK else logging.WARNING
+        # Unconfigured was warned about once; unreachable is worth a warning every round.
+        level = logging.WARNING if outcome == UNREACHABLE else logging.INFO
         log.log(level, "stale check", extra={"fields": fields})
         return outcome
 

@@ -3,7 +3,8 @@
 `firehouse test FILE…` is to Firehouse rules what `promtool test rules` is to Prometheus
 rules. A test file holds a `tests` list; each test feeds alerts, as Alertmanager would send
 them, to `decide` from an empty state and compares the pages it would send with the
-complete set expected (order-free). A test is one step (`alerts` and `expect`), or a list
+complete set expected (order-free); the incident clock (`tick`) runs at each step's time
+first, as it would in production. A test is one step (`alerts` and `expect`), or a list
 of `steps` run one after another on the state the previous ones left, so that a later step
 can resolve what an earlier one opened. The format is in the README ("Rule tests").
 
@@ -22,7 +23,7 @@ from typing import Any
 
 from daemon.alerts import FIRING, RESOLVED, Webhook, parse_time, parse_webhook
 from daemon.config import Config
-from daemon.decide import RESOLVE, TRIGGER, Decision, State, apply, decide
+from daemon.decide import RESOLVE, TRIGGER, Decision, State, apply, decide, tick
 from daemon.errors import Problem
 from daemon.graph import OWNER_ROLES, SEVERITIES
 from daemon.rules import (
@@ -421,15 +422,32 @@ class _Reader:
 
 
 def run_test(test: RuleTest, config: Config) -> RuleTestResult:
-    """Run a test's steps through the engine, from an empty state, against its expectations."""
+    """Run a test's steps through the engine, from an empty state, against its expectations.
+    Before each step's notification the incident clock runs at the step's time, as it would
+    have in production: flap damping that has run out resolves, missed deadlines escalate and
+    business updates fall due; what it sends counts as the step's."""
     state = State()
     reports = []
     for index, step in enumerate(test.steps):
+        clock = tick(config, state, step.at)
+        state = apply(state, clock)
         decision = decide(step.webhook, config, state, step.at)
         state = apply(state, decision)
-        reports.append(StepReport(index, step, tuple(compare(step, decision)),
-                                  tuple(handled(decision))))
+        both = _together(clock, decision)
+        reports.append(StepReport(index, step, tuple(compare(step, both)),
+                                  tuple(handled(both))))
     return RuleTestResult(test, tuple(reports))
+
+
+def _together(first: Decision, then: Decision) -> Decision:
+    """Two decisions taken one after the other at one time, as one: later incident
+    versions last, so that they know every page."""
+    return Decision(
+        incidents=first.incidents + then.incidents, seen=first.seen + then.seen,
+        timeline=first.timeline + then.timeline, events=first.events + then.events,
+        resolutions=first.resolutions + then.resolutions,
+        explanations=first.explanations + then.explanations, now=then.now,
+    )
 
 
 def paged(decision: Decision) -> list[Paged]:

@@ -244,10 +244,11 @@ async def reload(request: web.Request) -> web.Response:
 
 @require_auth
 async def incidents(request: web.Request) -> web.Response:
-    """Incidents, newest first: `?status=open|resolved`, `?limit=N`."""
+    """Incidents, open and recently closed, newest first: `?status=open|resolved|merged`,
+    `?limit=N`."""
     status = request.query.get("status")
-    if status not in (None, "open", "resolved"):
-        return error(400, "status must be open or resolved")
+    if status not in (None, "open", "resolved", "merged"):
+        return error(400, "status must be open, resolved or merged")
     limit = _limit(request)
     items = await request.app[APP_KEY].store.list_incidents(status, limit)
     return web.json_response({"incidents": items})

@@ -8,6 +8,7 @@ leaks into a test.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -74,6 +75,12 @@ def config_env(
 def make_config(settings: Path = SETTINGS, **env: Any) -> Config:
     """Load the full configuration from `settings` with `config_env(**env)`."""
     return load_config(settings, env=config_env(**env))
+
+
+def undamped(config: Config) -> Config:
+    """`config` with flap damping off: an incident resolves as soon as its last alert does."""
+    return dataclasses.replace(config, settings=dataclasses.replace(config.settings,
+                                                                    flap_damping=0))
 
 
 def write_settings(directory: Path, **changes: Any) -> Path:

@@ -140,7 +140,7 @@ class TestExplain:
         assert "rule MATCH 'tier-1 impact brings in the service lead'" in out
         assert "rule miss  'unmapped alerts go to the command center': service is mapped" in out
         assert "severity: critical" in out
-        for target in ("dba-oncall", "command-center", "checkout-owner"):
+        for target in ("dba-oncall", "command-center", "checkout-owner", "business-line"):
             assert f"event trigger -> {target}" in out
 
     def test_json_lists_the_events(self, capsys: pytest.CaptureFixture[str]) -> None:
@@ -150,8 +150,14 @@ class TestExplain:
         assert code == 0
         data = json.loads(out)
         assert {e["target"] for e in data["events"]} == {
-            "dba-oncall", "command-center", "checkout-owner"}
+            "dba-oncall", "command-center", "checkout-owner", "business-line"}
         assert all(e["routing_key"] == "(none)" for e in data["events"])
+        # The tier-1 rule's business updates: a plain summary for the business line.
+        (business,) = [e for e in data["events"] if e["target"] == "business-line"]
+        details = business["body"]["payload"]["custom_details"]
+        assert details["paged_as"] == ["business_line"]
+        assert details["reason"] == "business update"
+        assert business["dedup_key"].endswith("/business-line/update-1")
         assert data["alerts"][0]["severity"] == "critical"
 
     def test_bad_payload_is_refused(self, capsys: pytest.CaptureFixture[str],

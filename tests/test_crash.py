@@ -21,10 +21,12 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 
 from daemon.alerts import fingerprint, parse_webhook
 from daemon.config import Config, load_config
@@ -32,7 +34,7 @@ from daemon.decide import State, decide
 from tests.conftest import FirehouseFactory
 from tests.helpers import alert, resolved, webhook_json
 from tests.pagerduty_standin import EVENT_PATH, PagerDutyStandIn, Received
-from tests.procs import FirehouseProcess
+from tests.procs import MAPS_DIR, FirehouseProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -40,19 +42,18 @@ POST_TIMEOUT = 5.0  # per webhook POST; Alertmanager gives about 10 s
 DELIVERY_TIMEOUT = 45.0  # backoff after a few failed attempts is 8-16 s, then 16-32 s
 RETRY_TIMEOUT = 20.0  # re-sending the webhooks that were not answered 200
 
-# Services of the example map (dependency_maps/example-shop.yaml): databases reaching tier 1,
-# applications with service leads, a noisy batch job, the network, and one no map knows.
-SERVICES = (
-    "postgres-payments",
-    "checkout",
-    "redis-cart",
-    "kafka",
-    "search-indexer",
-    "nightly-reports",
-    "core-network",
-    "auth",
-    "elasticsearch",
-    "not-in-any-map",
+# Each drill alert is on a service of its own, in a drill map next to the example shop's, that
+# depends on nothing and that nothing depends on: alerts on connected services would be one
+# incident, and which one would depend on the order they arrive in. Four kinds, in turn: a
+# tier-1 application with a service lead and a business service (technical lead, service
+# lead, incident lead and the business line's update), a tier-2 database (technical and
+# incident lead), a batch job (its team only), and a service no map knows (command center).
+KINDS = (
+    {"tier": 1, "component": "application", "business_service": "drill-shop",
+     "owners": {"technical_lead": "shop-app-oncall", "service_lead": "checkout-owner"}},
+    {"tier": 2, "component": "dbms", "owners": {"technical_lead": "dba-oncall"}},
+    {"tier": 4, "component": "batch", "owners": {"technical_lead": "data-oncall"}},
+    None,
 )
 SEVERITIES = ("warning", "critical", "info", "error")
 
@@ -63,17 +64,38 @@ Notification = dict[str, Any]
 # --------------------------------------------------------------------------- helpers
 
 
+def drill_service(drill: str, index: int) -> str:
+    """The service of a drill's alert `index`: its own, mapped unless of the unmapped kind."""
+    mapped = KINDS[index % len(KINDS)] is not None
+    return f"drill-{drill}-{index:03d}" if mapped else f"unmapped-{drill}-{index:03d}"
+
+
 def drill_alert(drill: str, index: int) -> dict[str, Any]:
-    """A distinct firing alert of a drill, on one of the example services."""
+    """A distinct firing alert of a drill, on a service of its own."""
     return alert(
         {
             "alertname": f"CrashDrill{index:03d}",
-            "service": SERVICES[index % len(SERVICES)],
-            "severity": SEVERITIES[index % len(SEVERITIES)],
+            "service": drill_service(drill, index),
+            "severity": SEVERITIES[(index // len(KINDS)) % len(SEVERITIES)],
             "drill": drill,
         },
         annotations={"summary": f"drill {drill} alert {index}"},
     )
+
+
+def drill_settings(directory: Path, drill: str, count: int, **extra: Any) -> dict[str, Any]:
+    """Settings whose maps are the example shop's and a drill map of `count` isolated
+    services (see KINDS); `extra` settings on top."""
+    services = {drill_service(drill, i): KINDS[i % len(KINDS)] for i in range(count)
+                if KINDS[i % len(KINDS)] is not None}
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"drill-{drill}.yaml"
+    path.write_text(yaml.safe_dump({"services": services}), encoding="utf-8")
+    return {"dependency_maps": [str(MAPS_DIR), str(path)], **extra}
+
+
+# Incidents resolve as soon as their alert does: the drills check delivery, not damping.
+UNDAMPED = {"incidents": {"flap_damping_seconds": 0}}
 
 
 def alert_fingerprint(alert_json: Mapping[str, Any]) -> str:
@@ -173,7 +195,8 @@ class Stored:
     """What Firehouse's API says it decided: incidents per alert, with their pages."""
 
     incidents_by_alert: dict[str, list[str]] = field(default_factory=dict)
-    pages: dict[str, dict[str, str]] = field(default_factory=dict)  # incident -> target -> key
+    # incident -> (target, dedup key) of each of its pages
+    pages: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     outbox: dict[str, int] = field(default_factory=dict)
 
 
@@ -187,7 +210,7 @@ async def stored(fh: FirehouseProcess) -> Stored:
             result.incidents_by_alert.setdefault(stored_alert["fingerprint"], []).append(
                 detail["id"]
             )
-        result.pages[detail["id"]] = {p["target"]: p["dedup_key"] for p in detail["pages"]}
+        result.pages[detail["id"]] = [(p["target"], p["dedup_key"]) for p in detail["pages"]]
     result.outbox = (await get_json(fh, "/api/v1/outbox?limit=1"))["counts"]
     return result
 
@@ -242,7 +265,8 @@ def expected_keys(
     fh: FirehouseProcess, found: Stored, alerts: Iterable[Mapping[str, Any]],
     targets: Callable[[Mapping[str, Any]], set[str]],
 ) -> dict[str, set[Key]]:
-    """Per alert fingerprint, the keys its one incident pages; checks one incident each."""
+    """Per alert fingerprint, the keys its one incident pages; checks one incident each, and
+    one page per target."""
     result: dict[str, set[Key]] = {}
     for alert_json in alerts:
         fp = alert_fingerprint(alert_json)
@@ -251,8 +275,9 @@ def expected_keys(
             f"{alert_json['labels']['alertname']} has {len(incidents)} incidents: {incidents}"
         )
         pages = found.pages[incidents[0]]
-        assert set(pages) == targets(alert_json), (alert_json["labels"], pages)
-        result[fp] = {(fh.key(target), key) for target, key in pages.items()}
+        paged = sorted(target for target, _ in pages)
+        assert paged == sorted(targets(alert_json)), (alert_json["labels"], pages)
+        result[fp] = {(fh.key(target), key) for target, key in pages}
     return result
 
 
@@ -269,7 +294,7 @@ def refused_port() -> Iterator[socket.socket]:
 
 
 async def test_kill9_while_pagerduty_is_down_loses_nothing_and_pages_once(
-    firehouse: FirehouseFactory, refused_port: socket.socket
+    firehouse: FirehouseFactory, refused_port: socket.socket, tmp_path: Path
 ) -> None:
     """PagerDuty refuses connections; Firehouse is killed -9 in the middle of 30 notifications,
     restarted on the same state, then PagerDuty comes back answering 500, then 429 with
@@ -277,9 +302,10 @@ async def test_kill9_while_pagerduty_is_down_loses_nothing_and_pages_once(
     and no (routing_key, dedup_key) is opened twice."""
     pd_port = refused_port.getsockname()[1]  # PagerDuty is down: connection refused
     pd_url = f"http://127.0.0.1:{pd_port}"
-    fh = await firehouse(settings={"pagerduty": {"url": pd_url, "timeout_seconds": 5}})
-    targets = oracle(fh)
     count = 30
+    fh = await firehouse(settings=drill_settings(
+        tmp_path, "a", count, pagerduty={"url": pd_url, "timeout_seconds": 5}, **UNDAMPED))
+    targets = oracle(fh)
     firing = [drill_alert("a", i) for i in range(count)]
     to_resolve = set(range(0, count, 3))
     # One chain of notifications per alert: its firing, then (for some) its resolution,
@@ -402,7 +428,7 @@ def assert_retry_after_honoured(pd: PagerDutyStandIn, retry_after: float) -> Non
 
 @pytest.mark.parametrize("signal", ["SIGKILL", "SIGTERM"])
 async def test_crash_while_webhooks_are_processed_opens_each_incident_once(
-    pagerduty: PagerDutyStandIn, firehouse: FirehouseFactory, signal: str
+    pagerduty: PagerDutyStandIn, firehouse: FirehouseFactory, signal: str, tmp_path: Path
 ) -> None:
     """Notifications (each twice, as an Alertmanager HA pair sends them, some grouped) are
     hammered at Firehouse, which is killed -9 (or stopped with SIGTERM) at a random moment,
@@ -410,12 +436,12 @@ async def test_crash_while_webhooks_are_processed_opens_each_incident_once(
     exactly one incident and each of its targets with exactly one dedup key, opened once."""
     seed = random.randrange(2**32)
     rng = random.Random(seed)
-    fh = await firehouse()
+    count = 40
+    fh = await firehouse(settings=drill_settings(tmp_path, "b", count))
     crash = fh.kill9 if signal == "SIGKILL" else fh.stop
     # A graceful stop refuses new webhooks with 503 (Alertmanager retries) while it drains.
     allowed = (0, 200) if signal == "SIGKILL" else (0, 200, 503)
     targets = oracle(fh)
-    count = 40
     alerts = [drill_alert("b", i) for i in range(count)]
     notifications = [webhook_json(a) for a in alerts for _copy in range(2)]
     notifications += [webhook_json(*alerts[i : i + 3]) for i in range(0, count, 5)]
@@ -470,7 +496,7 @@ async def test_crash_while_webhooks_are_processed_opens_each_incident_once(
     }
     dedup_keys: dict[tuple[str, str], set[str]] = defaultdict(set)
     for routing_key, dedup_key in accepted(pagerduty, "trigger"):
-        _prefix, incident, target = dedup_key.split("/")
+        _prefix, incident, target, _step = dedup_key.split("/")
         assert incident in alert_of_incident, f"seed {seed}: PagerDuty got unknown {incident}"
         assert fh.key(target) == routing_key
         dedup_keys[alert_of_incident[incident], target].add(dedup_key)
@@ -482,13 +508,13 @@ async def test_crash_while_webhooks_are_processed_opens_each_incident_once(
 
 
 async def test_graceful_restart_resumes_delivery_without_duplicates(
-    pagerduty: PagerDutyStandIn, firehouse: FirehouseFactory
+    pagerduty: PagerDutyStandIn, firehouse: FirehouseFactory, tmp_path: Path
 ) -> None:
     """With PagerDuty answering 500, events wait in the outbox with attempts counted; after a
     SIGTERM and a new start on the same state, PagerDuty recovers and every event is
     delivered exactly once (a graceful stop must not resend anything)."""
     pagerduty.set_mode(500)
-    fh = await firehouse()
+    fh = await firehouse(settings=drill_settings(tmp_path, "c", 10, **UNDAMPED))
     targets = oracle(fh)
     alerts = [drill_alert("c", i) for i in range(10)]
     async with aiohttp.ClientSession() as session:
@@ -536,13 +562,13 @@ async def test_graceful_restart_resumes_delivery_without_duplicates(
 
 
 async def test_sigterm_during_a_hung_delivery_exits_cleanly_and_sends_after_restart(
-    pagerduty: PagerDutyStandIn, firehouse: FirehouseFactory
+    pagerduty: PagerDutyStandIn, firehouse: FirehouseFactory, tmp_path: Path
 ) -> None:
     """PagerDuty accepts the connection and never answers: a SIGTERM during that attempt
     still exits 0 within the stop timeout, the event stays pending (not delivered, not
     dead), and the next start delivers it once."""
     pagerduty.set_mode("hang")
-    fh = await firehouse()
+    fh = await firehouse(settings=drill_settings(tmp_path, "d", 1))
     targets = oracle(fh)
     first = drill_alert("d", 0)
     async with aiohttp.ClientSession() as session:

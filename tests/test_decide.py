@@ -26,6 +26,7 @@ from daemon.decide import (
     decide,
     dedup_key,
     map_severity,
+    tick,
 )
 from daemon.rules import Rule
 from tests.helpers import (
@@ -36,6 +37,7 @@ from tests.helpers import (
     make_config,
     resolved,
     routing_key,
+    undamped,
     webhook,
 )
 from tests.pagerduty_standin import EVENT_PATH, validate
@@ -50,6 +52,12 @@ def config() -> Config:
     return make_config()
 
 
+@pytest.fixture(scope="module")
+def immediate(config: Config) -> Config:
+    """The repository's configuration with flap damping off."""
+    return undamped(config)
+
+
 def pg_lag(starts_at: datetime = STARTED) -> dict[str, Any]:
     """A replication-lag warning on the payments database (tier 1, under checkout)."""
     labels = {"alertname": "PostgresReplicationLag", "service": "postgres-payments",
@@ -60,6 +68,25 @@ def pg_lag(starts_at: datetime = STARTED) -> dict[str, Any]:
 def triggers(decision: Decision) -> list[OutboundEvent]:
     """The trigger events of a decision."""
     return [e for e in decision.events if e.action == TRIGGER]
+
+
+def technical(decision: Decision) -> list[OutboundEvent]:
+    """The trigger events of a decision that page people, not the business line's updates."""
+    return [e for e in triggers(decision) if e.target != "business-line"]
+
+
+def assert_business_update(event: OutboundEvent, incident_id: str, number: int,
+                           severity: str = "critical") -> None:
+    """`event` is the business line's plain-language update number `number`."""
+    assert event.action == TRIGGER
+    assert event.target == "business-line"
+    assert event.routing_key == routing_key("business-line")
+    assert event.dedup_key == f"firehouse/{incident_id}/business-line/update-{number}"
+    details = event.body["payload"]["custom_details"]
+    assert details["paged_as"] == ["business_line"]
+    assert details["reason"] == "business update"
+    assert event.body["payload"]["severity"] == severity
+    assert "labels" not in details
 
 
 def resolves(decision: Decision) -> list[OutboundEvent]:
@@ -97,14 +124,20 @@ class TestMapSeverity:
 
 class TestDecideFiring:
     def test_warning_on_tier1_database_pages_every_role_at_critical(self, config: Config) -> None:
-        """A warning on postgres-payments pages DBA, command center, checkout owner at critical."""
+        """A warning on postgres-payments pages DBA, command center, checkout owner at critical,
+        and the tier-1 rule's business updates tell the business line."""
         decision = decide(webhook(pg_lag()), config, State(), NOW)
 
-        sent = triggers(decision)
+        (incident,) = decision.incidents
+        sent = technical(decision)
         assert sorted(e.target for e in sent) == ["checkout-owner", "command-center", "dba-oncall"]
         assert {e.body["payload"]["severity"] for e in sent} == {"critical"}
         assert all(e.routing_key == routing_key(e.target) for e in sent)
-        (incident,) = decision.incidents
+        assert {e.dedup_key for e in sent} == {f"firehouse/{incident.id}/{t}/critical" for t in
+                                               ("checkout-owner", "command-center", "dba-oncall")}
+        assert {e.body["payload"]["custom_details"]["reason"] for e in sent} == {"opened"}
+        (business,) = [e for e in triggers(decision) if e not in sent]
+        assert_business_update(business, incident.id, 1)
         assert incident.severity == "critical"
         assert incident.mapped
         assert sent[0].body["payload"]["custom_details"]["alert_severity"] == "warning"
@@ -127,7 +160,8 @@ class TestDecideFiring:
         later = NOW + timedelta(seconds=30)
         second = decide(webhook(pg_lag()), config, step(State(), first), later)
 
-        assert len(triggers(first)) == 3
+        assert len(technical(first)) == 3
+        assert len(triggers(first)) == 4  # and the business line's update
         assert second.events == ()
         assert second.incidents == ()
         assert [e.action for e in second.explanations] == ["already open"]
@@ -139,13 +173,17 @@ class TestDecideFiring:
         new = pg_lag()
 
         # Alertmanager's top-level status says "resolved" here; only the alerts count.
-        decision = decide(webhook(new, resolved(old), status="resolved"), config, state,
-                          NOW + timedelta(minutes=1))
+        decision = decide(webhook(new, resolved(old), status="resolved"), undamped(config),
+                          state, NOW + timedelta(minutes=1))
 
         actions = {(e.alertname, e.action) for e in decision.explanations}
         assert actions == {("PostgresReplicationLag", "opened"), ("CartSlow", "resolved")}
         (cart_incident,) = state.open.values()
-        assert len(triggers(decision)) == 3
+        # cart and postgres-payments are not connected: two fires, two incidents.
+        (pg_incident,) = [i for i in decision.incidents if i.id != cart_incident.id]
+        assert {e.incident_id for e in triggers(decision)} == {pg_incident.id}
+        assert len(technical(decision)) == 3
+        assert len(triggers(decision)) == 4
         assert {e.dedup_key for e in resolves(decision)} == {
             p.dedup_key for p in cart_incident.pages}
 
@@ -169,7 +207,7 @@ class TestDecideResolving:
     ) -> None:
         """A resolve reaches each page through its trigger's routing key, even after a rotation."""
         opened = decide(webhook(pg_lag()), config, State(), NOW)
-        rotated = make_config(salt="rotated")
+        rotated = undamped(make_config(salt="rotated"))
 
         decision = decide(webhook(resolved(pg_lag())), rotated, step(State(), opened),
                           NOW + timedelta(minutes=10))
@@ -180,34 +218,76 @@ class TestDecideResolving:
         (incident,) = decision.incidents
         assert incident.status == "resolved"
 
-    def test_resolve_event_carries_only_action_and_dedup_key(self, config: Config) -> None:
-        """A resolve event's body is exactly event_action and dedup_key."""
+    def test_resolve_after_damping_uses_the_same_routing_keys(self, config: Config) -> None:
+        """With damping on, the clock's resolves also go through the triggers' routing keys."""
         opened = decide(webhook(pg_lag()), config, State(), NOW)
-        decision = decide(webhook(resolved(pg_lag())), config, step(State(), opened), NOW)
+        rotated = make_config(salt="rotated")
+        state = step(State(), opened)
+        state = step(state, decide(webhook(resolved(pg_lag())), rotated, state,
+                                   NOW + timedelta(minutes=10)))
+        # Going quiet replaced the business update (resolving update 1, triggering update 2,
+        # on the new key); the people's pages stay up.
+        recovering = state.open[opened.incidents[0].id].pages[-1]
+        assert recovering.routing_key == routing_key("business-line", "rotated")
 
+        closed = tick(rotated, state, NOW + timedelta(minutes=15))
+
+        pages = {(e.dedup_key, e.routing_key) for e in technical(opened)}
+        pages.add((recovering.dedup_key, recovering.routing_key))
+        assert {(e.dedup_key, e.routing_key) for e in resolves(closed)} == pages
+        assert triggers(closed) == []
+
+    def test_resolve_event_carries_only_action_and_dedup_key(self, immediate: Config) -> None:
+        """A resolve event's body is exactly event_action and dedup_key."""
+        opened = decide(webhook(pg_lag()), immediate, State(), NOW)
+        decision = decide(webhook(resolved(pg_lag())), immediate, step(State(), opened), NOW)
+
+        assert len(resolves(decision)) == 4
         for event in resolves(decision):
             assert dict(event.body) == {"event_action": "resolve", "dedup_key": event.dedup_key}
 
-    def test_late_duplicate_of_firing_after_resolve_opens_nothing(self, config: Config) -> None:
+    def test_late_duplicate_of_firing_after_resolve_opens_nothing(self, immediate: Config
+                                                                  ) -> None:
         """A late copy of the firing (same startsAt) after its resolve opens nothing."""
+        state = step(State(), decide(webhook(pg_lag()), immediate, State(), NOW))
+        state = step(state, decide(webhook(resolved(pg_lag())), immediate, state, NOW))
+        assert state.open == {}
+
+        late = decide(webhook(pg_lag()), immediate, state, NOW + timedelta(seconds=5))
+
+        assert late.events == ()
+        assert late.incidents == ()
+        assert [e.action for e in late.explanations] == ["stale repeat of a resolved alert"]
+
+    def test_late_duplicate_of_firing_inside_damping_does_not_wake_the_incident(
+        self, config: Config
+    ) -> None:
+        """A late copy of the firing while the incident waits out its damping keeps it quiet."""
         state = step(State(), decide(webhook(pg_lag()), config, State(), NOW))
         state = step(state, decide(webhook(resolved(pg_lag())), config, state, NOW))
+        (quiet,) = state.open.values()
+        assert quiet.quiet_since == NOW
 
         late = decide(webhook(pg_lag()), config, state, NOW + timedelta(seconds=5))
 
         assert late.events == ()
+        assert late.incidents == ()
         assert [e.action for e in late.explanations] == ["stale repeat of a resolved alert"]
 
-    def test_refire_with_new_starts_at_opens_a_new_incident(self, config: Config) -> None:
-        """A re-fire with a new startsAt opens a new incident under new dedup keys."""
-        first = decide(webhook(pg_lag()), config, State(), NOW)
+    def test_refire_with_new_starts_at_opens_a_new_incident(self, immediate: Config) -> None:
+        """A re-fire with a new startsAt after the incident resolved opens a new incident
+        under new dedup keys."""
+        first = decide(webhook(pg_lag()), immediate, State(), NOW)
         state = step(State(), first)
-        state = step(state, decide(webhook(resolved(pg_lag())), config, state, NOW))
+        state = step(state, decide(webhook(resolved(pg_lag())), immediate, state, NOW))
 
-        again = decide(webhook(pg_lag(starts_at=NOW + timedelta(minutes=1))), config, state,
+        again = decide(webhook(pg_lag(starts_at=NOW + timedelta(minutes=1))), immediate, state,
                        NOW + timedelta(minutes=2))
 
-        assert len(triggers(again)) == 3
+        assert len(technical(again)) == 3
+        assert len(triggers(again)) == 4
+        (incident,) = again.incidents
+        assert incident.id != first.incidents[0].id
         old_keys = {e.dedup_key for e in triggers(first)}
         assert not old_keys & {e.dedup_key for e in triggers(again)}
 
@@ -226,15 +306,15 @@ class TestDecideResolving:
         assert len(step(state, stale).open) == 1
 
     def test_resolve_with_an_earlier_merged_starts_at_still_resolves(
-        self, config: Config
+        self, immediate: Config
     ) -> None:
         """A resolve whose startsAt moved earlier (Alertmanager merged an HA copy) resolves."""
-        opened = decide(webhook(pg_lag(starts_at=STARTED + timedelta(seconds=5))), config,
+        opened = decide(webhook(pg_lag(starts_at=STARTED + timedelta(seconds=5))), immediate,
                         State(), NOW)
         state = step(State(), opened)
         merged = resolved(pg_lag(starts_at=STARTED))
 
-        closed = decide(webhook(merged), config, state, NOW + timedelta(minutes=1))
+        closed = decide(webhook(merged), immediate, state, NOW + timedelta(minutes=1))
 
         assert sorted(e.dedup_key for e in closed.events if e.action == "resolve") == sorted(
             e.dedup_key for e in triggers(opened))
@@ -264,17 +344,21 @@ class TestDecideResolving:
 
 class TestDedupKey:
     def test_dedup_key_is_bounded_and_stable(self) -> None:
-        """A dedup key is at most 255 characters and fixed by incident and target."""
+        """A dedup key is at most 255 characters and fixed by incident, target and step."""
         long_target = "t" * 300
         assert len(dedup_key("0123456789abcdef", long_target)) <= DEDUP_KEY_LIMIT
         assert dedup_key("abc", long_target) == dedup_key("abc", long_target)
         assert dedup_key("abc", "dba-oncall") == dedup_key("abc", "dba-oncall")
         assert dedup_key("abc", "dba-oncall") != dedup_key("abc", "command-center")
+        assert dedup_key("abc", "dba-oncall", "critical") == "firehouse/abc/dba-oncall/critical"
+        assert dedup_key("abc", "dba-oncall", "warning") != dedup_key("abc", "dba-oncall",
+                                                                     "critical")
+        assert len(dedup_key("abc", long_target, "critical")) <= DEDUP_KEY_LIMIT
 
-    def test_dedup_keys_survive_from_trigger_to_resolve(self, config: Config) -> None:
+    def test_dedup_keys_survive_from_trigger_to_resolve(self, immediate: Config) -> None:
         """The keys a decision triggers are the keys its incident's resolve events use."""
-        opened = decide(webhook(pg_lag()), config, State(), NOW)
-        closing = decide(webhook(resolved(pg_lag())), config, step(State(), opened), NOW)
+        opened = decide(webhook(pg_lag()), immediate, State(), NOW)
+        closing = decide(webhook(resolved(pg_lag())), immediate, step(State(), opened), NOW)
 
         assert sorted(e.dedup_key for e in triggers(opened)) == sorted(
             e.dedup_key for e in resolves(closing))
@@ -342,8 +426,11 @@ class TestEventSize:
                      annotations={"description": "trace\n" * 120_000, "summary": "short"})
         decision = decide(webhook(huge), config, State(), NOW)
 
-        assert len(triggers(decision)) == 3
-        for event in triggers(decision):
+        assert len(technical(decision)) == 3
+        (business,) = [e for e in triggers(decision) if e.target == "business-line"]
+        assert_business_update(business, decision.incidents[0].id, 1)
+        assert "annotations" not in business.body["payload"]["custom_details"]
+        for event in technical(decision):
             body = dict(event.body)
             assert event_size(body) <= EVENT_LIMIT
             details = body["payload"]["custom_details"]
@@ -361,9 +448,11 @@ class TestEventSize:
         labels.update({f"label_{i:05d}": "x" * 100 for i in range(6000)})
         decision = decide(webhook(alert(labels)), config, State(), NOW)
 
+        assert len(technical(decision)) == 3
         for event in triggers(decision):
+            assert event_size(dict(event.body)) <= EVENT_LIMIT
+        for event in technical(decision):
             body = dict(event.body)
-            assert event_size(body) <= EVENT_LIMIT
             details = body["payload"]["custom_details"]
             assert "labels" not in details
             assert details["firehouse_truncated"].endswith("labels left out")
@@ -386,9 +475,11 @@ class TestDeadlines:
         assert explanation.deadlines == incident.deadlines
 
     def test_opened_note_mentions_the_deadlines(self, config: Config) -> None:
-        """The timeline's `opened` note ends with the deadlines, in words."""
+        """The timeline's `assessed` note ends with the deadlines, in words."""
         decision = decide(webhook(pg_lag()), config, State(), NOW)
-        (note,) = [n for n in decision.timeline if n.kind == "opened"]
+        (opened,) = [n for n in decision.timeline if n.kind == "opened"]
+        assert opened.message == "PostgresReplicationLag on postgres-payments opened the incident"
+        (note,) = [n for n in decision.timeline if n.kind == "assessed"]
         assert note.message.endswith(
             "(rules: tier-1 impact brings in the service lead, call the fire department "
             "first); deadlines: ack by 2024-05-01T12:05:00.250000Z (5m), resolve by "
@@ -404,12 +495,12 @@ class TestDeadlines:
                                                escalate_to=("senior_management",))
 
     def test_rules_without_clock(self, config: Config) -> None:
-        """Rules that set no clock give empty deadlines and an `opened` note without them."""
+        """Rules that set no clock give empty deadlines and an `assessed` note without them."""
         bare = dataclasses.replace(config, rules=(Rule("all", page=("incident_lead",)),))
         decision = decide(webhook(pg_lag()), bare, State(), NOW)
         (incident,) = decision.incidents
         assert incident.deadlines == Deadlines()
-        (note,) = [n for n in decision.timeline if n.kind == "opened"]
+        (note,) = [n for n in decision.timeline if n.kind == "assessed"]
         assert note.message.endswith("(rules: all)")
 
     def test_json_round_trip(self) -> None:

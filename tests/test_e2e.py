@@ -92,9 +92,11 @@ async def test_database_warning_pages_at_tier1_severity_and_resolves(
     pagerduty: PagerDutyStandIn, firehouse: FirehouseFactory, alertmanager: AlertmanagerFactory
 ) -> None:
     """A warning on postgres-payments sent through Alertmanager pages dba-oncall and the
-    command center at critical with its checkout impact, and resolves exactly those pages
-    when it ends."""
-    fh = await firehouse()
+    command center at critical with its checkout impact, and the business line with a plain
+    summary; when it ends, the business line hears it is recovering, and once the flap
+    damping has passed the clock resolves exactly the pages that were sent."""
+    damping = 3.0
+    fh = await firehouse(settings={"incidents": {"flap_damping_seconds": damping}})
     am = await alertmanager(fh)
     labels = {
         "alertname": "PostgresReplicationLag",
@@ -121,15 +123,32 @@ async def test_database_warning_pages_at_tier1_severity_and_resolves(
     assert dba["dedup_key"] != command["dedup_key"]
     assert "technical_lead" in dba["payload"]["custom_details"]["paged_as"]
     assert "incident_lead" in command["payload"]["custom_details"]["paged_as"]
+    business = await pagerduty.wait_for(is_trigger(fh.key("business-line")), DELIVERY_TIMEOUT)
+    details = business["payload"]["custom_details"]
+    assert details["paged_as"] == ["business_line"], details
+    assert details["reason"] == "business update", details
+    assert business["dedup_key"].endswith("/business-line/update-1"), business
+    assert business["payload"]["summary"].startswith("Possible disruption of online-checkout")
+    assert "labels" not in details
 
     ended = datetime.now(UTC) - timedelta(seconds=1)
     await am.post_alerts(
         [am_alert(labels, starts_at=started, ends_at=ended, annotations=annotations)]
     )
+    recovering = await pagerduty.wait_for(
+        lambda b: b["event_action"] == "trigger"
+        and b["dedup_key"].endswith("/business-line/update-2"),
+        DELIVERY_TIMEOUT,
+    )
+    quiet_at = time.monotonic()
+    assert recovering["payload"]["summary"].startswith("Recovering: online-checkout")
+    # Damped: the people's pages stay up until the damping has passed.
+    assert pagerduty.state(dba["routing_key"], dba["dedup_key"]) == "triggered"
     for body in (dba, command):
         await pagerduty.wait_for(
             is_resolve(body["routing_key"], body["dedup_key"]), DELIVERY_TIMEOUT
         )
+    assert time.monotonic() - quiet_at >= damping - 1.0
     # Every page of the incident (the service lead's too) is resolved, and nothing else is.
     await eventually(
         lambda: pairs(pagerduty, "resolve") == pairs(pagerduty, "trigger"),

@@ -98,8 +98,9 @@ class Server:
     """Firehouse on 127.0.0.1:0, on an event loop of its own in a daemon thread."""
 
     def __init__(self, tmp: Path) -> None:
+        # Without flap damping, so that the final check sees incidents resolve at once.
         settings = write_settings(tmp, auth={"bearer_token": TOKEN, "basic_auth": {
-            "username": USER, "password": PASSWORD}})
+            "username": USER, "password": PASSWORD}}, incidents={"flap_damping_seconds": 0})
         env = config_env(dry_run=True, state=tmp / "state.db", listen="127.0.0.1:0")
         self.firehouse = Firehouse(load_config(settings, env=env), settings, env=env)
         self.loop = asyncio.new_event_loop()

@@ -20,7 +20,16 @@ from daemon.outbox import Deliverer
 from daemon.pagerduty import PagerDutyClient
 from daemon.store import DEAD, DELIVERED, DRY_RUN, PENDING, StoredEvent
 from daemon.store.sqlite import SqliteStore
-from tests.helpers import NOW, alert, make_config, resolved, routing_key, wait_until, webhook
+from tests.helpers import (
+    NOW,
+    alert,
+    make_config,
+    resolved,
+    routing_key,
+    undamped,
+    wait_until,
+    webhook,
+)
 from tests.pagerduty_standin import PagerDutyStandIn
 
 
@@ -45,15 +54,20 @@ def clock() -> Clock:
 
 
 def db_alert() -> dict[str, Any]:
-    """A critical alert on the payments database: three pages."""
+    """A critical alert on the payments database: three pages and the business line's
+    update (the tier-1 rule asks for business updates)."""
     return alert({"alertname": "PostgresDown", "service": "postgres-payments",
                   "severity": "critical"})
 
 
 def open_and_resolve(config: Config) -> tuple[Decision, Decision]:
-    """An incident opened with three pages, then resolved."""
+    """An incident opened with four pages, then resolved at once (no flap damping)."""
+    config = undamped(config)
     opened = decide(webhook(db_alert()), config, State(), NOW)
     closed = decide(webhook(resolved(db_alert())), config, apply(State(), opened), NOW)
+    assert [e.target for e in opened.events] == [
+        "checkout-owner", "dba-oncall", "command-center", "business-line"]
+    assert len(closed.events) == 4
     return opened, closed
 
 
@@ -108,7 +122,7 @@ class TestDeliverer:
             await wait_until(lambda: all_in(store, DELIVERED), what="all delivered")
 
         assert pd.invalid == []
-        assert len(pd.events) == 6
+        assert len(pd.events) == 8
         for event in opened.events:
             actions = [b["event_action"] for b in pd.events if b["dedup_key"] == event.dedup_key]
             assert actions == ["trigger", "resolve"]
@@ -209,15 +223,15 @@ class TestDeliverer:
         decision = decide(webhook(db_alert()), dry, State(), NOW)
         await store.commit(decision)
 
-        assert await deliverer(store, pd.url, session).deliver_due() == 3
+        assert await deliverer(store, pd.url, session).deliver_due() == 4
 
         assert await all_in(store, DRY_RUN)
         assert pd.received == []
         dry_runs = [r for r in caplog.records if r.getMessage() == "dry-run"]
-        assert len(dry_runs) == 3
+        assert len(dry_runs) == 4
         assert all(r.fields["routing_key"] == "(none)" for r in dry_runs)
         assert {r.fields["target"] for r in dry_runs} == {
-            "dba-oncall", "command-center", "checkout-owner"}
+            "dba-oncall", "command-center", "checkout-owner", "business-line"}
         assert routing_key("dba-oncall") not in caplog.text
 
     async def test_resolve_waits_for_a_trigger_being_retried(
@@ -229,9 +243,9 @@ class TestDeliverer:
         await store.commit(opened)
         await store.commit(closed)
         worker = deliverer(store, pd.url, session, clock)
-        pd.set_mode(503, count=3)
+        pd.set_mode(503, count=4)
 
-        assert await worker.deliver_due() == 3  # the three triggers, all refused
+        assert await worker.deliver_due() == 4  # the four triggers, all refused
         assert await worker.deliver_due() == 0  # the resolves are due but held back
         assert all(r.body is not None and r.body["event_action"] == "trigger"
                    for r in pd.received)
@@ -284,9 +298,9 @@ class TestHousekeeper:
         await keeper.check()
         await keeper.check()
 
-        assert metrics.outbox_overdue._value.get() == 3
+        assert metrics.outbox_overdue._value.get() == 4
         logged = [r for r in caplog.records if r.getMessage().startswith("overdue")]
-        assert len(logged) == 3
+        assert len(logged) == 4
         assert {r.fields["target"] for r in logged} == {e.target for e in opened.events}
         assert await all_in(store, PENDING)
 
@@ -298,18 +312,18 @@ class TestHousekeeper:
 
         opened, _ = open_and_resolve(config)
         await store.commit(opened)
-        first, second, third = await events(store)
+        first, second, third, fourth = await events(store)
         await store.mark_delivered(first.id, clock(), DELIVERED, 202)
         await store.mark_dead(second.id, clock(), 400, "client_error: bad")
         keeper = Housekeeper(store, Metrics(), lambda: config.settings, clock=clock)
 
         await keeper.check()
-        assert len(await events(store)) == 3
+        assert len(await events(store)) == 4
         clock.advance(config.settings.delivered_retention_hours * 3600 + 1)
         await keeper.check()
 
         assert [(e.id, e.state) for e in await events(store)] == [
-            (second.id, DEAD), (third.id, PENDING)]
+            (second.id, DEAD), (third.id, PENDING), (fourth.id, PENDING)]
 
 
 class TestRetryAfter:

@@ -2,7 +2,7 @@
 
 The client is tested against local aiohttp servers (every failure it must name) and a real
 Alertmanager 0.25; the worker with a fake dispatcher and injected engine steps; and the
-whole path, end to end, with real processes (those need the engine: see `needs_engine`).
+whole path, end to end, with real processes.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from types import MappingProxyType
-from typing import Any
+from typing import Any, ClassVar
 
 import aiohttp
 import pytest
@@ -25,14 +24,15 @@ from daemon.config import Config
 from daemon.decide import RESOLVED, Decision, State, apply, decide
 from daemon.errors import ReconcileError, StoreError
 from daemon.metrics import Metrics
-from daemon.reconcile import ALERTS_PATH, AlertmanagerClient, Reconciler
+from daemon.reconcile import ALERTS_PATH, AlertmanagerClient, Reconciler, newly_resolved
 from tests.conftest import AlertmanagerFactory, FirehouseFactory
-from tests.helpers import FIXTURES, NOW, alert, free_port, make_config, wait_until, webhook
+from tests.helpers import FIXTURES, NOW, alert, free_port, wait_until, webhook
 from tests.pagerduty_standin import PagerDutyStandIn
 from tests.procs import AlertmanagerProcess, FirehouseProcess, am_alert, rfc3339
 
 CAPTURED = FIXTURES / "captured-am-0.25"
 WAIT = 30.0  # generous bound for conditions polled in the end-to-end tests; never asserted
+LATER = NOW + timedelta(hours=1)
 
 Step = Callable[[Config, State, datetime], Decision]
 
@@ -117,17 +117,18 @@ def with_settings(config: Config, **changes: Any) -> Config:
 
 
 class FakeDispatcher:
-    """Runs steps on a fixed state at NOW and records what they decided."""
+    """Runs steps on its state at a fixed time and records what they decided."""
 
     def __init__(self, config: Config, state: State | None = None,
-                 error: Exception | None = None) -> None:
+                 error: Exception | None = None, now: datetime = NOW) -> None:
         self.config = config
         self.state = state or State()
         self.error = error
+        self.now = now
         self.decisions: list[Decision] = []
 
     async def run(self, step: Step) -> Decision:
-        decision = step(self.config, self.state, NOW)
+        decision = step(self.config, self.state, self.now)
         if self.error is not None:
             raise self.error
         self.decisions.append(decision)
@@ -153,10 +154,16 @@ class FakeEngine:
         return self.decision(state, now) if self.decision else Decision(now=now)
 
 
+# Services that no dependency of the shipped map links: an alert on each is an incident
+# of its own (alerts on related services join one incident).
+UNRELATED = ("postgres-payments", "nightly-reports")
+
+
 def open_incidents(config: Config, *names: str) -> tuple[State, list[str]]:
-    """A state with an open incident for each alert named in `names`; their fingerprints."""
-    alerts = [alert({"alertname": name, "service": "postgres-payments"}, fingerprint=f"fp-{name}")
-              for name in names]
+    """A state with an open incident for each alert named in `names` (at most two); their
+    fingerprints."""
+    alerts = [alert({"alertname": name, "service": service}, fingerprint=f"fp-{name}")
+              for name, service in zip(names, UNRELATED, strict=False)]
     decision = decide(webhook(*alerts), config, State(), NOW)
     state = apply(State(), decision)
     return state, [a["fingerprint"] for a in alerts]
@@ -377,27 +384,39 @@ class TestRealAlertmanager:
 
 
 class TestReconciler:
-    """The worker with a fake dispatcher and injected engine steps."""
+    """The worker with a fake dispatcher: the real engine steps, or recording stand-ins."""
 
     @staticmethod
-    def worker(dispatcher: FakeDispatcher, session: aiohttp.ClientSession, engine: FakeEngine,
-               metrics: Metrics | None = None) -> Reconciler:
-        return Reconciler(dispatcher, session, metrics or Metrics(), clock=lambda: NOW,
-                          stale=engine.stale_fingerprints, reconcile=engine.reconcile)
+    def worker(dispatcher: FakeDispatcher, session: aiohttp.ClientSession,
+               engine: FakeEngine | None = None, metrics: Metrics | None = None) -> Reconciler:
+        if engine is None:
+            return Reconciler(dispatcher, session, metrics or Metrics(),
+                              clock=lambda: dispatcher.now)
+        return Reconciler(dispatcher, session, metrics or Metrics(),
+                          clock=lambda: dispatcher.now, stale=engine.stale_fingerprints,
+                          reconcile=engine.reconcile)
+
+    @staticmethod
+    def quiet_for_an_hour(config: Config, *names: str, **settings: Any
+                          ) -> tuple[FakeDispatcher, list[str]]:
+        """A dispatcher an hour after incidents for `names` opened (stale after a minute)."""
+        state, fps = open_incidents(config, *names)
+        changed = with_settings(config, stale_after=60.0, **settings)
+        return FakeDispatcher(changed, state, now=LATER), fps
 
     async def test_nothing_stale(self, config: Config, fake_am: FakeAlertmanager,
                                  session: aiohttp.ClientSession) -> None:
         """With no stale alert, Alertmanager is not asked and nothing is decided."""
-        dispatcher = FakeDispatcher(with_settings(config, alertmanager_urls=(fake_am.url,)))
-        engine = FakeEngine()
-        assert await self.worker(dispatcher, session, engine).check() is None
+        state, _ = open_incidents(config, "A")
+        dispatcher = FakeDispatcher(with_settings(config, alertmanager_urls=(fake_am.url,)),
+                                    state)
+        assert await self.worker(dispatcher, session).check() is None
         assert fake_am.requests == []
-        assert engine.calls == []
         assert dispatcher.decisions == []
 
-    async def test_alertmanager_answers(self, config: Config, fake_am: FakeAlertmanager,
-                                        session: aiohttp.ClientSession) -> None:
-        """The stale fingerprints and what Alertmanager has go to the engine: outcome ok."""
+    async def test_what_the_engine_is_given(self, config: Config, fake_am: FakeAlertmanager,
+                                            session: aiohttp.ClientSession) -> None:
+        """The stale fingerprints, and what Alertmanager has, go to the engine: outcome ok."""
         state, fps = open_incidents(config, "A", "B")
         dispatcher = FakeDispatcher(with_settings(config, alertmanager_urls=(fake_am.url,)),
                                     state)
@@ -406,44 +425,44 @@ class TestReconciler:
         assert await self.worker(dispatcher, session, engine, metrics).check() == "ok"
         assert engine.calls == [(tuple(fps), frozenset({fps[0], "someone-else"}))]
         assert sample(metrics, "firehouse_stale_checks_total", outcome="ok") == 1
-        assert sample(metrics, "firehouse_incidents_stale") == 0
 
-    async def test_resolutions_are_counted(self, config: Config, fake_am: FakeAlertmanager,
-                                           session: aiohttp.ClientSession) -> None:
-        """Alerts the engine resolves are counted, once, in stale_alerts_resolved."""
-        state, fps = open_incidents(config, "A", "B")
-        incident_b = state.by_fingerprint[fps[1]]
-
-        def resolve_b(state: State, now: datetime) -> Decision:
-            current = state.open[incident_b]
-            alerts = dict(current.alerts)
-            alerts[fps[1]] = replace(alerts[fps[1]], status=RESOLVED, last_seen=now)
-            return Decision(incidents=(replace(current, alerts=MappingProxyType(alerts)),),
-                            now=now)
-
-        dispatcher = FakeDispatcher(with_settings(config, alertmanager_urls=(fake_am.url,)),
-                                    state)
+    async def test_missing_alerts_are_resolved(self, config: Config,
+                                               fake_am: FakeAlertmanager,
+                                               session: aiohttp.ClientSession,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+        """An alert Alertmanager no longer has is resolved and counted; one it has is
+        refreshed, and so no longer stale."""
+        dispatcher, fps = self.quiet_for_an_hour(config, "A", "B",
+                                                 alertmanager_urls=(fake_am.url,))
         fake_am.answer(fps[0])
-        engine, metrics = FakeEngine(stale=tuple(fps), decision=resolve_b), Metrics()
-        worker = self.worker(dispatcher, session, engine, metrics)
-        await worker.check()
+        metrics = Metrics()
+        worker = self.worker(dispatcher, session, metrics=metrics)
+        with caplog.at_level(logging.INFO, "firehouse.reconcile"):
+            assert await worker.check() == "ok"
         assert sample(metrics, "firehouse_stale_alerts_resolved_total") == 1
-        await worker.check()  # already resolved: not counted again
-        assert sample(metrics, "firehouse_stale_alerts_resolved_total") == 1
+        records = {fp: dispatcher.state.open[dispatcher.state.by_fingerprint[fp]].alerts[fp]
+                   for fp in fps if fp in dispatcher.state.by_fingerprint}
+        assert records[fps[0]].last_seen == LATER
+        assert fps[1] not in records or records[fps[1]].status == RESOLVED
+        (record,) = caplog.records
+        assert record.fields == {  # type: ignore[attr-defined]
+            "outcome": "ok", "alerts": 2, "incidents": 2, "resolved": 1}
+        assert await worker.check() is None  # nothing stale any more
 
     async def test_alertmanager_unreachable(self, config: Config,
                                             session: aiohttp.ClientSession,
                                             caplog: pytest.LogCaptureFixture) -> None:
-        """When no Alertmanager answers, the engine is told so (None): outcome unreachable,
-        and the gauge counts the incidents left unverified."""
-        state, fps = open_incidents(config, "A", "B")
+        """When no Alertmanager answers, the incidents get a "stale" note and stay open:
+        outcome unreachable, and the gauge counts them."""
         url = refused_url()
-        dispatcher = FakeDispatcher(with_settings(config, alertmanager_urls=(url,)), state)
-        engine, metrics = FakeEngine(stale=tuple(fps)), Metrics()
+        dispatcher, _ = self.quiet_for_an_hour(config, "A", "B", alertmanager_urls=(url,))
+        metrics = Metrics()
         with caplog.at_level(logging.WARNING, "firehouse.reconcile"):
-            assert await self.worker(dispatcher, session, engine, metrics).check() == (
+            assert await self.worker(dispatcher, session, metrics=metrics).check() == (
                 "unreachable")
-        assert engine.calls == [(tuple(fps), None)]
+        (decision,) = dispatcher.decisions
+        assert [note.kind for note in decision.timeline] == ["stale", "stale"]
+        assert len(dispatcher.state.open) == 2
         assert sample(metrics, "firehouse_stale_checks_total", outcome="unreachable") == 1
         assert sample(metrics, "firehouse_incidents_stale") == 2
         (record,) = caplog.records
@@ -454,36 +473,34 @@ class TestReconciler:
     async def test_unconfigured_warns_once(self, config: Config,
                                            session: aiohttp.ClientSession,
                                            caplog: pytest.LogCaptureFixture) -> None:
-        """Without a URL, stale alerts are flagged (None), with one warning that says how
-        to fix it, however many rounds."""
-        state, fps = open_incidents(config, "A")
-        dispatcher = FakeDispatcher(config, state)
-        engine, metrics = FakeEngine(stale=tuple(fps)), Metrics()
-        worker = self.worker(dispatcher, session, engine, metrics)
+        """Without a URL, stale incidents are flagged, with one warning that says how to fix
+        it, however many rounds."""
+        dispatcher, _ = self.quiet_for_an_hour(config, "A")
+        metrics = Metrics()
+        worker = self.worker(dispatcher, session, metrics=metrics)
         with caplog.at_level(logging.WARNING, "firehouse.reconcile"):
             assert await worker.check() == "unconfigured"
             assert await worker.check() == "unconfigured"
-        assert engine.calls == [(tuple(fps), None)] * 2
         assert sample(metrics, "firehouse_stale_checks_total", outcome="unconfigured") == 2
         assert sample(metrics, "firehouse_incidents_stale") == 1
-        warnings = [r.getMessage() for r in caplog.records if "alertmanager.url" in
-                    r.getMessage()]
+        warnings = [r.getMessage() for r in caplog.records
+                    if "alertmanager.url" in r.getMessage()]
         assert len(warnings) == 1
         assert "FIREHOUSE_ALERTMANAGER_URL" in warnings[0]
 
     async def test_gauge_clears_once_answered(self, config: Config,
                                               fake_am: FakeAlertmanager,
                                               session: aiohttp.ClientSession) -> None:
-        """The stale gauge drops back to 0 once Alertmanager answers again."""
-        state, fps = open_incidents(config, "A")
-        down = with_settings(config, alertmanager_urls=(refused_url(),))
-        dispatcher = FakeDispatcher(down, state)
-        engine, metrics = FakeEngine(stale=tuple(fps)), Metrics()
-        worker = self.worker(dispatcher, session, engine, metrics)
+        """The stale gauge drops back to 0 once Alertmanager answers that it has the alert."""
+        dispatcher, fps = self.quiet_for_an_hour(config, "A",
+                                                 alertmanager_urls=(refused_url(),))
+        metrics = Metrics()
+        worker = self.worker(dispatcher, session, metrics=metrics)
         await worker.check()
         assert sample(metrics, "firehouse_incidents_stale") == 1
-        dispatcher.config = with_settings(config, alertmanager_urls=(fake_am.url,))
-        await worker.check()
+        dispatcher.config = with_settings(dispatcher.config, alertmanager_urls=(fake_am.url,))
+        fake_am.answer(*fps)
+        assert await worker.check() == "ok"
         assert sample(metrics, "firehouse_incidents_stale") == 0
 
     async def test_loop_survives_failures(self, config: Config,
@@ -539,14 +556,23 @@ class TestReconciler:
         assert dispatcher.decisions == []
 
 
+class TestNewlyResolved:
+    """newly_resolved counts what a decision resolves, not what was resolved before."""
+
+    def test_counts_only_alerts_firing_before(self, config: Config) -> None:
+        """An alert resolved by the decision counts; the same alert already resolved in the
+        state before does not."""
+        before, (fp,) = open_incidents(config, "A")
+        gone = alert({"alertname": "A", "service": "postgres-payments"}, status="resolved",
+                     fingerprint=fp)
+        decision = decide(webhook(gone), config, before, NOW)
+        after = apply(before, decision)
+        assert newly_resolved((fp,), before, decision) == 1
+        assert newly_resolved((fp,), after, decision) == 0
+        assert newly_resolved(("another",), before, decision) == 0
+
+
 # --------------------------------------------------------------------------- end to end
-
-# Needs the engine: decide.stale_fingerprints and decide.reconcile are stubs until the lead
-# lands them. Remove this marker then; these tests are the acceptance test of the feature.
-needs_engine = pytest.mark.xfail(
-    reason="needs the engine: decide.stale_fingerprints/reconcile are still stubs",
-    strict=False)
-
 
 async def get_json(fh: FirehouseProcess, path: str) -> Any:
     async with (aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session,
@@ -571,7 +597,10 @@ async def stale_setup(firehouse: FirehouseFactory, alertmanager: AlertmanagerFac
     # Mutated below: the settings are written when Firehouse is configured, after
     # Alertmanager (which needs Firehouse's webhook URL) has its own URL.
     section: dict[str, Any] = {"stale_after": "2s", "check_interval": 0.5}
-    fh = await firehouse(start=False, settings={"alertmanager": section})
+    # Without flap damping, an incident whose last alert resolves closes at once: the
+    # damping has tests of its own.
+    fh = await firehouse(start=False, settings={"alertmanager": section,
+                                                "incidents": {"flap_damping_seconds": 0}})
     am = await alertmanager(fh)
     am.config["receivers"][0]["webhook_configs"][0]["send_resolved"] = False
     am.configure()
@@ -600,12 +629,15 @@ async def opened_incident(fh: FirehouseProcess) -> dict[str, Any]:
 
 @pytest.mark.e2e
 class TestStaleEndToEnd:
-    """Real Alertmanager -> real Firehouse -> PagerDuty stand-in, with resolves lost."""
+    """Real Alertmanager -> real Firehouse -> PagerDuty stand-in, with resolves lost.
 
-    LABELS = {"alertname": "StaleReplicationLag", "service": "postgres-payments",
-              "severity": "warning"}
+    Needs the engine (decide.stale_fingerprints and decide.reconcile): the acceptance test
+    of the whole feature, worker and engine together.
+    """
 
-    @needs_engine
+    LABELS: ClassVar[dict[str, str]] = {
+        "alertname": "StaleReplicationLag", "service": "postgres-payments", "severity": "warning"}
+
     async def test_alert_gone_from_alertmanager_is_resolved(
         self, pagerduty: PagerDutyStandIn, firehouse: FirehouseFactory,
         alertmanager: AlertmanagerFactory, session: aiohttp.ClientSession,
@@ -645,7 +677,6 @@ class TestStaleEndToEnd:
                     b["event_action"] == "resolve" and b["routing_key"] == k
                     and b["dedup_key"] == d), WAIT)
 
-    @needs_engine
     async def test_alertmanager_down_flags_the_incident_stale(
         self, pagerduty: PagerDutyStandIn, firehouse: FirehouseFactory,
         alertmanager: AlertmanagerFactory,

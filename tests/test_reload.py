@@ -47,16 +47,17 @@ rules:
 FIXED_RULE = BROKEN_RULE.replace("dbsm", "dbms")
 BROKEN_PROBLEM = ("{file}:4: rules[0].when.component: no service of the dependency maps has "
                   "this component: the rule would never match; did you mean 'dbms'? (got 'dbsm')")
-# Whom a critical alert on the payments database pages under the shipped rules, and with
-# FIXED_RULE in front of them (senior management is ops-management).
-OLD_TARGETS = frozenset({"checkout-owner", "dba-oncall", "command-center"})
+# Whom a critical alert on the payments database pages under the shipped rules (the tier-1
+# rule's business updates go to the business line), and with FIXED_RULE in front of them
+# (senior management is ops-management).
+OLD_TARGETS = frozenset({"checkout-owner", "dba-oncall", "command-center", "business-line"})
 NEW_TARGETS = OLD_TARGETS | {"ops-management"}
 
 
-def pg_alert(name: str) -> bytes:
-    """A notification with one new critical alert on the payments database."""
+def pg_alert(name: str, status: str = "firing") -> bytes:
+    """A notification with one critical alert on the payments database."""
     return body(alert({"alertname": name, "service": "postgres-payments",
-                       "severity": "critical"}))
+                       "severity": "critical"}, status=status))
 
 
 def shipped_rules_in(directory: Path) -> Path:
@@ -133,7 +134,9 @@ class Sent:
 
 
 class Poster:
-    """Posts a new critical alert on the payments database, one after another, until stopped."""
+    """Posts a new critical alert on the payments database, one after another, until stopped;
+    each is resolved before the next, so that (without flap damping) each opens an incident
+    of its own, decided by the configuration of its time."""
 
     def __init__(self, running: Running) -> None:
         self.running = running
@@ -151,6 +154,8 @@ class Poster:
             started = time.monotonic()
             status, answer = await self.running.post(pg_alert(f"Load{number}"))
             self.sent.append(Sent(started, time.monotonic(), status, answer))
+            resolved, _ = await self.running.post(pg_alert(f"Load{number}", "resolved"))
+            assert resolved == 200
             await asyncio.sleep(0.002)
 
     async def answered(self, count: int) -> None:
@@ -168,11 +173,12 @@ class Poster:
 
 
 def paged_targets(pd: PagerDutyStandIn) -> dict[str, set[str]]:
-    """Incident id -> the targets its trigger events went to, from dedup keys."""
+    """Incident id -> the targets its trigger events went to, from dedup keys
+    (firehouse/{incident}/{target}/{severity or business update})."""
     targets: dict[str, set[str]] = {}
     for event in pd.events:
         if event["event_action"] == "trigger":
-            _, incident, target = event["dedup_key"].split("/")
+            _, incident, target, _ = event["dedup_key"].split("/")
             targets.setdefault(incident, set()).add(target)
     return targets
 
@@ -187,7 +193,8 @@ class TestReloadInProcess:
         """A refused reload loses no webhook and no page; the fixed file takes effect next."""
         caplog.set_level(logging.INFO, logger="firehouse")
         rules = shipped_rules_in(tmp_path / "rules")
-        settings = write_settings(tmp_path, rules=[str(rules)])
+        settings = write_settings(tmp_path, rules=[str(rules)],
+                                  incidents={"flap_damping_seconds": 0})
         databases = rules / DATABASES
         async with serving(tmp_path, pagerduty, settings) as running:
             firehouse = running.firehouse
@@ -215,7 +222,8 @@ class TestReloadInProcess:
             _, good_metrics = await running.get("/metrics")
             await poster.stop()
             new = firehouse.config
-            await pagerduty.wait_for_count(sum(s.answer["events"] for s in poster.sent))
+            # Each incident's triggers, then as many resolves.
+            await pagerduty.wait_for_count(2 * sum(s.answer["events"] for s in poster.sent))
             await running.drained()
 
         assert (bad_status, bad_answer["problems"]) == (400, [BROKEN_PROBLEM.format(

@@ -73,9 +73,9 @@ class TestLoadTests:
         """The shipped test file loads without a problem, every test with its steps."""
         tests, problems = load_tests([SHIPPED], config)
         assert problems == []
-        assert len(tests) == 11
+        assert len(tests) == 12
         assert tests[0].name == "database warning pages the checkout service lead at critical"
-        assert [len(t.steps) for t in tests] == [1] * 10 + [3]
+        assert [len(t.steps) for t in tests] == [1] * 11 + [4]
 
     def test_directory_gives_its_files(self, config: Config) -> None:
         """A directory stands for the *.yaml and *.yml files directly in it."""
@@ -291,12 +291,17 @@ class TestRunTest:
         tests, _ = load_tests([WRONG], config)
         results = [run_test(t, config) for t in tests]
         assert [r.passed for r in results] == [True, False, False, False]
-        assert [s.differences for s in results[2].steps] == [(), (
+        assert [s.differences for s in results[2].steps] == [(), (), (
             "missing resolve     dba-oncall",
             "unexpected resolve  command-center",
         )]
         assert results[2].steps[1].handled == (
             "alert               Mystery on legacy-ftp (unmapped): resolved",
+        )
+        # The clock resolved the incident when the step's time came; the repeated
+        # resolution itself changed nothing.
+        assert results[2].steps[2].handled == (
+            "alert               Mystery on legacy-ftp (unmapped): already resolved",
         )
 
     def test_roles_are_order_free(self, tmp_path: Path, config: Config) -> None:
@@ -314,6 +319,22 @@ class TestRunTest:
     def test_same_target_twice(self, tmp_path: Path, config: Config) -> None:
         """Two incidents paging one target must be expected twice."""
         tests, _ = load_one(tmp_path, """tests:
+  - name: two unmapped alerts
+    alerts:
+      - labels: {alertname: DiskFilling, service: legacy-ftp, severity: warning}
+      - labels: {alertname: DiskFilling, service: mystery-box, severity: warning}
+    expect:
+      pages:
+        - {target: command-center, roles: [incident_lead], severity: warning}
+""", config)
+        (report,) = run_test(tests[0], config).steps
+        assert report.differences == (
+            "unexpected page     command-center as incident_lead at warning",
+        )
+
+    def test_related_alerts_are_one_incident(self, tmp_path: Path, config: Config) -> None:
+        """Two alerts on one service are one fire: its team is expected once."""
+        tests, _ = load_one(tmp_path, """tests:
   - name: two reports
     alerts:
       - labels: {alertname: ReportLate, service: nightly-reports, severity: warning}
@@ -322,10 +343,26 @@ class TestRunTest:
       pages:
         - {target: data-oncall, roles: [technical_lead], severity: warning}
 """, config)
-        (report,) = run_test(tests[0], config).steps
-        assert report.differences == (
-            "unexpected page     data-oncall as technical_lead at warning",
-        )
+        assert run_test(tests[0], config).passed
+
+    def test_the_clock_runs_before_each_step(self, tmp_path: Path, config: Config) -> None:
+        """A step after a missed deadline sees its escalation, as production would."""
+        tests, _ = load_one(tmp_path, """tests:
+  - name: unacknowledged
+    steps:
+      - alerts: [{labels: {alertname: DiskFilling, service: legacy-ftp, severity: warning}}]
+        expect:
+          pages: [{roles: [incident_lead], severity: warning}]
+      - at: 2026-01-01T00:29:00Z
+        alerts: [{labels: {alertname: DiskFilling, service: legacy-ftp, severity: warning}}]
+        expect: {pages: []}
+      - at: 2026-01-01T00:30:00Z
+        alerts: [{labels: {alertname: DiskFilling, service: legacy-ftp, severity: warning}}]
+        expect:
+          pages: [{roles: [senior_management], severity: warning}]
+""", config)
+        result = run_test(tests[0], config)
+        assert [s.differences for s in result.steps] == [(), (), ()]
 
 
 class TestClockExpectations:
@@ -395,6 +432,7 @@ class TestClockExpectations:
         - {target: checkout-owner, roles: [service_lead], severity: critical}
         - {target: login-owner, roles: [service_lead], severity: critical}
         - {target: search-owner, roles: [service_lead], severity: critical}
+        - {roles: [business_line], severity: critical}
       clock: {resolve_within: 1h, ack_within: 5m, escalate_to: [senior_management]}
 """, config)
         assert run_test(tests[0], config).passed
@@ -419,7 +457,7 @@ class TestClockExpectations:
             str(self.WRONG_CLOCK),
             "  PASS  right clock",
             "  FAIL  default deadlines expected where tier-1 tightens them "
-            f"({self.WRONG_CLOCK}:14)",
+            f"({self.WRONG_CLOCK}:15)",
             "      wrong clock         PostgresReplicationLag: ack within 5m, expected 15m",
             "      wrong clock         PostgresReplicationLag: escalate to senior_management, "
             "expected senior_management, incident_lead",
@@ -445,12 +483,12 @@ class TestFormatReport:
             "      wrong rules         expected 'call the fire department first'",
             "      rules matched       PostgresReplicationLag on postgres-payments: 'tier-1 "
             "impact brings in the service lead', 'call the fire department first'",
-            f"  FAIL  resolution expected on the wrong target ({WRONG}:19)",
-            "      step 2 at 2026-01-01T06:00:00Z (line 26)",
+            f"  FAIL  resolution expected on the wrong target ({WRONG}:20)",
+            "      step 3 at 2026-01-01T00:15:00Z (line 32)",
             "        missing resolve     dba-oncall",
             "        unexpected resolve  command-center",
-            "        alert               Mystery on legacy-ftp (unmapped): resolved",
-            f"  FAIL  unmapped alert expected to reach management too ({WRONG}:32)",
+            "        alert               Mystery on legacy-ftp (unmapped): already resolved",
+            f"  FAIL  unmapped alert expected to reach management too ({WRONG}:38)",
             "      wrong roles         command-center as incident_lead, expected incident_lead, "
             "senior_management",
             "      wrong severity      command-center as incident_lead at warning, expected "
@@ -485,13 +523,13 @@ class TestCommand:
         assert lines[0] == str(SHIPPED)
         assert lines[1] == "  PASS  database warning pages the checkout service lead at critical"
         assert all(line.startswith("  PASS  ") for line in lines[1:-1])
-        assert lines[-1] == "SUCCESS: 11 test(s) passed"
+        assert lines[-1] == "SUCCESS: 12 test(s) passed"
 
     def test_failure_exits_1(self, capsys: pytest.CaptureFixture[str]) -> None:
         """A wrong expectation makes the command fail with the report on stdout."""
         code, out, err = run(capsys, "test", str(WRONG), "--config", str(SETTINGS))
         assert (code, err) == (1, "")
-        assert f"  FAIL  resolution expected on the wrong target ({WRONG}:19)\n" in out
+        assert f"  FAIL  resolution expected on the wrong target ({WRONG}:20)\n" in out
         assert out.endswith("FAILED: 3 of 4 test(s) failed\n")
 
     def test_malformed_files_exit_2(self, capsys: pytest.CaptureFixture[str]) -> None:
@@ -535,7 +573,7 @@ class TestCommand:
         assert code == 1
         code, out, err = run(capsys, "test", str(SHIPPED), "--config", str(settings))
         assert (code, err) == (0, "")
-        assert out.endswith("SUCCESS: 11 test(s) passed\n")
+        assert out.endswith("SUCCESS: 12 test(s) passed\n")
 
     def test_python_dash_m(self) -> None:
         """`python -m daemon test` runs the shipped tests from the repository root."""
@@ -545,4 +583,4 @@ class TestCommand:
             capture_output=True, text=True, cwd=ROOT, env=env, check=False)
         assert (result.returncode, result.stderr) == (0, "")
         assert result.stdout.startswith("rules/tests/example.yaml\n  PASS  ")
-        assert result.stdout.endswith("SUCCESS: 11 test(s) passed\n")
+        assert result.stdout.endswith("SUCCESS: 12 test(s) passed\n")

@@ -119,7 +119,11 @@ class TestWebhook:
         notification = parse_body(raw)
         expected = decide(notification, make_config(), State(), NOW)
         opened = [i for i in expected.incidents if i.status == OPEN]
-        assert len(opened) == len({a.fingerprint for a in notification.alerts if a.firing})
+        # Every firing alert is in exactly one incident; only mapped ones share one.
+        members = [fp for i in opened for fp in i.alerts]
+        assert sorted(members) == sorted({a.fingerprint for a in notification.alerts
+                                          if a.firing})
+        assert all(len(i.alerts) == 1 for i in opened if not i.mapped)
 
         async with serving(tmp_path, pd) as firehouse:
             status, answer = await firehouse.post(raw)
@@ -132,7 +136,9 @@ class TestWebhook:
         sent = [b for b in pd.events if b["event_action"] == "trigger"]
         assert len(sent) == sum(len(i.pages) for i in opened)
         for event in sent:
-            assert event["routing_key"] == routing_key(event["dedup_key"].rsplit("/", 1)[1])
+            # firehouse/{incident}/{target}/{severity or business update}
+            target = event["dedup_key"].split("/")[2]
+            assert event["routing_key"] == routing_key(target)
 
     @pytest.mark.parametrize(
         ("data", "field"),
@@ -223,9 +229,12 @@ class TestWebhook:
             await firehouse.drained()
 
         assert (first, second) == (200, 200)
-        assert (one["events"], two["events"]) == (3, 0)
-        assert len(pd.events) == 3
-        assert sorted(pd.incidents_opened.values()) == [1, 1, 1]
+        # Three people and the business line's update (the tier-1 rule asks for updates).
+        assert (one["events"], two["events"]) == (4, 0)
+        assert len(pd.events) == 4
+        assert sorted(pd.incidents_opened.values()) == [1, 1, 1, 1]
+        assert sum(1 for e in pd.events if e["dedup_key"].endswith("/business-line/update-1")
+                   and e["payload"]["custom_details"]["reason"] == "business update") == 1
 
     async def test_store_failure_is_503_and_the_retry_pages(
         self, tmp_path: Path, pd: PagerDutyStandIn
@@ -244,7 +253,7 @@ class TestWebhook:
         assert "retry" in answer["error"]
         assert accepted == 200
         assert len(retried["incidents_opened"]) == 1
-        assert len(pd.events) == 3
+        assert len(pd.events) == 4  # three people and the business line
         assert 'firehouse_webhooks_total{outcome="store_error"} 1.0' in metrics
 
     async def test_not_accepting_is_503_and_not_ready(
@@ -307,11 +316,11 @@ class TestEndpoints:
         assert healthy[0] == ready[0] == 200
         assert metrics[0] == 200
         assert 'firehouse_webhooks_total{outcome="accepted"} 1.0' in metrics[1]
-        assert 'firehouse_outbox_events{state="delivered"} 3.0' in metrics[1]
+        assert 'firehouse_outbox_events{state="delivered"} 4.0' in metrics[1]
         assert [i["id"] for i in json.loads(listed[1])["incidents"]] == [incident_id]
         assert {n["kind"] for n in json.loads(one[1])["timeline"]} >= {"opened", "paged"}
         assert missing[0] == 404
-        assert json.loads(outbox[1])["counts"] == {"delivered": 3}
+        assert json.loads(outbox[1])["counts"] == {"delivered": 4}
         assert bad_filter[0] == 400
         for text in (listed[1], one[1], outbox[1], metrics[1]):
             for target in target_names():

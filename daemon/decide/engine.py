@@ -17,6 +17,7 @@ from types import MappingProxyType
 from typing import Any
 
 from daemon.alerts import Alert, Webhook
+from daemon.changes import rollback_candidates
 from daemon.config import Config
 from daemon.decide.bodies import business_summary, impact_summary, resolve_body, title, trigger_body
 from daemon.decide.model import (
@@ -127,6 +128,9 @@ class Work:
         self.resolutions: dict[str, datetime | None] = {}
         # Incident -> fingerprints to (re-)assess at the end of the decision.
         self.touched: dict[str, set[str]] = {}
+        # Incidents whose last business update no longer says where things stand: it said
+        # "Recovering" and an alert fired again, or it was about one of two merged fires.
+        self.business_stale: set[str] = set()
 
     # -- reading and writing the state --------------------------------------------------
 
@@ -148,6 +152,9 @@ class Work:
             self.fp_index.update(dict.fromkeys(incident.alerts, incident.id))
             if incident.mapped:
                 self.service_index.update(dict.fromkeys(incident.services, incident.id))
+            if previous is not None and previous.quiet_since is not None \
+                    and incident.quiet_since is None:
+                self.business_stale.add(incident.id)
         self.changed[incident.id] = incident
 
     def incident_of(self, fingerprint: str) -> str | None:
@@ -222,7 +229,7 @@ class Work:
         if service is None or not joined:
             ident = self._open(record, service)
             self.note(ident, "opened", f"{clean(record.name)} on "
-                      f"{record.service or 'an unknown service'} opened the incident")
+                      f"{clean(record.service or 'an unknown service')} opened the incident")
         else:
             ident = joined[0]
             for other in joined[1:]:
@@ -234,7 +241,7 @@ class Work:
                 services = (*services, service.name)
             self.put(replace(incident, alerts=MappingProxyType(alerts), services=services,
                              updated_at=self.now, quiet_since=None))
-            self.note(ident, "alert_joined", f"{clean(record.name)} on {record.service} "
+            self.note(ident, "alert_joined", f"{clean(record.name)} on {service.name} "
                       "joined: it is connected to the failing services")
         self.touched.setdefault(ident, set()).add(alert.fingerprint)
         self.resolutions.pop(alert.fingerprint, None)
@@ -243,7 +250,28 @@ class Work:
                     ident: str) -> None:
         incident = self.incident(ident)
         record = incident.alerts[alert.fingerprint]
-        if record.status == FIRING or _not_after(alert.starts_at, record.starts_at):
+        if (record.status != FIRING and record.ends_at is not None
+                and _not_after(alert.starts_at, record.starts_at)):
+            # A late copy of the firing of an occurrence that has since resolved (the
+            # incident is waiting out its flap damping): it must not wake the incident.
+            self.explain(alert, service, label, "stale repeat of a resolved alert",
+                         incident_id=ident)
+            return
+        severity = map_severity(alert.labels, self.settings.severity_labels)
+        if record.status == FIRING and severity_rank(severity) > severity_rank(record.severity):
+            # Only a sender that sets its own fingerprints can do this (Alertmanager's hash
+            # the labels): the same alert, now worse, is the same fire, assessed again.
+            alerts = {**incident.alerts, alert.fingerprint: replace(
+                record, labels=alert.labels, annotations=alert.annotations,
+                severity=severity, last_seen=self.now)}
+            self.put(replace(incident, alerts=MappingProxyType(alerts), updated_at=self.now,
+                             stale_since=None))
+            self.note(ident, "alert_worse", f"{clean(record.name)} is now {severity} (was "
+                      f"{record.severity})")
+            self.touched.setdefault(ident, set()).add(alert.fingerprint)
+            self.explain(alert, service, label, "severity rose", incident_id=ident)
+            return
+        if record.status == FIRING:
             self.seen.append((ident, alert.fingerprint))
             if incident.stale_since is not None:
                 self.put(replace(incident, stale_since=None, updated_at=self.now))
@@ -268,8 +296,13 @@ class Work:
         if own is not None:
             found = {own}
         else:
-            found = {ident for failing, ident in self.failing_services().items()
-                     if self.graph.connected(failing, name)}
+            related = self.graph.related(name)
+            # Whichever side is smaller is walked: a few failing services, or a service with
+            # few connections in a map with many failing.
+            if len(self.state.by_service) + len(self.service_index) <= len(related):
+                found = {i for f, i in self.failing_services().items() if f in related}
+            else:
+                found = {i for r in related if (i := self.incident_of_service(r)) is not None}
         return sorted(found, key=lambda i: (self.incident(i).opened_at, i))
 
     def _open(self, record: AlertRecord, service: Service | None) -> str:
@@ -309,6 +342,7 @@ class Work:
                   f"({len(other.alerts)} alert(s), {len(other.pages)} page(s))")
         self.touched.setdefault(keep_id, set()).update(other.alerts)
         self.touched.pop(other_id, None)
+        self.business_stale.add(keep_id)
 
     # -- assessment -----------------------------------------------------------------------
 
@@ -351,7 +385,8 @@ class Work:
         has_business = any(p.reason == BUSINESS_UPDATE for p in updated.pages)
         if verdict.business or has_business:
             before = list(incident.impact.get("business_services", ()))
-            if not has_business or rose or before != list(summary["business_services"]):
+            if not has_business or rose or ident in self.business_stale \
+                    or before != list(summary["business_services"]):
                 self.business_update(self.incident(ident))
         for record, outcome in verdict.outcomes:
             self.explanations.append(Explanation(
@@ -448,11 +483,9 @@ class Work:
         """Recent changes on the incident's root causes and their dependencies."""
         if not self.state.changes:
             return []
-        from daemon.changes import rollback_candidates  # noqa: PLC0415 - optional edge
-
         causes = [s for c in incident.impact.get("root_causes", ())
                   for s in c.get("services", ())] or list(incident.services)
-        window = timedelta(hours=getattr(self.settings, "changes_window_hours", 24.0))
+        window = timedelta(hours=self.settings.changes_window_hours)
         return rollback_candidates(self.state.changes, causes, self.graph,
                                    incident.started_at, self.now, window)
 
@@ -511,13 +544,22 @@ class Work:
         self.explain(alert, service, label, "resolved", incident_id=existing)
 
     def resolve_record(self, incident: Incident, record: AlertRecord,
-                       ends_at: datetime | None, message: str) -> None:
+                       ends_at: datetime | None, message: str, *, confirmed: bool = True
+                       ) -> None:
         """Mark one alert of an incident resolved; quiet or close the incident when it was
-        the last one firing."""
-        self.resolutions[record.fingerprint] = record.starts_at
+        the last one firing.
+
+        A resolution Alertmanager did not send (`confirmed=False`: it merely no longer had
+        the alert) is not remembered as the end of that occurrence, and its end stays
+        unknown: after an Alertmanager restart the same occurrence comes back with the same
+        startsAt, and that must page again, not pass for a late copy.
+        """
+        if confirmed:
+            self.resolutions[record.fingerprint] = record.starts_at
         alerts = dict(incident.alerts)
-        alerts[record.fingerprint] = replace(record, status=RESOLVED,
-                                             ends_at=ends_at or self.now, last_seen=self.now)
+        alerts[record.fingerprint] = replace(
+            record, status=RESOLVED, ends_at=(ends_at or self.now) if confirmed else None,
+            last_seen=self.now)
         incident = replace(incident, alerts=MappingProxyType(alerts), updated_at=self.now)
         self.note(incident, "alert_resolved", message)
         if incident.firing:

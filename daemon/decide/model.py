@@ -120,8 +120,8 @@ class Page:
 
 @dataclass(frozen=True, slots=True)
 class Deadlines:
-    """What the matched rules' `clock` and `business_updates` ask of an incident, for the
-    incident clock (coming): nothing acts on them yet."""
+    """What the matched rules' `clock` and `business_updates` ask of an incident; `tick`
+    acts on them."""
 
     ack_by: datetime | None = None
     resolve_by: datetime | None = None

@@ -26,13 +26,11 @@ from daemon.decide.model import (
     dedup_key,
 )
 
-# A bit more than Alertmanager's default repeat_interval (4h).
-DEFAULT_STALE_AFTER = 4 * 3600 + 15 * 60
 _PAGERDUTY_EVENTS_KEPT = 50
 
 
 def _stale_after(config: Config) -> float:
-    return float(getattr(config.settings, "stale_after", DEFAULT_STALE_AFTER))
+    return config.settings.stale_after
 
 
 def _business_due(incident: Incident) -> datetime | None:
@@ -176,13 +174,16 @@ def reconcile(checked: tuple[str, ...], present: frozenset[str] | None, config: 
     fingerprints it has); None when it could not be asked: the incidents are flagged stale,
     never silently left open or closed."""
     work = Work(config, state, now)
+    cutoff = now - timedelta(seconds=_stale_after(config))
     for fingerprint in checked:
         ident = work.incident_of(fingerprint)
         if ident is None:
             continue
         incident = work.incident(ident)
         record = incident.alerts.get(fingerprint)
-        if record is None or record.status != FIRING:
+        if record is None or record.status != FIRING or record.last_seen >= cutoff:
+            # Resolved meanwhile, or refreshed by a webhook while Alertmanager was asked:
+            # the fresher word wins.
             continue
         if present is None:
             if incident.stale_since is None:
@@ -196,6 +197,7 @@ def reconcile(checked: tuple[str, ...], present: frozenset[str] | None, config: 
                 work.put(replace(incident, stale_since=None, updated_at=now))
                 work.note(incident, "refreshed", "Alertmanager still has the alerts")
         else:
-            work.resolve_record(incident, record, now, f"{clean(record.name)} resolved: "
-                                "Alertmanager no longer has it and no resolve arrived")
+            work.resolve_record(incident, record, None, f"{clean(record.name)} resolved: "
+                                "Alertmanager no longer has it and no resolve arrived",
+                                confirmed=False)
     return work.decision()

@@ -545,13 +545,28 @@ def _incident_json(row: tuple[Any, ...]) -> dict[str, Any]:
     doc = json.loads(row[7])
     for page in doc["pages"]:
         del page["routing_key"]
+    status = row[1]
+    phase = status
+    if status == OPEN:
+        phase = ("resolving" if doc.get("quiet_since") else
+                 "stale" if doc.get("stale_since") else
+                 "acknowledged" if doc.get("acknowledged_at") else "open")
+    deadlines = doc.get("deadlines") or Deadlines().to_json()
     return {
-        "id": row[0], "status": row[1], "opened_at": _need_dt(row[2]).isoformat(),
+        "id": row[0], "status": status, "phase": phase,
+        "opened_at": _need_dt(row[2]).isoformat(),
         "updated_at": _need_dt(row[3]).isoformat(),
         "resolved_at": resolved.isoformat() if (resolved := _dt(row[4])) else None,
         "severity": row[5], "title": row[6],
         # Incidents stored before deadlines existed have none.
-        "deadlines": Deadlines().to_json(), **doc,
+        "deadlines": deadlines, **doc,
+        "root_causes": doc.get("impact", {}).get("root_causes", []),
+        "clock": {
+            **deadlines,
+            "acknowledged_at": doc.get("acknowledged_at"),
+            "fired": doc.get("fired", []),
+            "business_updated_at": doc.get("business_updated_at"),
+        },
     }
 
 

@@ -8,8 +8,8 @@ incident lead, at the full potential severity.
 A rule may also set a `clock` (deadlines to acknowledge and resolve, and whom to escalate
 to when one is missed) and `business_updates` (how often the business line hears). When
 several matching rules set them, the tightest deadline and interval of each kind win and
-the escalation lists are united. They are carried to the incident for the incident clock
-(coming); nothing acts on them yet.
+the escalation lists are united. They are carried to the incident, where the clock
+(`daemon.decide.timers`) acts on them.
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ def format_duration(value: timedelta | None) -> str:
 @dataclass(frozen=True, slots=True)
 class Clock:
     """How long an incident may stay unacknowledged and unresolved, and whom to escalate to
-    (roles or targets) when it does: for the incident clock (coming)."""
+    (roles or targets) when it does."""
 
     ack_within: timedelta | None = None
     resolve_within: timedelta | None = None

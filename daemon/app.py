@@ -145,7 +145,9 @@ class Firehouse:
         self._activate(self.config)
         self.session = aiohttp.ClientSession()
         client = PagerDutyClient(settings.pagerduty_url, self.session, settings.pagerduty_timeout)
-        self.deliverer = Deliverer(self.store, client, self.metrics)
+        self.deliverer = Deliverer(
+            self.store, client, self.metrics,
+            rate_limit=lambda: self.config.settings.pagerduty_rate_limit)
         self._tasks.append(asyncio.create_task(self.deliverer.run(), name="outbox"))
         self.housekeeper = Housekeeper(self.store, self.metrics, lambda: self.config.settings,
                                        after_cleanup=self.dispatcher.refresh)

@@ -57,6 +57,7 @@ ENV_VARS = {
     "FIREHOUSE_LOG_LEVEL": "log_level",
     "FIREHOUSE_ALERTMANAGER_URL": "alertmanager.url",
     "FIREHOUSE_ALERTMANAGER_TOKEN_FILE": "alertmanager.bearer_token_file",
+    "FIREHOUSE_WEB_OPEN": "web.open",
 }
 
 
@@ -119,8 +120,13 @@ class Settings:
     dry_run: bool = True
     bearer_token: str = field(default="", repr=False)
     basic_auth: tuple[str, str] | None = field(default=None, repr=False)
+    # The read-only command-center pages (daemon/web/) need no credentials, like /metrics.
+    web_open: bool = False
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     resolved_retention_hours: float = 24.0
+    # Events per minute sent to one routing key, under PagerDuty's limit per integration key;
+    # a burst beyond it waits in the outbox, most urgent first. 0: no shaping.
+    pagerduty_rate_limit: int = 120
     # An event still undelivered after this long is reported overdue (still retried).
     overdue_after: float = 300.0
     # Delivered and dry-run outbox rows are deleted this long after delivery.
@@ -239,7 +245,7 @@ class _Reader:
         "listen", "state", "rules", "dependency_maps", "pagerduty", "service_labels",
         "severity_labels", "roles", "targets", "tier_severity", "dry_run", "auth",
         "max_body_bytes", "resolved_retention_hours", "log_level", "backstage_owners",
-        "map_defaults", "incidents", "alertmanager", "changes",
+        "map_defaults", "incidents", "alertmanager", "changes", "web",
     })
 
     def __init__(self, raw: LocatedDict, file: str, problems: list[Problem]) -> None:
@@ -296,7 +302,8 @@ class _Reader:
             pd = {}
         for key in pd:
             if key not in ("url", "timeout_seconds", "overdue_after_seconds",
-                           "delivered_retention_hours", "webhook_secret", "webhook_secret_file"):
+                           "delivered_retention_hours", "webhook_secret", "webhook_secret_file",
+                           "rate_limit_per_minute"):
                 self.bad(f"pagerduty.{key}", "unknown setting", key)
         url = self._string("pagerduty.url", DEFAULT_PAGERDUTY_URL).rstrip("/")
         if not url.startswith(("http://", "https://")):
@@ -312,6 +319,7 @@ class _Reader:
             dependency_maps=self._paths(base, "dependency_maps", defaults.dependency_maps),
             pagerduty_url=url,
             pagerduty_timeout=self._number("pagerduty.timeout_seconds", 10.0, 0.1, 60.0),
+            pagerduty_rate_limit=self._rate_limit(),
             overdue_after=self._number("pagerduty.overdue_after_seconds", 300.0, 1.0, 86400.0),
             delivered_retention_hours=self._number("pagerduty.delivered_retention_hours",
                                                    168.0, 1.0, 24 * 365),
@@ -325,6 +333,7 @@ class _Reader:
             dry_run=dry_run,
             bearer_token=self._secret(base, "auth.bearer_token", "auth.bearer_token_file"),
             basic_auth=self._basic_auth(base),
+            web_open=self._web(),
             max_body_bytes=int(self._number("max_body_bytes", DEFAULT_MAX_BODY_BYTES, 1024,
                                             1 << 30)),
             resolved_retention_hours=self._number("resolved_retention_hours", 24.0, 0.0, 24 * 365),
@@ -346,6 +355,32 @@ class _Reader:
             if key != "flap_damping_seconds":
                 self.bad(f"incidents.{key}", "unknown setting", key)
         return self._number("incidents.flap_damping_seconds", 300.0, 0.0, 86400.0)
+
+    def _rate_limit(self) -> int:
+        """pagerduty.rate_limit_per_minute: events a minute per routing key, 0 for no limit."""
+        key, default = "pagerduty.rate_limit_per_minute", Settings().pagerduty_rate_limit
+        value = self.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 100_000:
+            self.bad(key, "must be a whole number of events from 0 (no limit) to 100000", value)
+            return default
+        return value
+
+    def _web(self) -> bool:
+        """The `web` mapping: whether the command-center pages are open without credentials."""
+        raw = self.get("web") or {}
+        if not isinstance(raw, dict):
+            self.bad("web", "must be a mapping", raw)
+            return False
+        for key in raw:
+            if key != "open":
+                self.bad(f"web.{key}", "unknown setting", key)
+        value = raw.get("open", False)
+        text = str(value).lower()
+        if text in ("true", "1", "yes"):
+            return True
+        if text not in ("false", "0", "no"):
+            self.bad("web.open", "must be true or false", value)
+        return False
 
     def _string(self, key: str, default: str) -> str:
         value = self.get(key, default)

@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
+from types import MappingProxyType
 
 from daemon.alerts import Webhook
 from daemon.config import Config
@@ -22,10 +24,12 @@ from daemon.decide import (
     OPENED,
     RESOLVED,
     Decision,
+    Incident,
     State,
-    apply,
+    advance,
     decide,
 )
+from daemon.decide.bodies import truncations
 from daemon.errors import StoreError
 from daemon.metrics import Metrics
 from daemon.store import Store
@@ -44,6 +48,7 @@ class Dispatcher:
         self.clock = clock
         self.on_commit = on_commit
         self.state = State()
+        self._live(self.state)
         self._lock = asyncio.Lock()
         self._in_flight = 0
         self._stale = False
@@ -56,10 +61,22 @@ class Dispatcher:
 
     async def load(self) -> None:
         """Load the engine state from the store (at start, and after a failed commit)."""
-        self.state = await self.store.load_state(
+        self._live(await self.store.load_state(
             self.clock(), self.retention_seconds,
-            changes_seconds=self.config.settings.changes_window_hours * 3600)
+            changes_seconds=self.config.settings.changes_window_hours * 3600))
         self.metrics.incidents_open.set(len(self.state.open))
+
+    def _live(self, state: State) -> None:
+        """Own the maps of `state`: decisions are applied to them in place (`advance`), so
+        that one costs what it changed, not the size of the state. `self.state` is a
+        read-only view of them, current under the lock."""
+        self._open: dict[str, Incident] = dict(state.open)
+        self._by_fp: dict[str, str] = dict(state.by_fingerprint)
+        self._by_service: dict[str, str] = dict(state.by_service)
+        self._resolved: dict[str, datetime | None] = dict(state.resolved)
+        self.state = State(MappingProxyType(self._open), MappingProxyType(self._by_fp),
+                           MappingProxyType(self._resolved), state.changes,
+                           MappingProxyType(self._by_service))
 
     async def refresh(self) -> None:
         """Reload the state from the store, which forgets resolutions past their retention
@@ -87,7 +104,10 @@ class Dispatcher:
             if decision.changes_anything:
                 # Advance now so the next webhook decides on top of this one; undone below
                 # (by reloading) if the commit fails.
-                self.state = apply(self.state, decision)
+                advance(self._open, self._by_fp, self._by_service, self._resolved, decision)
+                if decision.changes:
+                    self.state = replace(self.state,
+                                         changes=self.state.changes + decision.changes)
                 self._in_flight += 1
         if decision.changes_anything:
             try:
@@ -134,3 +154,6 @@ class Dispatcher:
                 if page.at == decision.now and page.reason not in (OPENED, BUSINESS_UPDATE):
                     self.metrics.escalations.labels(page.reason.replace(" ", "_")).inc()
         self.metrics.incidents_open.set(len(self.state.open))
+        for event in decision.events:
+            for what in truncations(event.body):
+                self.metrics.events_truncated.labels(what).inc()

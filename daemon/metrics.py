@@ -14,7 +14,14 @@ STALE_CHECK_OUTCOMES = ("ok", "unreachable", "unconfigured", "error")
 # secret configured, or not stored (the store, shutting down: PagerDuty retries).
 PAGERDUTY_WEBHOOK_OUTCOMES = ("accepted", "ignored", "unauthorized", "invalid", "unconfigured",
                               "error")
+# Why the outbox holds a routing key's events back (daemon/outbox.py): its budget per minute
+# is spent, or PagerDuty answered 429.
+SHAPED_REASONS = ("budget", "rate_limited")
+# What was cut from an event to fit PagerDuty's limits (daemon/decide/bodies.py).
+TRUNCATED_PARTS = ("summary", "details")
 
+# Why a page went out beyond an incident's first ones (the engine's page reasons, as labels).
+ESCALATION_REASONS = ("impact_grew", "not_acknowledged_in_time", "not_resolved_in_time")
 
 class Metrics:
     """Every metric Firehouse exports; names are firehouse_<noun>_<unit>, labels closed."""
@@ -53,6 +60,8 @@ class Metrics:
         self.escalations = Counter(
             "firehouse_escalations", "Pages sent beyond an incident's first ones, by reason.",
             ["reason"], registry=r)
+        for reason in ESCALATION_REASONS:
+            self.escalations.labels(reason)
         self.incidents_merged = Counter(
             "firehouse_incidents_merged", "Incidents merged into another one that an alert "
             "connected them to.", registry=r)
@@ -74,6 +83,22 @@ class Metrics:
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
         self.outbox = Gauge(
             "firehouse_outbox_events", "Outbox rows by state.", ["state"], registry=r)
+        self.outbox_shaped = Counter(
+            "firehouse_outbox_shaped", "Times a routing key began holding its events back: its "
+            "budget (pagerduty.rate_limit_per_minute) was spent, or PagerDuty answered 429.",
+            ["reason"], registry=r)
+        for reason in SHAPED_REASONS:
+            self.outbox_shaped.labels(reason)
+        self.outbox_shaped_keys = Gauge(
+            "firehouse_outbox_shaped_routing_keys",
+            "Routing keys holding their events back now (budget spent, or after a 429).",
+            registry=r)
+        self.events_truncated = Counter(
+            "firehouse_events_truncated", "Events cut to fit PagerDuty's limits, by what was "
+            "cut: the summary (1,024 characters) or custom details (512 KB).", ["what"],
+            registry=r)
+        for what in TRUNCATED_PARTS:
+            self.events_truncated.labels(what)
         self.outbox_overdue = Gauge(
             "firehouse_outbox_overdue_events",
             "Events undelivered for longer than pagerduty.overdue_after_seconds (still retried).",

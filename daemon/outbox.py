@@ -4,6 +4,13 @@
 and jitter (honouring Retry-After), without limit. Any other 4xx is a permanent failure kept
 as a dead letter with PagerDuty's message. Events whose routing key is empty are dry-run:
 logged and marked, never sent.
+
+Up to `concurrency` events are in flight at once, never two of one dedup key; a freed slot
+is refilled at once, and the outcomes that came in meanwhile are recorded in one
+transaction. Each routing key has a budget (`pagerduty.rate_limit_per_minute`, a token
+bucket): an event whose key has spent it stays pending, unattempted, while other keys'
+events flow; a 429 pauses its whole key. An event is marked delivered only after PagerDuty
+answered 2xx; a crash in between sends it again, and PagerDuty deduplicates it.
 """
 
 from __future__ import annotations
@@ -13,17 +20,26 @@ import contextlib
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from prometheus_client import Counter
 
 from daemon.config import Settings, mask
 from daemon.metrics import Metrics
-from daemon.pagerduty import OK, PagerDutyClient, SendResult
-from daemon.store import DELIVERED, DRY_RUN, Store, StoredEvent
+from daemon.pagerduty import OK, RATE_LIMITED, PagerDutyClient, SendResult
+from daemon.store import DEAD, DELIVERED, DRY_RUN, PENDING, Attempt, Store, StoredEvent
 
 log = logging.getLogger("firehouse.outbox")
 
 Clock = Callable[[], datetime]
+# Why a routing key holds its events back (SHAPED_REASONS, a metric label).
+BUDGET = "budget"
+PAUSED = "rate_limited"
+IDLE_WAIT = 60.0
 
 
 def utcnow() -> datetime:
@@ -37,6 +53,78 @@ def backoff(attempts: int, base: float, cap: float, rng: random.Random) -> float
     return rng.uniform(ceiling / 2, ceiling)
 
 
+@dataclass(slots=True)
+class _Bucket:
+    tokens: float
+    at: float
+    paused_until: float = 0.0
+    holding: str = ""  # why the key holds its events back (counted once per hold), or ""
+
+
+class Shaper:
+    """Token buckets per routing key: at most `per_minute()` events a minute each, in bursts
+    of up to that many; a key PagerDuty answered 429 waits until `pause` says. Counts each
+    hold in `shaped`, by reason."""
+
+    def __init__(self, per_minute: Callable[[], int], shaped: Counter) -> None:
+        self.per_minute = per_minute
+        self.shaped = shaped
+        self._buckets: dict[str, _Bucket] = {}
+
+    def _bucket(self, key: str, now: float) -> _Bucket:
+        """`key`'s bucket, refilled up to now (the limit is read afresh: a reload may change
+        it)."""
+        limit = self.per_minute()
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = _Bucket(float(limit), now)
+        bucket.tokens = min(float(limit), bucket.tokens + max(0.0, now - bucket.at) * limit / 60)
+        bucket.at = now
+        return bucket
+
+    def _hold(self, bucket: _Bucket, reason: str) -> None:
+        if bucket.holding != reason:
+            bucket.holding = reason
+            self.shaped.labels(reason).inc()
+
+    def take(self, key: str, now: datetime) -> bool:
+        """Spend one event of `key`'s budget; False if it has none left or is paused."""
+        bucket = self._bucket(key, now.timestamp())
+        if bucket.paused_until > bucket.at:
+            self._hold(bucket, PAUSED)
+            return False
+        if self.per_minute() > 0:
+            if bucket.tokens < 1:
+                self._hold(bucket, BUDGET)
+                return False
+            bucket.tokens -= 1
+        bucket.holding = ""
+        return True
+
+    def pause(self, key: str, now: datetime, until: datetime) -> None:
+        """Hold `key` back until `until` (PagerDuty answered 429)."""
+        bucket = self._bucket(key, now.timestamp())
+        bucket.paused_until = max(bucket.paused_until, until.timestamp())
+        self._hold(bucket, PAUSED)
+
+    def held(self, now: datetime) -> dict[str, float]:
+        """The routing keys that may not send now, each with when it may (a timestamp);
+        forgets the keys whose budget is whole again."""
+        at = now.timestamp()
+        limit = self.per_minute()
+        held: dict[str, float] = {}
+        for key in list(self._buckets):
+            bucket = self._bucket(key, at)
+            ready = bucket.paused_until
+            if limit > 0 and bucket.tokens < 1:
+                ready = max(ready, at + (1 - bucket.tokens) * 60 / limit)
+            if ready > at:
+                held[key] = ready
+            elif bucket.tokens >= limit:
+                del self._buckets[key]
+        return held
+
+
 class Deliverer:
     """Background worker that empties the outbox into PagerDuty."""
 
@@ -47,7 +135,8 @@ class Deliverer:
         metrics: Metrics,
         *,
         clock: Clock = utcnow,
-        batch: int = 64,
+        concurrency: int = 32,
+        rate_limit: Callable[[], int] = lambda: 0,
         base_delay: float = 1.0,
         max_delay: float = 300.0,
         rng: random.Random | None = None,
@@ -56,107 +145,200 @@ class Deliverer:
         self.client = client
         self.metrics = metrics
         self.clock = clock
-        self.batch = batch
+        self.concurrency = concurrency
+        self.shaper = Shaper(rate_limit, metrics.outbox_shaped)
         self.base_delay = base_delay
         self.max_delay = max_delay
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
         self._wake = asyncio.Event()
         self._stopping = False
+        # Events read, sends in flight, outcomes not yet recorded; their dedup keys are held:
+        # the next event of a key waits until the one before it is recorded.
+        self._sending: dict[asyncio.Task[Attempt], StoredEvent] = {}
+        self._ready: deque[StoredEvent] = deque()  # read, due, not started yet
+        self._done: list[tuple[StoredEvent, Attempt]] = []
+        self._held_keys: set[str] = set()
 
     def wake(self) -> None:
         """Tell the worker that new events were committed."""
         self._wake.set()
 
     def stop(self) -> None:
-        """Ask the worker to finish its current batch and return."""
+        """Ask the worker to finish the sends in flight, record them and return."""
         self._stopping = True
         self._wake.set()
 
     async def run(self) -> None:
         """Deliver until stopped; store errors are logged and retried, never fatal."""
         failures = 0
-        while not self._stopping:
-            try:
-                delivered = await self.deliver_due()
-                failures = 0
-                if delivered:
-                    continue
-                await self._sleep_until_due()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                # Typically the store (disk full): back off, or a batch that was sent but
-                # could not be recorded would be sent again every second.
-                failures += 1
-                delay = min(30.0, 2.0 ** (failures - 1))
-                log.exception("outbox worker error; retrying in %.0fs", delay)
-                await asyncio.sleep(delay)
-
-    async def _sleep_until_due(self) -> None:
-        self._wake.clear()
-        if self._stopping:
-            # stop() came during the last batch: its wake-up was just cleared.
-            return
-        next_at = await self.store.next_attempt_at()
-        timeout = 60.0
-        if next_at is not None:
-            timeout = max(0.0, min(timeout, (next_at - self.clock()).total_seconds()))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout)
+        try:
+            while not self._stopping:
+                try:
+                    await self._start_due()
+                    await self._wait()
+                    await self._record_done()
+                    failures = 0
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    # Typically the store (disk full): back off, or events that were sent but
+                    # could not be recorded would be sent again every second.
+                    failures += 1
+                    delay = min(30.0, 2.0 ** (failures - 1))
+                    log.exception("outbox worker error; retrying in %.0fs", delay)
+                    await asyncio.sleep(delay)
+            await self._finish()
+        finally:
+            self._held_keys.difference_update(e.dedup_key for e in self._ready)
+            self._ready.clear()
+            for task in self._sending:
+                # Cancelled mid-send: those events stay pending and go out after a restart.
+                task.cancel()
 
     async def deliver_due(self) -> int:
-        """Send one batch of due events concurrently; returns how many were attempted."""
-        events = await self.store.due_events(self.clock(), self.batch)
-        # Every attempt finishes before the next batch is read: an event still in flight
-        # would otherwise be read again and sent twice, or overtaken by its own resolve.
-        results = await asyncio.gather(*(self._deliver(e) for e in events),
-                                       return_exceptions=True)
-        failures: list[Exception] = []
-        for event, result in zip(events, results, strict=True):
-            if isinstance(result, Exception):
-                log.error("could not deliver or record", exc_info=result,
-                          extra={"fields": fields(event)})
-                failures.append(result)
-            elif isinstance(result, BaseException):
-                raise result
-        if failures:
-            # Those events are still pending and due: let run() pause rather than resend.
-            raise failures[0]
-        return len(events)
+        """One round: send what is due (within the limit in flight and the budgets), wait
+        for every answer and record them; returns how many were attempted."""
+        started = await self._start_due()
+        await self._finish()
+        return started
 
-    async def _deliver(self, event: StoredEvent) -> None:
+    async def _finish(self) -> None:
+        """Wait for every send in flight, then record all outcomes."""
+        while self._sending:
+            await asyncio.wait(self._sending, return_when=asyncio.FIRST_COMPLETED)
+            self._collect()
+        await self._record_done()
+
+    async def _start_due(self) -> int:
+        """Start sending due events into the free slots; returns how many were started.
+
+        Due events are read `concurrency` at a time, most urgent first, and kept until a
+        slot frees: a freed slot is refilled without a query (each query walks past the
+        resolves waiting behind their triggers)."""
+        started = 0
+        read_again = not self._stopping
+        now = self.clock()
+        while not self._stopping and len(self._sending) < self.concurrency:
+            if not self._ready:
+                if not read_again:
+                    break
+                read_again = False
+                # Cleared before reading: a commit after the read wakes the next wait.
+                self._wake.clear()
+                held = self.shaper.held(now)
+                self.metrics.outbox_shaped_keys.set(len(held))
+                self._ready.extend(await self.store.due_events(
+                    now, self.concurrency, skip_routing_keys=held,
+                    skip_dedup_keys=self._held_keys))
+                self._held_keys.update(e.dedup_key for e in self._ready)
+                continue
+            event = self._ready.popleft()
+            if event.routing_key and not self.shaper.take(event.routing_key, now):
+                # It waits, still pending and unattempted; the next read skips its key, so
+                # that other keys' events fill the slots.
+                self._held_keys.discard(event.dedup_key)
+                read_again = True
+                continue
+            self._sending[asyncio.create_task(self._attempt(event))] = event
+            started += 1
+        return started
+
+    async def _wait(self) -> None:
+        """Until a send ends, events are committed, or the next event is due."""
+        if self._done:
+            return
+        waiters: set[asyncio.Future[Any]] = set(self._sending)
+        timeout = None
+        wake = None
+        if len(self._sending) < self.concurrency:
+            # A free slot: also wake for new events, a retry falling due, or a budget refill.
+            timeout = await self._idle_timeout()
+            wake = asyncio.ensure_future(self._wake.wait())
+            waiters.add(wake)
+        try:
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if wake is not None:
+                wake.cancel()
+        self._collect()
+
+    async def _idle_timeout(self) -> float:
+        now = self.clock()
+        held = self.shaper.held(now)
+        next_at = await self.store.next_attempt_at(skip_routing_keys=held,
+                                                   skip_dedup_keys=self._held_keys)
+        timeout = IDLE_WAIT
+        if next_at is not None:
+            timeout = min(timeout, (next_at - now).total_seconds())
+        if held:
+            timeout = min(timeout, min(held.values()) - now.timestamp())
+        return max(0.0, timeout)
+
+    def _collect(self) -> None:
+        """Move finished sends to the outcomes to record; a send that failed (a bug) frees
+        its key, its event still pending."""
+        for task in [t for t in self._sending if t.done()]:
+            event = self._sending.pop(task)
+            if task.cancelled():
+                self._held_keys.discard(event.dedup_key)
+                continue
+            error = task.exception()
+            if error is not None:
+                log.error("could not deliver", exc_info=error, extra={"fields": fields(event)})
+                self._held_keys.discard(event.dedup_key)
+                continue
+            self._done.append((event, task.result()))
+
+    async def _record_done(self) -> None:
+        """Record every outcome that came in, in one transaction, then free their keys."""
+        done, self._done = self._done, []
+        if not done:
+            return
+        try:
+            await self.store.record([attempt for _, attempt in done])
+        except Exception:
+            # Still pending on disk: sent again later (PagerDuty deduplicates).
+            log.exception("could not record %d delivery outcome(s)", len(done))
+            raise
+        finally:
+            for event, _ in done:
+                self._held_keys.discard(event.dedup_key)
+
+    async def _attempt(self, event: StoredEvent) -> Attempt:
+        """Send one event (or log it, in dry-run) and say how to record the outcome."""
         if not event.routing_key:
             log.info("dry-run", extra={"fields": fields(event)})
             self.metrics.events_dry_run.inc()
-            await self.store.mark_delivered(event.id, self.clock(), DRY_RUN, 0)
-            return
+            return Attempt(event.id, DRY_RUN, self.clock(), 0)
         started = time.perf_counter()
         result = await self.client.send(event.routing_key, event.body,
                                         change=event.action == "change")
         self.metrics.delivery_seconds.observe(time.perf_counter() - started)
         self.metrics.events_sent.labels(event.action, result.outcome).inc()
-        await self._record(event, result)
+        return self._outcome(event, result)
 
-    async def _record(self, event: StoredEvent, result: SendResult) -> None:
+    def _outcome(self, event: StoredEvent, result: SendResult) -> Attempt:
         now = self.clock()
         if result.outcome == OK:
             log.info("sent", extra={"fields": {**fields(event), "status": result.status}})
-            await self.store.mark_delivered(event.id, now, DELIVERED, result.status)
-        elif result.retryable:
+            return Attempt(event.id, DELIVERED, now, result.status)
+        error = f"{result.outcome}: {result.message}"
+        if result.retryable:
             delay = backoff(event.attempts, self.base_delay, self.max_delay, self.rng)
             if result.retry_after is not None:
                 delay = max(delay, min(result.retry_after, self.max_delay))
+            retry_at = now + timedelta(seconds=delay)
+            if result.outcome == RATE_LIMITED:
+                # PagerDuty's limit is per integration key: the key's other events wait too.
+                self.shaper.pause(event.routing_key, now, retry_at)
             log.warning("retry", extra={"fields": {
                 **fields(event), "in": f"{delay:.1f}s", "outcome": result.outcome,
                 "status": result.status, "error": result.message}})
-            await self.store.mark_retry(event.id, now + timedelta(seconds=delay),
-                                        result.status, f"{result.outcome}: {result.message}")
-        else:
-            log.error("dead letter", extra={"fields": {
-                **fields(event), "outcome": result.outcome, "status": result.status,
-                "error": result.message}})
-            await self.store.mark_dead(event.id, now, result.status,
-                                       f"{result.outcome}: {result.message}")
+            return Attempt(event.id, PENDING, retry_at, result.status, error)
+        log.error("dead letter", extra={"fields": {
+            **fields(event), "outcome": result.outcome, "status": result.status,
+            "error": result.message}})
+        return Attempt(event.id, DEAD, now, result.status, error)
 
 
 def fields(event: StoredEvent) -> dict[str, object]:

@@ -240,8 +240,9 @@ class Reconciler:
             resolved = newly_resolved(checked, state, decision)
             return decision
 
-        await self.dispatcher.run(step)
+        # Counted before the step: the dispatcher's state is live, and the step may close them.
         incidents = {state.by_fingerprint[fp] for fp in checked if fp in state.by_fingerprint}
+        await self.dispatcher.run(step)
         self.metrics.stale_alerts_resolved.inc(resolved)
         self.metrics.stale_checks.labels(outcome).inc()
         fields: dict[str, object] = {"outcome": outcome, "alerts": len(checked),

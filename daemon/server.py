@@ -372,4 +372,7 @@ def make_app(firehouse: Firehouse) -> web.Application:
     app.router.add_get("/api/v1/outbox", outbox)
     app.router.add_post("/api/v1/changes", post_change)
     app.router.add_get("/api/v1/changes", changes)
+    # The pages build on this module (its auth and APP_KEY): imported here, not at the top.
+    from daemon.web import add_routes  # noqa: PLC0415
+    add_routes(app)
     return app

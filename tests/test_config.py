@@ -587,6 +587,31 @@ class TestLimits:
         assert load_config(path, {}).settings.max_body_bytes == 65536
 
 
+class TestRateLimit:
+    """pagerduty.rate_limit_per_minute: events a minute per routing key, 0 for no limit."""
+
+    def test_default_is_pagerdutys_limit(self, tmp_path: Path) -> None:
+        """Without the setting, 120 events a minute per routing key, PagerDuty's limit."""
+        assert load_config(write(tmp_path), {}).settings.pagerduty_rate_limit == 120
+        assert Settings().pagerduty_rate_limit == 120
+
+    @pytest.mark.parametrize("limit", [0, 60, 100000])
+    def test_configurable(self, tmp_path: Path, limit: int) -> None:
+        """The setting replaces the default; 0 turns shaping off."""
+        path = write(tmp_path, SETTINGS + f"pagerduty:\n  rate_limit_per_minute: {limit}\n")
+        assert load_config(path, {}).settings.pagerduty_rate_limit == limit
+
+    @pytest.mark.parametrize(("value", "shown"), [
+        ("-1", "-1"), ("1.5", "1.5"), ("lots", "'lots'"), ("true", "True"), ("100001", "100001"),
+    ])
+    def test_not_a_whole_number_in_range(self, tmp_path: Path, value: str, shown: str) -> None:
+        """A negative, fractional, textual, boolean or too large limit is refused, located."""
+        path = write(tmp_path, SETTINGS + f"pagerduty:\n  rate_limit_per_minute: {value}\n")
+        assert problems_of(path) == [
+            f"{path}:11: pagerduty.rate_limit_per_minute: must be a whole number of events "
+            f"from 0 (no limit) to 100000 (got {shown})"]
+
+
 class TestChangesWindow:
     """changes.window_hours: how recent a change must be to be a rollback candidate."""
 

@@ -76,11 +76,11 @@ def technical(decision: Decision) -> list[OutboundEvent]:
 
 
 def assert_business_update(event: OutboundEvent, incident_id: str, number: int,
-                           severity: str = "critical") -> None:
+                           severity: str = "critical", salt: str = "") -> None:
     """`event` is the business line's plain-language update number `number`."""
     assert event.action == TRIGGER
     assert event.target == "business-line"
-    assert event.routing_key == routing_key("business-line")
+    assert event.routing_key == routing_key("business-line", salt)
     assert event.dedup_key == f"firehouse/{incident_id}/business-line/update-{number}"
     details = event.body["payload"]["custom_details"]
     assert details["paged_as"] == ["business_line"]
@@ -92,6 +92,19 @@ def assert_business_update(event: OutboundEvent, incident_id: str, number: int,
 def resolves(decision: Decision) -> list[OutboundEvent]:
     """The resolve events of a decision."""
     return [e for e in decision.events if e.action == RESOLVE]
+
+
+def final_update(decision: Decision, incident_id: str, number: int, salt: str = ""
+                 ) -> OutboundEvent:
+    """The business line's last update in a closing decision, checked: "Recovered: ..." at
+    info, then resolved in the same decision, its trigger first (order per dedup key)."""
+    (event,) = [e for e in triggers(decision)
+                if e.target == "business-line" and e.incident_id == incident_id]
+    assert_business_update(event, incident_id, number, severity="info", salt=salt)
+    assert event.body["payload"]["summary"].startswith("Recovered:")
+    same_key = [e.action for e in decision.events if e.dedup_key == event.dedup_key]
+    assert same_key == [TRIGGER, RESOLVE]
+    return event
 
 
 def step(state: State, decision: Decision) -> State:
@@ -181,11 +194,14 @@ class TestDecideFiring:
         (cart_incident,) = state.open.values()
         # cart and postgres-payments are not connected: two fires, two incidents.
         (pg_incident,) = [i for i in decision.incidents if i.id != cart_incident.id]
-        assert {e.incident_id for e in triggers(decision)} == {pg_incident.id}
+        assert {e.incident_id for e in technical(decision)} == {pg_incident.id}
         assert len(technical(decision)) == 3
-        assert len(triggers(decision)) == 4
+        # The pg incident's first business update, and the cart incident's last one: the
+        # business line hears that it is over, at info, and that page is resolved at once.
+        closing = final_update(decision, cart_incident.id, 2)
+        assert len(triggers(decision)) == 5
         assert {e.dedup_key for e in resolves(decision)} == {
-            p.dedup_key for p in cart_incident.pages}
+            p.dedup_key for p in cart_incident.pages} | {closing.dedup_key}
 
     def test_real_mixed_fixture_is_decided_per_alert(self, config: Config) -> None:
         """In the real mixed payload each firing alert opens and each resolved one is remembered."""
@@ -212,11 +228,14 @@ class TestDecideResolving:
         decision = decide(webhook(resolved(pg_lag())), rotated, step(State(), opened),
                           NOW + timedelta(minutes=10))
 
-        pages = {(e.dedup_key, e.routing_key) for e in triggers(opened)}
-        assert {(e.dedup_key, e.routing_key) for e in resolves(decision)} == pages
-        assert triggers(decision) == []
         (incident,) = decision.incidents
         assert incident.status == "resolved"
+        # The business line's last word is new: it goes through the current routing key.
+        final = final_update(decision, incident.id, 2, salt="rotated")
+        assert triggers(decision) == [final]
+        pages = {(e.dedup_key, e.routing_key) for e in triggers(opened)}
+        pages.add((final.dedup_key, final.routing_key))
+        assert {(e.dedup_key, e.routing_key) for e in resolves(decision)} == pages
 
     def test_resolve_after_damping_uses_the_same_routing_keys(self, config: Config) -> None:
         """With damping on, the clock's resolves also go through the triggers' routing keys."""
@@ -229,20 +248,25 @@ class TestDecideResolving:
         # on the new key); the people's pages stay up.
         recovering = state.open[opened.incidents[0].id].pages[-1]
         assert recovering.routing_key == routing_key("business-line", "rotated")
+        assert recovering.severity == "info"
 
         closed = tick(rotated, state, NOW + timedelta(minutes=15))
 
+        final = final_update(closed, opened.incidents[0].id, 3, salt="rotated")
+        assert triggers(closed) == [final]
         pages = {(e.dedup_key, e.routing_key) for e in technical(opened)}
         pages.add((recovering.dedup_key, recovering.routing_key))
+        pages.add((final.dedup_key, final.routing_key))
         assert {(e.dedup_key, e.routing_key) for e in resolves(closed)} == pages
-        assert triggers(closed) == []
 
     def test_resolve_event_carries_only_action_and_dedup_key(self, immediate: Config) -> None:
         """A resolve event's body is exactly event_action and dedup_key."""
         opened = decide(webhook(pg_lag()), immediate, State(), NOW)
         decision = decide(webhook(resolved(pg_lag())), immediate, step(State(), opened), NOW)
 
-        assert len(resolves(decision)) == 4
+        # The three technical pages, the first business update, and the final one.
+        final_update(decision, opened.incidents[0].id, 2)
+        assert len(resolves(decision)) == 4 + 1
         for event in resolves(decision):
             assert dict(event.body) == {"event_action": "resolve", "dedup_key": event.dedup_key}
 
@@ -316,8 +340,9 @@ class TestDecideResolving:
 
         closed = decide(webhook(merged), immediate, state, NOW + timedelta(minutes=1))
 
+        final = final_update(closed, opened.incidents[0].id, 2)
         assert sorted(e.dedup_key for e in closed.events if e.action == "resolve") == sorted(
-            e.dedup_key for e in triggers(opened))
+            [*(e.dedup_key for e in triggers(opened)), final.dedup_key])
         assert step(state, closed).open == {}
 
     def test_resolution_of_an_alert_never_seen_is_remembered(self, config: Config) -> None:
@@ -360,7 +385,8 @@ class TestDedupKey:
         opened = decide(webhook(pg_lag()), immediate, State(), NOW)
         closing = decide(webhook(resolved(pg_lag())), immediate, step(State(), opened), NOW)
 
-        assert sorted(e.dedup_key for e in triggers(opened)) == sorted(
+        final = final_update(closing, opened.incidents[0].id, 2)
+        assert sorted(e.dedup_key for e in (*triggers(opened), final)) == sorted(
             e.dedup_key for e in resolves(closing))
         assert all(len(e.dedup_key) <= DEDUP_KEY_LIMIT for e in opened.events)
 

@@ -111,6 +111,24 @@ class TestDispatcher:
         assert dispatcher.state.resolved == {}
 
 
+class TestTruncationMetric:
+    async def test_cut_summaries_and_details_are_counted(
+        self, store: GatedStore, config: Config
+    ) -> None:
+        """Each event cut to fit PagerDuty counts once per part cut; an uncut one not at all."""
+        metrics = Metrics()
+        dispatcher = Dispatcher(store, config, metrics, lambda: NOW, lambda: None)
+        huge = alert({"alertname": "HugeAnn", "service": "checkout", "severity": "warning"},
+                     annotations={"description": "trace\n" * 120_000, "summary": "x" * 2000})
+
+        decision = await dispatcher.handle(webhook(huge))
+
+        assert len(decision.events) == 4  # three technical pages cut, the business update not
+        counted = metrics.events_truncated
+        assert (counted.labels("summary")._value.get(),
+                counted.labels("details")._value.get()) == (3, 3)
+
+
 def resolved_alert(name: str) -> dict[str, object]:
     """A resolved alert never seen firing: the engine remembers its resolution."""
     return alert({"alertname": name, "service": "payments"}, status="resolved")

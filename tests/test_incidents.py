@@ -20,10 +20,12 @@ from daemon.decide import (
     OutboundEvent,
     State,
     apply,
+    business_summary,
     decide,
     next_deadline,
     tick,
 )
+from daemon.rules import Clock, Rule
 from tests.helpers import (
     NOW,
     STARTED,
@@ -62,6 +64,17 @@ def orders_down() -> dict[str, Any]:
 def checkout_errors() -> dict[str, Any]:
     """Checkout fails: it depends on both databases."""
     return alert({"alertname": "CheckoutErrors", "service": "checkout", "severity": "critical"})
+
+
+def switch_errors() -> dict[str, Any]:
+    """Errors on the core switches (core-network: every service depends on it)."""
+    return alert({"alertname": "SwitchPortErrors", "job": "snmp-core-switches",
+                  "severity": "warning"})
+
+
+def since(started: datetime) -> str:
+    """How the business line's words say when a disruption began."""
+    return f"since {started:%Y-%m-%d %H:%M} UTC"
 
 
 def report_late(starts_at: datetime = STARTED) -> dict[str, Any]:
@@ -160,6 +173,7 @@ class TestCorrelation:
         kept = only(state)
         gone = next(i for i in merged.incidents if i.id == second.id)
         assert (gone.status, gone.merged_into) == (MERGED, first.id)
+        assert gone.pages == ()  # they moved to the incident that absorbed it
         assert set(kept.alerts) == set(first.alerts) | set(second.alerts) | {
             parse_webhook(webhook_json(checkout_errors())).alerts[0].fingerprint}
         assert kept.services == ("postgres-payments", "postgres-orders", "checkout")
@@ -171,8 +185,33 @@ class TestCorrelation:
             (RESOLVE, "business-line", key(second, "business-line", "update-1")),
             (TRIGGER, "business-line", key(first, "business-line", "update-3")),
         ]
+        # The merge is news to the business line: at the incident's severity.
+        assert ("business-line", key(first, "business-line", "update-3"), "critical",
+                "business update", ("business_line",)) in pages(merged)
         # Both incidents' pages stay open until the merged one resolves.
         assert sum(1 for p in kept.pages if p.open) == 1 + 3 + 3 + 1
+
+    def test_a_merged_incident_is_as_old_as_the_oldest_fire(self, config: Config) -> None:
+        """A merge keeps the earliest start of either fire, even when the alert that began
+        the absorbed one has since fired again with a later start."""
+        orders = alert({"alertname": "PostgresDown", "service": "postgres-orders",
+                        "severity": "critical"}, starts_at=STARTED + timedelta(minutes=1))
+        _, state = run(config, State(), orders)
+        first = only(state)
+        _, state = run(config, state, payments_lag(), at=NOW + timedelta(minutes=1))
+        _, state = run(config, state, resolved(payments_lag()), at=NOW + timedelta(minutes=2))
+        flared = payments_lag(starts_at=NOW + timedelta(minutes=3))
+        _, state = run(config, state, flared, at=NOW + timedelta(minutes=3))
+        later = alert({"alertname": "CheckoutErrors", "service": "checkout",
+                       "severity": "critical"}, starts_at=NOW + timedelta(minutes=4))
+
+        merged, state = run(config, state, later, at=NOW + timedelta(minutes=4))
+
+        assert list(state.open) == [first.id]
+        assert only(state).started_at == STARTED
+        (update,) = [e for e in merged.events
+                     if e.action == TRIGGER and e.target == "business-line"]
+        assert since(STARTED) in update.body["payload"]["summary"]
 
     def test_unmapped_alerts_each_open_their_own_incident(self, config: Config) -> None:
         """Two alerts on services no map knows open two incidents, each paging the command
@@ -237,16 +276,82 @@ class TestEscalation:
             (RESOLVE, "business-line", key(incident, "business-line", "update-1")),
             (TRIGGER, "business-line", recovering),
         ]
-        assert {(e.target, e.dedup_key, e.routing_key) for e in closed.events} == {
+        # The business line's last update ("Recovered", at info) goes out and is resolved
+        # with every other page, its trigger first.
+        final = key(incident, "business-line", "update-3")
+        assert pages(closed) == {("business-line", final, "info", "business update",
+                                  ("business_line",))}
+        assert [e for e in events(closed) if e[2] == final] == [
+            (TRIGGER, "business-line", final), (RESOLVE, "business-line", final)]
+        (last_word,) = [e for e in closed.events if e.action == TRIGGER]
+        assert last_word.routing_key == routing_key("business-line", "rotated")
+        assert last_word.body["payload"]["summary"].startswith("Recovered:")
+        assert {(e.target, e.dedup_key, e.routing_key) for e in resolve_events(closed)} == {
             ("data-oncall", key(incident, "data-oncall", "warning"), routing_key("data-oncall")),
             ("data-oncall", key(incident, "data-oncall"), routing_key("data-oncall")),
             ("dba-oncall", key(incident, "dba-oncall"), routing_key("dba-oncall")),
             ("checkout-owner", key(incident, "checkout-owner"), routing_key("checkout-owner")),
             ("command-center", key(incident, "command-center"), routing_key("command-center")),
             ("business-line", recovering, routing_key("business-line", "rotated")),
+            ("business-line", final, routing_key("business-line", "rotated")),
         }
-        assert {e.action for e in closed.events} == {RESOLVE}
+        assert len(closed.events) == 1 + 7
         assert apply(state, closed).open == {}
+
+    def test_senior_management_paged_on_growth_gets_the_plain_summary(
+        self, config: Config
+    ) -> None:
+        """Senior management, paged when a network fault joins the fire, gets the plain
+        summary, not the technical page; a missed acknowledgement then pages it with the
+        technical detail."""
+        _, state = run(config, State(), payments_lag())
+        incident = only(state)
+
+        grew, state = run(config, state, switch_errors(), at=NOW + timedelta(minutes=1))
+
+        (management,) = [e for e in grew.events if e.target == "ops-management"]
+        assert management.dedup_key == key(incident, "ops-management")
+        payload = management.body["payload"]
+        assert payload["custom_details"]["reason"] == "impact grew"
+        assert payload["custom_details"]["paged_as"] == ["senior_management"]
+        assert payload["summary"] == business_summary(only(state), NOW + timedelta(minutes=1))
+        assert payload["summary"].startswith("Possible disruption of customer-login, "
+                                             "online-checkout, product-search")
+        assert not {"labels", "annotations", "alerts", "impact"} & set(payload["custom_details"])
+        assert "links" not in management.body
+
+        missed = tick(config, state, NOW + timedelta(minutes=5))
+
+        (escalated,) = [e for e in missed.events if e.target == "ops-management"]
+        assert escalated.dedup_key == key(incident, "ops-management", "critical/ack-missed")
+        details = escalated.body["payload"]["custom_details"]
+        assert details["reason"] == "not acknowledged in time"
+        assert details["labels"]["alertname"] == "SwitchPortErrors"  # the root cause's
+        assert escalated.body["payload"]["summary"].startswith("[NOT ACKNOWLEDGED IN TIME] ")
+
+    @pytest.mark.parametrize(("role", "target"), [("technical_lead", "dba-oncall"),
+                                                  ("service_lead", "checkout-owner")])
+    def test_a_missed_acknowledgement_pages_the_root_cause_lead(
+        self, config: Config, role: str, target: str
+    ) -> None:
+        """`escalate_to: [technical_lead]` (or service_lead) pages the lead of the probable
+        root cause, the payments database under a failing checkout, and nobody else."""
+        rule = Rule(name="the command center first", page=("incident_lead",),
+                    clock=Clock(ack_within=timedelta(minutes=10), escalate_to=(role,)))
+        leads = dataclasses.replace(config, rules=(rule,))
+        opened, state = run(leads, State(), payments_lag(), checkout_errors())
+        incident = only(state)
+        assert pages(opened) == {("command-center", key(incident, "command-center"),
+                                  "critical", "opened", ("incident_lead",))}
+        assert [c["services"] for c in incident.impact["root_causes"]] == [
+            ["postgres-payments"]]
+
+        missed = tick(leads, state, NOW + timedelta(minutes=10))
+
+        assert pages(missed) == {(target, key(incident, target, "critical/ack-missed"),
+                                  "critical", "not acknowledged in time", (role,))}
+        assert [n.message for n in missed.timeline if n.kind == "deadline"] == [
+            f"not acknowledged by 2024-05-01T12:10:00.250000Z: escalated to {target}"]
 
 
 class TestFlapDamping:
@@ -313,6 +418,9 @@ class TestFlapDamping:
             (TRIGGER, "business-line", key(incident, "business-line", "update-2")),
         ]
         assert quiet.events[1].body["payload"]["summary"].startswith("Recovering:")
+        # Recovery is not news: it goes out at info; the flare-up below is, at critical.
+        assert pages(quiet) == {("business-line", key(incident, "business-line", "update-2"),
+                                 "info", "business update", ("business_line",))}
 
         again, state = run(config, state, payments_lag(starts_at=NOW + timedelta(seconds=30)),
                            at=NOW + timedelta(minutes=1))
@@ -323,7 +431,33 @@ class TestFlapDamping:
         ]
         assert again.events[1].body["payload"]["summary"].startswith(
             "Possible disruption of online-checkout")
+        assert pages(again) == {("business-line", key(incident, "business-line", "update-3"),
+                                 "critical", "business update", ("business_line",))}
         assert only(state).quiet_since is None
+
+    def test_the_business_line_is_told_the_first_start_after_a_flap(
+        self, config: Config
+    ) -> None:
+        """An alert firing again inside the damping starts later, but the business line's
+        update still dates the disruption from its first start, and so does the last one."""
+        _, state = run(config, State(), payments_lag())
+        _, state = run(config, state, resolved(payments_lag()), at=NOW)
+        flared = payments_lag(starts_at=NOW + timedelta(seconds=30))
+
+        again, state = run(config, state, flared, at=NOW + timedelta(minutes=1))
+
+        (update,) = [e for e in again.events if e.action == TRIGGER]
+        assert update.body["payload"]["summary"].startswith(
+            f"Possible disruption of online-checkout {since(STARTED)} (severity critical)")
+        assert only(state).started_at == STARTED
+
+        ended = NOW + timedelta(minutes=2)
+        _, state = run(config, state, resolved(flared, ended), at=ended)
+        closed = tick(config, state, ended + DAMPING)
+
+        (last,) = [e for e in closed.events if e.action == TRIGGER]
+        assert last.body["payload"]["summary"] == (
+            f"Recovered: online-checkout back to normal (disrupted {since(STARTED)}).")
 
     def test_no_damping_resolves_at_once(self, config: Config) -> None:
         """With flap damping 0 the incident resolves with its last alert."""

@@ -14,11 +14,21 @@ import aiohttp
 import pytest
 
 from daemon.config import Config
-from daemon.decide import Decision, State, apply, decide
+from daemon.decide import (
+    RESOLVE,
+    TRIGGER,
+    Decision,
+    OutboundEvent,
+    State,
+    apply,
+    decide,
+    trigger_priority,
+)
+from daemon.decide.model import RESOLVE_PRIORITY
 from daemon.metrics import Metrics
-from daemon.outbox import Deliverer
-from daemon.pagerduty import PagerDutyClient
-from daemon.store import DEAD, DELIVERED, DRY_RUN, PENDING, StoredEvent
+from daemon.outbox import Deliverer, utcnow
+from daemon.pagerduty import PagerDutyClient, SendResult
+from daemon.store import DEAD, DELIVERED, DRY_RUN, PENDING, Attempt, StoredEvent
 from daemon.store.sqlite import SqliteStore
 from tests.helpers import (
     NOW,
@@ -61,14 +71,17 @@ def db_alert() -> dict[str, Any]:
 
 
 def open_and_resolve(config: Config) -> tuple[Decision, Decision]:
-    """An incident opened with four pages, then resolved at once (no flap damping)."""
+    """An incident opened with four pages, then resolved at once (no flap damping): the
+    resolves of those four pages (the business line's last update left out)."""
     config = undamped(config)
     opened = decide(webhook(db_alert()), config, State(), NOW)
     closed = decide(webhook(resolved(db_alert())), config, apply(State(), opened), NOW)
     assert [e.target for e in opened.events] == [
         "checkout-owner", "dba-oncall", "command-center", "business-line"]
-    assert len(closed.events) == 4
-    return opened, closed
+    pages = {e.dedup_key for e in opened.events}
+    resolves = tuple(e for e in closed.events if e.dedup_key in pages)
+    assert [e.action for e in resolves] == [RESOLVE] * 4
+    return opened, dataclasses.replace(closed, events=resolves)
 
 
 def single(decision: Decision) -> Decision:
@@ -77,13 +90,47 @@ def single(decision: Decision) -> Decision:
 
 
 def deliverer(store: SqliteStore, url: str, session: aiohttp.ClientSession,
-              clock: Clock | None = None, max_delay: float = 0.05) -> Deliverer:
-    """A worker with tiny backoff, on the real clock unless one is given."""
-    client = PagerDutyClient(url, session, timeout=2.0)
-    if clock is None:
-        return Deliverer(store, client, Metrics(), base_delay=0.01, max_delay=max_delay)
-    return Deliverer(store, client, Metrics(), clock=clock, base_delay=0.01,
-                     max_delay=max_delay)
+              clock: Clock | None = None, max_delay: float = 0.05, *, rate_limit: int = 0,
+              concurrency: int = 32, client: PagerDutyClient | None = None) -> Deliverer:
+    """A worker with tiny backoff, on the real clock unless one is given, sending at most
+    `rate_limit` events a minute per routing key (0: no limit)."""
+    client = client or PagerDutyClient(url, session, timeout=2.0)
+    return Deliverer(store, client, Metrics(), clock=clock or utcnow, base_delay=0.01,
+                     max_delay=max_delay, rate_limit=lambda: rate_limit,
+                     concurrency=concurrency)
+
+
+def page(name: str, severity: str, target: str = "dba-oncall") -> OutboundEvent:
+    """A valid trigger of its own dedup key on `target`'s routing key."""
+    key = f"test/{target}/{name}"
+    body = {"event_action": TRIGGER, "dedup_key": key, "client": "Firehouse", "payload": {
+        "summary": f"{severity} page {name}", "source": "test", "severity": severity}}
+    return OutboundEvent("incident", target, routing_key(target), key, TRIGGER, body,
+                         trigger_priority(severity))
+
+
+def resolve_of(event: OutboundEvent) -> OutboundEvent:
+    """The resolve of a page, as the engine makes it."""
+    body = {"event_action": RESOLVE, "dedup_key": event.dedup_key}
+    return dataclasses.replace(event, action=RESOLVE, body=body, priority=RESOLVE_PRIORITY)
+
+
+async def commit(store: SqliteStore, *outbound: OutboundEvent) -> None:
+    """Write events to the outbox as a decision would."""
+    await store.commit(Decision(events=outbound, now=NOW))
+
+
+async def drain(worker: Deliverer) -> int:
+    """Run rounds until one attempts nothing (the clock standing still); how many were sent."""
+    sent = 0
+    while attempted := await worker.deliver_due():
+        sent += attempted
+    return sent
+
+
+def sent_keys(pd: PagerDutyStandIn) -> list[tuple[str, str]]:
+    """(action, dedup key) of every event PagerDuty accepted, in arrival order."""
+    return [(b["event_action"], b["dedup_key"]) for b in pd.events]
 
 
 @asynccontextmanager
@@ -268,14 +315,222 @@ class TestDeliverer:
         worker = deliverer(store, pd.url, session)
         read = store.due_events
 
-        async def read_then_stop(now: datetime, limit: int) -> list[StoredEvent]:
-            found = await read(now, limit)
+        async def read_then_stop(now: datetime, limit: int, **skip: Any) -> list[StoredEvent]:
+            found = await read(now, limit, **skip)
             worker.stop()
             return found
 
         monkeypatch.setattr(store, "due_events", read_then_stop)
 
         await asyncio.wait_for(worker.run(), timeout=5)  # the idle wait would be 60 s
+
+
+class GatedClient(PagerDutyClient):
+    """The real client, each send waiting for a pass from the test; notes what is in flight."""
+
+    def __init__(self, url: str, session: aiohttp.ClientSession) -> None:
+        super().__init__(url, session, timeout=2.0)
+        self.passes = asyncio.Semaphore(0)
+        self.in_flight: list[str] = []
+        self.started = 0
+        self.most = 0
+        self.overlaps: list[str] = []
+
+    async def send(self, routing_key: str, body: Any, *, change: bool = False) -> SendResult:
+        """Wait for a pass, then send for real."""
+        key = body["dedup_key"]
+        if key in self.in_flight:
+            self.overlaps.append(key)
+        self.in_flight.append(key)
+        self.started += 1
+        self.most = max(self.most, len(self.in_flight))
+        try:
+            await self.passes.acquire()
+            return await super().send(routing_key, body, change=change)
+        finally:
+            self.in_flight.remove(key)
+
+
+class TestThroughput:
+    async def test_sends_concurrently_one_per_dedup_key_refilling_freed_slots(
+        self, store: SqliteStore, pd: PagerDutyStandIn, session: aiohttp.ClientSession,
+    ) -> None:
+        """Up to 32 sends are in flight, never two of one dedup key, and a slot that frees
+        is refilled without waiting for the others; every resolve follows its trigger."""
+        pages = [page(f"p{i}", "error") for i in range(40)]
+        await commit(store, *pages)
+        await commit(store, *(resolve_of(p) for p in pages[:10]))
+        client = GatedClient(pd.url, session)
+        worker = deliverer(store, pd.url, session, client=client)
+
+        async with running(worker):
+            async def full() -> bool:
+                return len(client.in_flight) == 32
+
+            await wait_until(full, what="32 sends in flight")
+            assert len(set(client.in_flight)) == 32
+            assert set(client.in_flight) <= {p.dedup_key for p in pages}
+            client.passes.release()
+
+            async def refilled() -> bool:
+                return client.started == 33
+
+            await wait_until(refilled, what="a 33rd send")  # 31 still waiting
+            assert len(client.in_flight) == 32
+            for _ in range(100):
+                client.passes.release()
+            await wait_until(lambda: all_in(store, DELIVERED), what="all delivered")
+
+        assert (client.most, client.overlaps) == (32, [])
+        assert len(pd.events) == 50
+        order = sent_keys(pd)
+        for event in pages[:10]:
+            assert order.index((TRIGGER, event.dedup_key)) < order.index(
+                (RESOLVE, event.dedup_key))
+
+    async def test_outcomes_are_recorded_in_one_transaction(
+        self, store: SqliteStore, pd: PagerDutyStandIn, session: aiohttp.ClientSession,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """The outcomes of a round of sends are written with one call to the store."""
+        calls: list[list[Attempt]] = []
+        record = store.record
+
+        async def spy(attempts: list[Attempt]) -> None:
+            calls.append(list(attempts))
+            await record(attempts)
+
+        monkeypatch.setattr(store, "record", spy)
+        await commit(store, *(page(f"p{i}", "error") for i in range(20)))
+        pd.set_mode(500, count=3)
+
+        assert await deliverer(store, pd.url, session).deliver_due() == 20
+
+        assert [len(c) for c in calls] == [20]
+        assert sorted(a.state for a in calls[0]) == [DELIVERED] * 17 + [PENDING] * 3
+        rows = await events(store)
+        assert sorted((e.state, e.attempts) for e in rows) == (
+            [(DELIVERED, 1)] * 17 + [(PENDING, 1)] * 3)
+
+
+class TestRateShaping:
+    async def test_a_burst_beyond_the_budget_waits_most_urgent_first(
+        self, store: SqliteStore, pd: PagerDutyStandIn, session: aiohttp.ClientSession,
+        clock: Clock,
+    ) -> None:
+        """300 events on one routing key at 120 a minute: 120 go at once, the others wait
+        pending and unattempted; resolves and critical triggers before warnings; none is
+        refused."""
+        earlier = [page(f"e{i}", "error") for i in range(50)]
+        await commit(store, *earlier)
+        worker = deliverer(store, pd.url, session, clock, rate_limit=120)
+        assert await drain(worker) == 50
+        clock.advance(60)  # the budget is whole again
+        warnings = [page(f"w{i}", "warning") for i in range(150)]
+        resolves = [resolve_of(e) for e in earlier]
+        criticals = [page(f"c{i}", "critical") for i in range(100)]
+        await commit(store, *warnings)
+        await commit(store, *resolves)
+        await commit(store, *criticals)
+
+        assert await drain(worker) == 120
+        assert set(sent_keys(pd)[50:]) == {(RESOLVE, e.dedup_key) for e in earlier} | {
+            (TRIGGER, e.dedup_key) for e in criticals[:70]}
+        waiting = [e for e in await events(store) if e.state != DELIVERED]
+        assert len(waiting) == 180
+        assert all((e.state, e.attempts, e.last_error) == (PENDING, 0, "") for e in waiting)
+        assert worker.metrics.outbox_shaped.labels("budget")._value.get() == 1
+
+        clock.advance(30)  # 60 more
+        assert await drain(worker) == 60
+        assert set(sent_keys(pd)[170:]) == {(TRIGGER, e.dedup_key) for e in criticals[70:]} | {
+            (TRIGGER, e.dedup_key) for e in warnings[:30]}
+        clock.advance(60)
+        assert await drain(worker) == 120
+
+        assert await all_in(store, DELIVERED)
+        assert [r.status for r in pd.received] == [202] * 350
+        assert pd.invalid == []
+
+    async def test_another_routing_key_is_not_held_back(
+        self, store: SqliteStore, pd: PagerDutyStandIn, session: aiohttp.ClientSession,
+        clock: Clock,
+    ) -> None:
+        """While one routing key waits for its budget, a later, less urgent one's events go."""
+        busy = [page(f"b{i}", "critical") for i in range(130)]
+        other = [page(f"o{i}", "info", target="checkout-owner") for i in range(5)]
+        await commit(store, *busy)
+        await commit(store, *other)
+
+        worker = deliverer(store, pd.url, session, clock, rate_limit=120)
+        assert await drain(worker) == 125
+
+        rows = {e.dedup_key: e for e in await events(store)}
+        assert all(rows[e.dedup_key].state == DELIVERED for e in other)
+        assert sum(rows[e.dedup_key].state == PENDING for e in busy) == 10
+        assert worker.metrics.outbox_shaped_keys._value.get() == 1
+
+    async def test_a_resolve_never_overtakes_its_trigger_waiting_for_budget(
+        self, store: SqliteStore, pd: PagerDutyStandIn, session: aiohttp.ClientSession,
+        clock: Clock,
+    ) -> None:
+        """A resolve ranks high, but waits behind its own trigger while that waits for budget."""
+        first, second = page("c1", "critical"), page("c2", "critical")
+        slow = page("w", "warning")
+        await commit(store, first, second, slow)
+        await commit(store, resolve_of(slow))
+        worker = deliverer(store, pd.url, session, clock, rate_limit=2)
+
+        assert await drain(worker) == 2
+        clock.advance(30)  # one more event
+        assert await drain(worker) == 1
+        clock.advance(30)
+        assert await drain(worker) == 1
+
+        assert sent_keys(pd)[2:] == [(TRIGGER, slow.dedup_key), (RESOLVE, slow.dedup_key)]
+        assert pd.state(slow.routing_key, slow.dedup_key) == "resolved"
+
+    async def test_a_429_pauses_the_whole_routing_key(
+        self, store: SqliteStore, pd: PagerDutyStandIn, session: aiohttp.ClientSession,
+        clock: Clock,
+    ) -> None:
+        """After a 429 with Retry-After: 30, the key's other events wait too; others flow."""
+        paused = [page(f"p{i}", "critical") for i in range(3)]
+        other = page("o", "info", target="checkout-owner")
+        await commit(store, *paused, other)
+        worker = deliverer(store, pd.url, session, clock, max_delay=300, concurrency=1)
+        pd.set_mode(429, count=1, retry_after=30)
+
+        assert await worker.deliver_due() == 1
+        assert await drain(worker) == 1
+        rows = {e.dedup_key: e for e in await events(store)}
+        assert rows[other.dedup_key].state == DELIVERED
+        assert [(rows[e.dedup_key].state, rows[e.dedup_key].attempts) for e in paused] == [
+            (PENDING, 1), (PENDING, 0), (PENDING, 0)]
+        assert worker.metrics.outbox_shaped.labels("rate_limited")._value.get() == 1
+        clock.advance(29)
+        assert await worker.deliver_due() == 0
+        clock.advance(1.5)
+        assert await drain(worker) == 3
+
+        assert [r.status for r in pd.received] == [429, 202, 202, 202, 202]
+        assert await all_in(store, DELIVERED)
+
+    async def test_run_sleeps_until_the_budget_refills(
+        self, store: SqliteStore, pd: PagerDutyStandIn, session: aiohttp.ClientSession,
+    ) -> None:
+        """The run() loop sends the events held for budget once it refills, on its own."""
+        await commit(store, *(page(f"p{i}", "error") for i in range(3)))
+        worker = deliverer(store, pd.url, session, rate_limit=600)  # one each 0.1 s
+        worker.shaper.take(routing_key("dba-oncall"), utcnow())
+        for _ in range(599):
+            worker.shaper.take(routing_key("dba-oncall"), utcnow())
+
+        async with running(worker):
+            await wait_until(lambda: all_in(store, DELIVERED), what="all delivered")
+
+        assert len(pd.events) == 3
+        assert worker.metrics.outbox_shaped.labels("budget")._value.get() >= 1
 
 
 class TestHousekeeper:

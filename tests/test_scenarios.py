@@ -244,12 +244,13 @@ class TestOneFire:
             answer = await station.notify(storage)
             assert answer["incidents_opened"] == []
             sent = station.sent()
-            assert triggers(sent) == [
+            spread = [
                 page(ident, "business-line", "update-2", "critical", "business_line"),
                 page(ident, "login-owner", "critical", "critical", "service_lead"),
                 page(ident, "search-owner", "critical", "critical", "service_lead"),
                 page(ident, "storage-oncall", "critical", "critical", "technical_lead"),
             ]
+            assert triggers(sent) == spread
             assert resolves(sent) == [("business-line",
                                        f"firehouse/{ident}/business-line/update-1")]
             listed = only_incident(await station.incidents())
@@ -266,16 +267,27 @@ class TestOneFire:
                 resolved(firing(PAYMENTS_ERRORS, t0 + timedelta(seconds=30)), ended),
                 resolved(storage, ended))
             sent = station.sent()
-            assert triggers(sent) == [
-                page(ident, "business-line", "update-3", "critical", "business_line")]
+            # "Recovering" is not news: at info.
+            recovering = page(ident, "business-line", "update-3", "info", "business_line")
+            assert triggers(sent) == [recovering]
             assert resolves(sent) == [("business-line",
                                        f"firehouse/{ident}/business-line/update-2")]
             assert (await station.incident(ident))["phase"] == "resolving"
             await station.advance(seconds=DAMPING - 1)
             assert station.sent() == []
 
+            # The end: the business line's last update, at info, stood down with every page.
             await station.advance(seconds=1)
-            station.sent()
+            closing = station.sent()
+            last = page(ident, "business-line", "update-4", "info", "business_line")
+            assert triggers(closing) == [last]
+            final = next(e for e in closing if e["event_action"] == "trigger")
+            assert final["payload"]["summary"].startswith("Recovered:")
+            assert [e["event_action"] for e in closing if e["dedup_key"] == last[1]] == [
+                "trigger", "resolve"]
+            # Updates 1 and 2 were stood down when replaced; everything else is now.
+            open_pages = [*opened[1:], *grew, *spread[1:], recovering, last]
+            assert resolves(closing) == sorted((target, key) for target, key, _, _ in open_pages)
             shown = await station.incident(ident)
 
         everything = pd.events
@@ -470,7 +482,7 @@ class TestFlapping:
             await station.notify(resolved(first, clock.now))
             recovering = station.sent()
             assert triggers(recovering) == [
-                page(ident, "business-line", "update-2", "critical", "business_line")]
+                page(ident, "business-line", "update-2", "info", "business_line")]
             update = next(e for e in recovering if e["event_action"] == "trigger")
             assert update["payload"]["summary"].startswith("Recovering:")
 
@@ -587,8 +599,9 @@ class TestClock:
 
             await station.advance(seconds=1)
             sent = [e for e in station.sent() if e["routing_key"] == business]
+            # A routine update is not news: at info.
             assert triggers(sent) == [
-                page(ident, "business-line", "update-2", "critical", "business_line")]
+                page(ident, "business-line", "update-2", "info", "business_line")]
             assert resolves(sent) == [("business-line",
                                        f"firehouse/{ident}/business-line/update-1")]
             update = next(e for e in sent if e["event_action"] == "trigger")

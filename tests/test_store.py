@@ -17,7 +17,7 @@ import pytest
 from daemon.config import Config
 from daemon.decide import RESOLVE, TRIGGER, Deadlines, Decision, State, apply, decide
 from daemon.errors import StoreError
-from daemon.store import DEAD, DELIVERED, DRY_RUN, PENDING
+from daemon.store import DEAD, DELIVERED, DRY_RUN, PENDING, Attempt
 from daemon.store.sqlite import SqliteStore
 from tests.helpers import NOW, alert, resolved, routing_key, target_names, undamped, webhook
 
@@ -32,7 +32,7 @@ def db_alert(service: str = "postgres-payments", name: str = "PostgresDown",
 
 def open_and_resolve(config: Config) -> tuple[Decision, Decision]:
     """Two decisions: an incident opened with three pages and the business line's update,
-    then resolved (without flap damping)."""
+    then resolved (without flap damping), cut to the resolves of those four pages."""
     config = undamped(config)
     firing = db_alert()
     opened = decide(webhook(firing), config, State(), NOW)
@@ -40,8 +40,17 @@ def open_and_resolve(config: Config) -> tuple[Decision, Decision]:
                     NOW + timedelta(minutes=5))
     assert [e.target for e in opened.events] == [
         "checkout-owner", "dba-oncall", "command-center", "business-line"]
-    assert [e.action for e in closed.events] == [RESOLVE] * 4
-    return opened, closed
+    # Only the resolves of those four pages (not the business line's last update, which is
+    # triggered at info and resolved in the same decision, its trigger first).
+    pages = {e.dedup_key for e in opened.events}
+    resolves = tuple(e for e in closed.events if e.dedup_key in pages)
+    assert [e.action for e in resolves] == [RESOLVE] * 4
+    final = f"firehouse/{opened.incidents[0].id}/business-line/update-2"
+    last_word = [e for e in closed.events if e.dedup_key not in pages]
+    assert [(e.action, e.dedup_key) for e in last_word] == [(TRIGGER, final), (RESOLVE, final)]
+    assert last_word[0].body["payload"]["severity"] == "info"
+    assert last_word[0].body["payload"]["summary"].startswith("Recovered:")
+    return opened, dataclasses.replace(closed, events=resolves)
 
 
 def unrelated_alerts(count: int) -> list[dict[str, Any]]:
@@ -285,6 +294,86 @@ class TestOutbox:
 
         due = await store.due_events(NOW + timedelta(minutes=5), 10)
         assert (RESOLVE, triggers[0].dedup_key) in {(e.action, e.dedup_key) for e in due}
+
+
+    async def test_record_writes_many_outcomes_at_once(
+        self, store: SqliteStore, config: Config
+    ) -> None:
+        """record() ends, retries and kills several events in one call."""
+        opened, _ = open_and_resolve(config)
+        await store.commit(opened)
+        a, b, c, d = await store.due_events(NOW, 10)
+        retry_at = NOW + timedelta(seconds=30)
+
+        await store.record([
+            Attempt(a.id, DELIVERED, NOW, 202), Attempt(b.id, PENDING, retry_at, 503, "busy"),
+            Attempt(c.id, DEAD, NOW, 400, "client_error: bad"), Attempt(d.id, DRY_RUN, NOW, 0),
+        ])
+
+        rows = {e.id: e for e in await store.list_events(None, 10)}
+        assert [(rows[e.id].state, rows[e.id].attempts, rows[e.id].last_error)
+                for e in (a, b, c, d)] == [
+            (DELIVERED, 1, ""), (PENDING, 1, "busy"), (DEAD, 1, "client_error: bad"),
+            (DRY_RUN, 1, "")]
+        assert rows[b.id].next_attempt_at == retry_at
+        assert store.healthy
+
+    async def test_resolves_rank_with_critical_triggers(
+        self, store: SqliteStore, config: Config
+    ) -> None:
+        """A resolve is handed out before an earlier warning page, and beside critical ones."""
+        opened, closed = open_and_resolve(config)
+        await store.commit(opened)
+        for event in await store.due_events(NOW, 10):
+            await store.mark_delivered(event.id, NOW, DELIVERED, 202)
+        warning = decide(webhook(db_alert("nowhere", "Lonely", "warning")), config, State(), NOW)
+        await store.commit(warning)
+        await store.commit(closed)
+
+        due = await store.due_events(NOW + timedelta(hours=1), len(closed.events))
+
+        assert [e.action for e in due] == [RESOLVE] * len(closed.events)
+
+    async def test_skipped_keys_are_left_out(self, store: SqliteStore, config: Config) -> None:
+        """Events of skipped routing keys or dedup keys are neither handed out nor awaited."""
+        opened, _ = open_and_resolve(config)
+        await store.commit(opened)
+        first, second, *rest = opened.events
+        retry_at = NOW + timedelta(seconds=30)
+        for event in await store.due_events(NOW, 10):
+            if event.dedup_key in {e.dedup_key for e in rest}:
+                await store.mark_retry(event.id, retry_at, 503, "busy")
+
+        due = await store.due_events(NOW, 10, skip_routing_keys=[first.routing_key],
+                                     skip_dedup_keys=[second.dedup_key])
+
+        assert due == []
+        assert await store.next_attempt_at(skip_routing_keys=[first.routing_key],
+                                           skip_dedup_keys=[second.dedup_key]) == retry_at
+        assert await store.next_attempt_at() == NOW
+
+    async def test_a_database_without_the_urgency_index_gets_it(
+        self, tmp_path: Path, config: Config
+    ) -> None:
+        """A state file made before the index existed is given it on open, and works."""
+        path = tmp_path / "old.db"
+        old = SqliteStore(path)
+        await old.open()
+        await old.commit(open_and_resolve(config)[0])
+        await old.close()
+        with sqlite3.connect(path) as conn:
+            conn.execute("DROP INDEX outbox_pending_by_urgency")
+
+        store = SqliteStore(path)
+        await store.open()
+        try:
+            assert len(await store.due_events(NOW, 10)) == 4
+            plan = store.conn.execute(
+                "SELECT name FROM sqlite_master WHERE name = 'outbox_pending_by_urgency'"
+            ).fetchall()
+        finally:
+            await store.close()
+        assert plan == [("outbox_pending_by_urgency",)]
 
 
 class TestIncidentApi:

@@ -14,7 +14,7 @@ from daemon.decide.bodies import (
     impact_summary,
     trigger_body,
 )
-from daemon.decide.engine import BUSINESS_LINE, Work, apply, decide
+from daemon.decide.engine import BUSINESS_LINE, Work, advance, apply, decide, with_records
 from daemon.decide.model import (
     ACK_MISSED,
     ACKNOWLEDGED,
@@ -58,8 +58,8 @@ __all__ = [
     "EVENT_LIMIT", "FIRING", "GREW", "MERGED", "OPEN", "OPENED", "RESOLVE", "RESOLVED",
     "RESOLVED_IN_PAGERDUTY", "RESOLVE_MISSED", "SUMMARY_LIMIT", "TRIGGER", "TRIGGERED",
     "AlertRecord", "Change", "Deadlines", "Decision", "Explanation", "Incident", "Note",
-    "OutboundEvent", "Page", "PagerDutyUpdate", "State", "Work", "apply", "business_summary",
-    "clean", "cut", "decide", "dedup_key", "event_size", "fit_event", "impact_summary",
-    "incident_id", "locate", "map_severity", "next_deadline", "on_pagerduty", "reconcile",
-    "stale_fingerprints", "tick", "trigger_body", "trigger_priority",
+    "OutboundEvent", "Page", "PagerDutyUpdate", "State", "Work", "advance", "apply",
+    "business_summary", "clean", "cut", "decide", "dedup_key", "event_size", "fit_event",
+    "impact_summary", "incident_id", "locate", "map_severity", "next_deadline", "on_pagerduty",
+    "reconcile", "stale_fingerprints", "tick", "trigger_body", "trigger_priority", "with_records",
 ]

@@ -10,10 +10,12 @@ from types import MappingProxyType
 from typing import Any
 
 from daemon.decide.model import (
+    ACK_MISSED,
     BUSINESS_UPDATE,
     CLIENT,
     OPENED,
     RESOLVE,
+    RESOLVE_MISSED,
     SUMMARY_LIMIT,
     SUMMARY_ROLES,
     TRIGGER,
@@ -95,7 +97,10 @@ def trigger_body(incident: Incident, page: Page, now: datetime,
     """A trigger for one page: technical detail for technical roles, a plain summary for
     senior management and the business line (unless a missed deadline escalated to them)."""
     record = main_alert(incident)
-    summary_only = set(page.roles) <= SUMMARY_ROLES and page.reason in (OPENED, BUSINESS_UPDATE)
+    # Management and the business line get words, not the technical page, unless a missed
+    # deadline escalated to them.
+    summary_only = set(page.roles) <= SUMMARY_ROLES \
+        and page.reason not in (ACK_MISSED, RESOLVE_MISSED)
     details: dict[str, Any] = {
         "firehouse_incident": incident.id,
         "paged_as": list(page.roles),
@@ -196,6 +201,22 @@ def fit_event(body: dict[str, Any]) -> dict[str, Any]:
     payload = {k: v for k, v in body["payload"].items() if k != "custom_details"}
     payload["custom_details"] = {"firehouse_truncated": "all details left out to fit 512 KB"}
     return {**body, "payload": payload}
+
+
+def truncations(body: Mapping[str, Any]) -> tuple[str, ...]:
+    """What was cut from an event to fit PagerDuty's limits: "summary" (cut to
+    SUMMARY_LIMIT, ending in an ellipsis) and/or "details" (`fit_event`'s cuts)."""
+    payload = body.get("payload")
+    if not isinstance(payload, Mapping):
+        return ()
+    found: list[str] = []
+    summary = payload.get("summary")
+    if isinstance(summary, str) and len(summary) == SUMMARY_LIMIT and summary.endswith("…"):
+        found.append("summary")
+    details = payload.get("custom_details")
+    if isinstance(details, Mapping) and "firehouse_truncated" in details:
+        found.append("details")
+    return tuple(found)
 
 
 def _cut_values(details: dict[str, Any]) -> None:

@@ -10,7 +10,7 @@ dedup key for every target when the severity goes up.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
 from types import MappingProxyType
@@ -75,8 +75,30 @@ def apply(state: State, decision: Decision) -> State:
     by_fp = dict(state.by_fingerprint)
     by_service = dict(state.by_service)
     resolved = dict(state.resolved)
+    advance(open_, by_fp, by_service, resolved, decision)
+    changes = state.changes + decision.changes if decision.changes else state.changes
+    return State(MappingProxyType(open_), MappingProxyType(by_fp), MappingProxyType(resolved),
+                 changes, MappingProxyType(by_service))
+
+
+def advance(open_: dict[str, Incident], by_fp: dict[str, str], by_service: dict[str, str],
+            resolved: dict[str, datetime | None], decision: Decision) -> None:
+    """`apply` in place, on maps the caller owns: costs what the decision changed, not the
+    size of the state (the dispatcher's live state; `apply` works on copies)."""
+    added: dict[str, list[str]] = {}
+    if decision.records is not None:
+        for ident, record in decision.records:
+            added.setdefault(ident, []).append(record.fingerprint)
     for incident in decision.incidents:
         previous = open_.get(incident.id)
+        if previous is not None and incident.status == OPEN and decision.records is not None:
+            # An open incident only gains alerts, so those the decision set are all that
+            # can be new to the index; the others already point to it.
+            by_fp.update(dict.fromkeys(added.get(incident.id, ()), incident.id))
+            if incident.services != previous.services or incident.mapped != previous.mapped:
+                _reindex_services(by_service, previous, incident)
+            open_[incident.id] = incident
+            continue
         if previous is not None:
             for fp in previous.alerts:
                 if by_fp.get(fp) == incident.id:
@@ -91,16 +113,36 @@ def apply(state: State, decision: Decision) -> State:
                 by_service.update(dict.fromkeys(incident.services, incident.id))
         else:
             open_.pop(incident.id, None)
+    seen_now: dict[str, dict[str, AlertRecord]] = {}
     for incident_id_, fp in decision.seen:
         seen = open_.get(incident_id_)
         if seen is not None and decision.now is not None and fp in seen.alerts:
-            alerts = dict(seen.alerts)
-            alerts[fp] = replace(alerts[fp], last_seen=decision.now)
-            open_[incident_id_] = replace(seen, alerts=MappingProxyType(alerts))
+            # One copy of an incident's alerts however many of them were seen again.
+            seen_now.setdefault(incident_id_, {})[fp] = replace(seen.alerts[fp],
+                                                                last_seen=decision.now)
+    for incident_id_, records in seen_now.items():
+        seen = open_[incident_id_]
+        open_[incident_id_] = replace(seen, alerts=with_records(seen.alerts, records))
     resolved.update(decision.resolutions)
-    changes = state.changes + decision.changes if decision.changes else state.changes
-    return State(MappingProxyType(open_), MappingProxyType(by_fp), MappingProxyType(resolved),
-                 changes, MappingProxyType(by_service))
+
+
+def _reindex_services(by_service: dict[str, str], previous: Incident, incident: Incident
+                      ) -> None:
+    for name in previous.services:
+        if by_service.get(name) == incident.id:
+            del by_service[name]
+    if incident.mapped:
+        by_service.update(dict.fromkeys(incident.services, incident.id))
+
+
+def with_records(alerts: Mapping[str, AlertRecord], records: Mapping[str, AlertRecord]
+                 ) -> Mapping[str, AlertRecord]:
+    """`alerts` with `records` set (new ones last), as a new read-only mapping."""
+    # A proxy's copy() is the dict's own (a block copy); dict(proxy) goes key by key, which
+    # is 50 times slower, and incidents can hold tens of thousands of alerts.
+    copy = alerts.copy() if isinstance(alerts, MappingProxyType) else dict(alerts)
+    copy.update(records)
+    return MappingProxyType(copy)
 
 
 class Work:
@@ -131,6 +173,10 @@ class Work:
         # Incidents whose last business update no longer says where things stand: it said
         # "Recovering" and an alert fired again, or it was about one of two merged fires.
         self.business_stale: set[str] = set()
+        # Alert records set by this decision, for the store: (incident, fingerprint) -> record.
+        self.records: dict[tuple[str, str], AlertRecord] = {}
+        # Fingerprints set on an incident since it was last put, for its index.
+        self._unindexed: dict[str, list[str]] = {}
 
     # -- reading and writing the state --------------------------------------------------
 
@@ -141,6 +187,22 @@ class Work:
     def put(self, incident: Incident) -> None:
         """Record a changed incident and keep the indexes in step with it."""
         previous = self.changed.get(incident.id) or self.state.open.get(incident.id)
+        unindexed = self._unindexed.pop(incident.id, ())
+        if previous is not None and previous.status == OPEN and incident.status == OPEN:
+            # An open incident only gains alerts (through `set_records`), so only those it
+            # gained can be new to the index: the others point to it already. This keeps a
+            # step on an incident with thousands of alerts from costing thousands.
+            self.fp_index.update(dict.fromkeys(unindexed, incident.id))
+            if incident.services != previous.services or incident.mapped != previous.mapped:
+                for name in previous.services:
+                    if self.incident_of_service(name) == previous.id:
+                        self.service_index[name] = None
+                if incident.mapped:
+                    self.service_index.update(dict.fromkeys(incident.services, incident.id))
+            if previous.quiet_since is not None and incident.quiet_since is None:
+                self.business_stale.add(incident.id)
+            self.changed[incident.id] = incident
+            return
         if previous is not None:
             for fp in previous.alerts:
                 if self.incident_of(fp) == previous.id:
@@ -156,6 +218,15 @@ class Work:
                     and incident.quiet_since is None:
                 self.business_stale.add(incident.id)
         self.changed[incident.id] = incident
+
+    def set_records(self, incident: Incident, *records: AlertRecord
+                    ) -> Mapping[str, AlertRecord]:
+        """The incident's alerts with `records` set; the caller puts the incident with them.
+        Every change to an incident's alerts goes through here (the store writes these)."""
+        for record in records:
+            self.records[(incident.id, record.fingerprint)] = record
+        self._unindexed.setdefault(incident.id, []).extend(r.fingerprint for r in records)
+        return with_records(incident.alerts, {r.fingerprint: r for r in records})
 
     def incident_of(self, fingerprint: str) -> str | None:
         """The open incident an alert belongs to."""
@@ -190,6 +261,7 @@ class Work:
             timeline=tuple(self.timeline), events=tuple(self.events),
             resolutions=tuple(self.resolutions.items()),
             explanations=tuple(self.explanations), now=self.now,
+            records=tuple((ident, record) for (ident, _), record in self.records.items()),
         )
 
     def explain(self, alert: Alert, service: Service | None, label: str | None, action: str,
@@ -235,11 +307,11 @@ class Work:
             for other in joined[1:]:
                 self._merge(ident, other)
             incident = self.incident(ident)
-            alerts = {**incident.alerts, alert.fingerprint: record}
+            alerts = self.set_records(incident, record)
             services = incident.services
             if service.name not in services:
                 services = (*services, service.name)
-            self.put(replace(incident, alerts=MappingProxyType(alerts), services=services,
+            self.put(replace(incident, alerts=alerts, services=services,
                              updated_at=self.now, quiet_since=None))
             self.note(ident, "alert_joined", f"{clean(record.name)} on {service.name} "
                       "joined: it is connected to the failing services")
@@ -261,10 +333,10 @@ class Work:
         if record.status == FIRING and severity_rank(severity) > severity_rank(record.severity):
             # Only a sender that sets its own fingerprints can do this (Alertmanager's hash
             # the labels): the same alert, now worse, is the same fire, assessed again.
-            alerts = {**incident.alerts, alert.fingerprint: replace(
+            alerts = self.set_records(incident, replace(
                 record, labels=alert.labels, annotations=alert.annotations,
-                severity=severity, last_seen=self.now)}
-            self.put(replace(incident, alerts=MappingProxyType(alerts), updated_at=self.now,
+                severity=severity, last_seen=self.now))
+            self.put(replace(incident, alerts=alerts, updated_at=self.now,
                              stale_since=None))
             self.note(ident, "alert_worse", f"{clean(record.name)} is now {severity} (was "
                       f"{record.severity})")
@@ -280,11 +352,10 @@ class Work:
             self.explain(alert, service, label, "already open", incident_id=ident)
             return
         # A new occurrence while the incident waits out its flap damping: the same fire.
-        alerts = dict(incident.alerts)
-        alerts[alert.fingerprint] = replace(
+        alerts = self.set_records(incident, replace(
             record, status=FIRING, starts_at=alert.starts_at, ends_at=None,
-            labels=alert.labels, annotations=alert.annotations, last_seen=self.now)
-        self.put(replace(incident, alerts=MappingProxyType(alerts), quiet_since=None,
+            labels=alert.labels, annotations=alert.annotations, last_seen=self.now))
+        self.put(replace(incident, alerts=alerts, quiet_since=None,
                          updated_at=self.now))
         self.note(ident, "alert_fired_again", f"{clean(record.name)} fired again; the "
                   "incident continues")
@@ -307,6 +378,7 @@ class Work:
 
     def _open(self, record: AlertRecord, service: Service | None) -> str:
         ident = incident_id(record.fingerprint, self.now)
+        self.records[(ident, record.fingerprint)] = record
         self.put(Incident(
             id=ident, status=OPEN, opened_at=self.now, updated_at=self.now, resolved_at=None,
             severity=record.severity, title="", services=(record.service,)
@@ -323,7 +395,7 @@ class Work:
         acknowledged = [a for a in (keep.acknowledged_at, other.acknowledged_at) if a]
         merged = replace(
             keep,
-            alerts=MappingProxyType({**keep.alerts, **other.alerts}),
+            alerts=self.set_records(keep, *other.alerts.values()),
             services=tuple(dict.fromkeys((*keep.services, *other.services))),
             pages=keep.pages + other.pages,
             rules=tuple(dict.fromkeys((*keep.rules, *other.rules))),
@@ -331,10 +403,14 @@ class Work:
             severity=higher(keep.severity, other.severity) or keep.severity,
             acknowledged_at=min(acknowledged) if acknowledged else None,
             fired=tuple(dict.fromkeys((*keep.fired, *other.fired))),
+            # The fire is as old as the older of the two, even when the alert that began
+            # it has since fired again with a later start.
+            started=min(keep.started_at, other.started_at),
             updated_at=self.now, quiet_since=None,
         )
+        # Its pages move with its alerts: the incident that keeps them resolves them.
         self.put(replace(other, status=MERGED, merged_into=keep_id, resolved_at=self.now,
-                         updated_at=self.now))
+                         updated_at=self.now, pages=()))
         self.put(merged)
         self.note(other_id, "merged", f"merged into incident {keep_id}: a new alert connects "
                   "their failing services")
@@ -366,7 +442,8 @@ class Work:
         summary = impact_summary(impact)
         first = not incident.pages
         updated = replace(
-            incident, severity=verdict.severity, impact=summary, rules=tuple(verdict.rules),
+            incident, started=incident.started_at,
+            severity=verdict.severity, impact=summary, rules=tuple(verdict.rules),
             deadlines=verdict.deadlines, updated_at=self.now,
             services=tuple(dict.fromkeys((*incident.services, *failing))),
         )
@@ -387,7 +464,7 @@ class Work:
             before = list(incident.impact.get("business_services", ()))
             if not has_business or rose or ident in self.business_stale \
                     or before != list(summary["business_services"]):
-                self.business_update(self.incident(ident))
+                self.business_update(self.incident(ident), loud=True)
         for record, outcome in verdict.outcomes:
             self.explanations.append(Explanation(
                 fingerprint=record.fingerprint, alertname=record.name, status=record.status,
@@ -489,24 +566,30 @@ class Work:
         return rollback_candidates(self.state.changes, causes, self.graph,
                                    incident.started_at, self.now, window)
 
-    def business_update(self, incident: Incident) -> None:
+    def business_update(self, incident: Incident, *, loud: bool = False) -> Incident:
         """Tell the business line where things stand: a fresh PagerDuty alert on its own
-        routing key replaces the previous update, so it always shows the current state."""
+        routing key replaces the previous update, so it always shows the current state.
+
+        News (the first update, more business services hit, a higher severity, a fire
+        flaring up again) goes out at the incident's severity; routine updates, recovery
+        and the end at `info`, which PagerDuty services usually route at low urgency.
+        """
         target = self.config.target_for_role(BUSINESS_LINE)
         if target is None:
-            return
+            return incident
         previous = [p for p in incident.pages if p.reason == BUSINESS_UPDATE and p.open]
         if previous:
             incident = self.send_resolves(incident, previous)
         number = sum(1 for p in incident.pages if p.reason == BUSINESS_UPDATE) + 1
         page = Page(target, (BUSINESS_LINE,), dedup_key(incident.id, target, f"update-{number}"),
-                    incident.severity, self.routing_key(target), reason=BUSINESS_UPDATE,
-                    at=self.now)
+                    incident.severity if loud else "info", self.routing_key(target),
+                    reason=BUSINESS_UPDATE, at=self.now)
         incident = replace(incident, pages=(*incident.pages, page),
                            business_updated_at=self.now)
         self.put(incident)
         self.send_trigger(incident, page)
         self.note(incident, "business_update", business_summary(incident, self.now))
+        return incident
 
     # -- resolving ------------------------------------------------------------------------
 
@@ -556,11 +639,10 @@ class Work:
         """
         if confirmed:
             self.resolutions[record.fingerprint] = record.starts_at
-        alerts = dict(incident.alerts)
-        alerts[record.fingerprint] = replace(
+        alerts = self.set_records(incident, replace(
             record, status=RESOLVED, ends_at=(ends_at or self.now) if confirmed else None,
-            last_seen=self.now)
-        incident = replace(incident, alerts=MappingProxyType(alerts), updated_at=self.now)
+            last_seen=self.now))
+        incident = replace(incident, alerts=alerts, updated_at=self.now)
         self.note(incident, "alert_resolved", message)
         if incident.firing:
             self.put(incident)
@@ -579,6 +661,10 @@ class Work:
         """Resolve the incident: a resolve for every page it triggered."""
         incident = replace(incident, status=RESOLVED, resolved_at=self.now,
                            updated_at=self.now, quiet_since=None)
+        if any(p.reason == BUSINESS_UPDATE for p in incident.pages):
+            # The business line hears the end in words too: a last update, resolved below
+            # with every other page (its trigger is delivered first: order per dedup key).
+            incident = self.business_update(incident)
         owed = [p for p in incident.pages if p.open]
         incident = self.send_resolves(incident, owed)
         self.put(incident)

@@ -231,6 +231,9 @@ class Incident:
     merged_into: str | None = None
     # Ids of PagerDuty webhook events already applied (PagerDuty retries deliveries).
     pagerduty_events: tuple[str, ...] = ()
+    # When the fire started: the earliest start of any of its alerts, ever (an alert that
+    # fires again has a later start, but the fire is as old as it was).
+    started: datetime | None = None
 
     @property
     def firing(self) -> tuple[AlertRecord, ...]:
@@ -241,6 +244,8 @@ class Incident:
     def started_at(self) -> datetime:
         """When the fire started: the earliest alert's start, not when Firehouse heard of it."""
         starts = [a.starts_at for a in self.alerts.values() if a.starts_at is not None]
+        if self.started is not None:
+            starts.append(self.started)
         return min(starts, default=self.opened_at)
 
     def to_doc(self) -> dict[str, Any]:
@@ -254,6 +259,7 @@ class Incident:
             "quiet_since": _iso(self.quiet_since), "stale_since": _iso(self.stale_since),
             "fired": list(self.fired), "business_updated_at": _iso(self.business_updated_at),
             "merged_into": self.merged_into, "pagerduty_events": list(self.pagerduty_events),
+            "started": _iso(self.started),
         }
 
     @staticmethod
@@ -272,6 +278,7 @@ class Incident:
             "business_updated_at": _from_iso(doc.get("business_updated_at")),
             "merged_into": doc.get("merged_into"),
             "pagerduty_events": tuple(doc.get("pagerduty_events", ())),
+            "started": _from_iso(doc.get("started")),
         }
 
 
@@ -377,6 +384,9 @@ class Decision:
     explanations: tuple[Explanation, ...] = ()
     now: datetime | None = None
     changes: tuple[Change, ...] = ()
+    # The alert records this decision set, with their incident's id, so that storing and
+    # applying it costs what changed; None (not tracked): every alert of its incidents.
+    records: tuple[tuple[str, AlertRecord], ...] | None = None
 
     @property
     def changes_anything(self) -> bool:

@@ -27,6 +27,7 @@ from daemon.decide.model import (
 )
 
 _PAGERDUTY_EVENTS_KEPT = 50
+LEAD_ROLES = frozenset({"technical_lead", "service_lead"})
 
 
 def _stale_after(config: Config) -> float:
@@ -91,8 +92,16 @@ def tick(config: Config, state: State, now: datetime) -> Decision:
 def _escalate(work: Work, incident: Incident, timer: str, reason: str, said: str) -> None:
     """Page the deadline's escalation targets, once, with the technical detail."""
     targets: dict[str, list[str]] = {}
+    # A lead role escalates to the leads of the probable root causes (of every failing
+    # service when there are none).
+    causes = [s for c in incident.impact.get("root_causes", ()) for s in c.get("services", ())]
+    services = [work.graph.services[s] for s in causes or incident.services
+                if s in work.graph.services]
+    impact = work.graph.impact(s.name for s in services)
     for name in incident.deadlines.escalate_to:
-        for target in work.targets_of(name, None, None):
+        found = [t for service in services for t in work.targets_of(name, service, impact)] \
+            if name in LEAD_ROLES else work.targets_of(name, None, None)
+        for target in dict.fromkeys(found):
             roles = targets.setdefault(target, [])
             if name not in roles:
                 roles.append(name)

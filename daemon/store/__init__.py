@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -33,6 +34,18 @@ class StoredEvent:
     last_error: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """How one delivery attempt ended, to be recorded: `state` DELIVERED, DRY_RUN or DEAD
+    ends the event at `at`; PENDING keeps it for another attempt at `at`."""
+
+    event_id: int
+    state: str
+    at: datetime
+    status: int
+    error: str = ""
+
+
 class Store(Protocol):
     """Durable state of Firehouse. `commit` returns only once the decision is on disk."""
 
@@ -54,11 +67,18 @@ class Store(Protocol):
     async def commit(self, decision: Decision) -> None:
         """Write a decision durably, in one transaction."""
 
-    async def due_events(self, now: datetime, limit: int) -> list[StoredEvent]:
-        """Pending events that are due, at most one per dedup key, most urgent first."""
+    async def due_events(self, now: datetime, limit: int, *,
+                         skip_routing_keys: Collection[str] = (),
+                         skip_dedup_keys: Collection[str] = ()) -> list[StoredEvent]:
+        """Pending events that are due, at most one per dedup key (the oldest pending one),
+        most urgent first (resolves rank with critical triggers), of no key skipped."""
 
-    async def next_attempt_at(self) -> datetime | None:
-        """When the earliest pending event becomes due."""
+    async def next_attempt_at(self, *, skip_routing_keys: Collection[str] = (),
+                              skip_dedup_keys: Collection[str] = ()) -> datetime | None:
+        """When the earliest pending event (of no key skipped) becomes due."""
+
+    async def record(self, attempts: Sequence[Attempt]) -> None:
+        """Record the outcomes of many delivery attempts in one transaction."""
 
     async def mark_delivered(self, event_id: int, now: datetime, state: str, status: int) -> None:
         """Record a delivery (or a dry-run) as done."""

@@ -1,0 +1,547 @@
+"""HTML of the command-center pages, from the API's incident JSON.
+
+Everything that came from an alert (labels, annotations, URLs) or a deploy tool is untrusted:
+every text goes through `escape`, and a link is only made of an http(s) URL. The pages are
+whole documents on first load and `fragment`s (the inside of `<main>`) when the page's
+script polls for updates.
+
+Pure: no I/O; `now` is an argument.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from html import escape
+from typing import Any
+from urllib.parse import urlsplit
+
+from daemon.graph import DEGRADED, DOWN, SEVERITIES
+from daemon.web.blast import FAILING, HEALTHY, ROOT, Picture, edge_swatch, svg
+from daemon.web.blast import swatch as state_swatch
+
+BOARD, BUSINESS, INCIDENT = "board", "business", "incident"
+_NAV = ((BOARD, "/", "Board"), (BUSINESS, "/business", "Business"))
+_ROLE_NAMES = {"technical_lead": "technical lead", "service_lead": "service lead",
+               "incident_lead": "incident lead", "senior_management": "senior management",
+               "business_line": "business line"}
+_LEGEND = ((ROOT, "root cause: double octagon"), (FAILING, "failing: octagon"),
+           (DOWN, "down: box, hatched"), (DEGRADED, "degraded: dashed pill, dotted"),
+           (HEALTHY, "healthy dependency of a root cause"))
+
+
+@dataclass(frozen=True, slots=True)
+class BusinessStatus:
+    """One incident as the business line sees it: plain words, no hosts, no labels."""
+
+    severity: str
+    business_services: tuple[str, ...]
+    text: str
+    since: datetime
+    until: datetime | None = None
+
+
+# --------------------------------------------------------------------------- the document
+
+
+def document(title: str, body: str, *, current: str, live: str | None) -> str:
+    """A whole page around a fragment; `live` is the URL the script polls, if any."""
+    here = ' aria-current="page"'
+    links = "".join(f'<a href="{href}"{here if key == current else ""}>{text}</a>'
+                    for key, href, text in _NAV)
+    polled = f' data-live="{escape(live)}"' if live else ""
+    return (
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{escape(title)}</title>"
+        '<link rel="icon" href="/static/favicon.svg" type="image/svg+xml">'
+        '<link rel="stylesheet" href="/static/style.css">'
+        '<script src="/static/app.js" defer></script></head>\n'
+        '<body><header class="top"><a class="brand" href="/">Firehouse</a>'
+        f'<nav aria-label="Pages">{links}</nav>'
+        '<p id="live-status" class="live-status" role="status" aria-live="polite">'
+        f"{'connecting…' if live else 'not live'}</p></header>\n"
+        f'<main id="live"{polled}>{body}</main></body></html>\n'
+    )
+
+
+def message(title: str, text: str) -> str:
+    """A page that only says something (not found, credentials needed)."""
+    return document(title, f'<div class="live-root"><h1>{escape(title)}</h1>'
+                    f'<p class="message">{escape(text)}</p></div>', current="", live=None)
+
+
+def _root(title: str, inner: str) -> str:
+    return f'<div class="live-root" data-title="{escape(title)}">{inner}</div>'
+
+
+# --------------------------------------------------------------------------- the board
+
+
+def board_title(incidents: Sequence[Mapping[str, Any]]) -> str:
+    """The browser tab's title: how many are open and the worst severity."""
+    if not incidents:
+        return "All clear — Firehouse"
+    worst = max(incidents, key=_severity_rank)["severity"]
+    return f"({len(incidents)}) {str(worst).upper()} — Firehouse"
+
+
+def board(incidents: Sequence[Mapping[str, Any]], resolved: Sequence[Mapping[str, Any]],
+          started: Mapping[str, datetime], now: datetime) -> str:
+    """Open incidents most severe first (longest burning first among equals), then the
+    recently resolved. `started` maps an incident id to when its fire started."""
+    ordered = sorted(incidents, key=lambda i: (-_severity_rank(i), _start(i, started)))
+    parts = [f'<section aria-labelledby="open-h"><h1 id="open-h">Open incidents '
+             f'<span class="count">{len(ordered)}</span></h1>']
+    if ordered:
+        parts.append('<ol class="incidents">')
+        parts.extend(f"<li>{_card(i, _start(i, started), now)}</li>" for i in ordered)
+        parts.append("</ol>")
+    else:
+        parts.append('<p class="all-clear">No open incidents.</p>')
+    parts.append("</section>")
+    parts.append(_resolved_table(resolved, now))
+    return _root(board_title(incidents), "".join(parts))
+
+
+def _card(incident: Mapping[str, Any], start: datetime, now: datetime) -> str:
+    ident = str(incident["id"])
+    severity = str(incident["severity"])
+    facts = [
+        _fact("Burning for", f"{_since(start, now)} <small>since {_time(start, now)}</small>",
+              "clock"),
+        _fact("Next deadline", _deadline(incident, now)),
+        _fact("Probable root cause", _roots(incident)),
+        _fact("Paged", _pages_list(incident.get("pages", ())), "paged"),
+    ]
+    return (
+        f'<article class="incident sev-{_token(severity)}" data-incident="{escape(ident)}" '
+        f'aria-labelledby="inc-{escape(ident)}">'
+        f'<header><p class="badges">{_badges(incident)}</p>'
+        f'<h2 id="inc-{escape(ident)}"><a href="/incidents/{escape(ident)}">'
+        f"{escape(_what(incident))}</a></h2></header>"
+        f'<dl class="facts">{"".join(facts)}</dl>'
+        f'<p class="title">{escape(str(incident.get("title", "")))}</p></article>'
+    )
+
+
+def _resolved_table(resolved: Sequence[Mapping[str, Any]], now: datetime) -> str:
+    head = '<section aria-labelledby="resolved-h"><h2 id="resolved-h">Recently resolved</h2>'
+    if not resolved:
+        return head + '<p class="quiet">Nothing resolved recently.</p></section>'
+    rows = []
+    for item in resolved:
+        opened = _need_time(item["opened_at"])
+        closed = parse_time(item.get("resolved_at")) or opened
+        ident = escape(str(item["id"]))
+        rows.append(
+            f'<tr data-incident="{ident}"><td>{_severity(str(item["severity"]))}</td>'
+            f'<td><a href="/incidents/{ident}">{escape(_what(item))}</a></td>'
+            f"<td>{_time(opened, now)}</td><td>{_time(closed, now)}</td>"
+            f"<td>{_span(closed - opened)}</td></tr>")
+    return (head + '<div class="scroll"><table class="resolved"><thead><tr>'
+            '<th scope="col">Severity</th><th scope="col">What</th><th scope="col">Opened</th>'
+            '<th scope="col">Resolved</th><th scope="col">Lasted</th></tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table></div></section>')
+
+
+# --------------------------------------------------------------------------- one incident
+
+
+def incident_title(incident: Mapping[str, Any]) -> str:
+    """The browser tab's title of an incident page."""
+    return f"{str(incident['severity']).upper()} {_what(incident)} — Firehouse"
+
+
+def incident(data: Mapping[str, Any], picture: Picture | None,
+             rollback: Sequence[Mapping[str, Any]], start: datetime, now: datetime) -> str:
+    """An incident's page: its facts, blast radius, pages, rollback candidates, alerts and
+    timeline."""
+    severity = str(data["severity"])
+    is_open = data.get("status") == "open"
+    facts = [_fact("Burning for" if is_open else "Lasted",
+                   (_since(start, now) if is_open else
+                    _span((parse_time(data.get("resolved_at")) or now) - start))
+                   + f" <small>since {_time(start, now)}</small>", "clock")]
+    if is_open:
+        facts.append(_fact("Next deadline", _deadline(data, now)))
+    else:
+        facts.append(_fact("Resolved", _time(parse_time(data.get("resolved_at")) or now, now)))
+    facts.append(_fact("Probable root cause", _roots(data)))
+    external = _link(str(data.get("external_url") or ""), "Open in Alertmanager")
+    head = (
+        '<nav class="crumbs" aria-label="Back"><a href="/">← Board</a></nav>'
+        f'<header class="incident-head sev-{_token(severity)}">'
+        f'<p class="badges">{_badges(data)}</p><h1>{escape(_what(data))}</h1>'
+        f'<p class="title">{escape(str(data.get("title", "")))}</p>'
+        f'<dl class="facts">{"".join(facts)}</dl>'
+        + (f'<p class="links">{external}</p>' if external else "") + "</header>"
+    )
+    main = (_blast_section(data, picture) + _pages_section(data, now)
+            + _rollback_section(rollback, now) + _alerts_section(data, now))
+    side = _timeline_section(data, now)
+    return _root(incident_title(data),
+                 f'{head}<div class="incident-grid"><div class="col-main">{main}</div>'
+                 f'<div class="col-side">{side}</div></div>')
+
+
+def _blast_section(data: Mapping[str, Any], picture: Picture | None) -> str:
+    head = '<section aria-labelledby="blast-h"><h2 id="blast-h">Blast radius</h2>'
+    if picture is None or not picture.nodes:
+        services = ", ".join(str(s) for s in data.get("services", ()))
+        return (head + f'<p class="quiet">No dependency map knows {escape(services)}: '
+                "there is no blast radius to draw.</p></section>")
+    legend = "".join(f"<li>{state_swatch(state)} {escape(text)}</li>" for state, text in _LEGEND)
+    legend += (f'<li>{edge_swatch("carry")} carries the failure</li>'
+               f'<li>{edge_swatch("carry-soft")} carries a degradation (soft dependency)</li>'
+               f'<li>{edge_swatch("plain")} other dependency</li>')
+    hidden = (f'<p class="quiet">{picture.hidden} more impacted service(s) not drawn.</p>'
+              if picture.hidden else "")
+    why = data.get("impact", {}).get("why", ())
+    why_list = ("<ul class=\"why\">" + "".join(f"<li>{escape(str(w))}</li>" for w in why)
+                + "</ul>") if why else ""
+    return (head + f'<div class="blast scroll">{svg(picture, "Blast radius: " + _what(data))}'
+            f'</div>{hidden}<ul class="legend" aria-label="Legend">{legend}</ul>{why_list}'
+            "</section>")
+
+
+def _pages_section(data: Mapping[str, Any], now: datetime) -> str:
+    pages = data.get("pages", ())
+    head = '<section aria-labelledby="pages-h"><h2 id="pages-h">Paged</h2>'
+    if not pages:
+        return head + '<p class="quiet">Nobody was paged.</p></section>'
+    rows = "".join(
+        f'<tr class="page page-{_token(str(p.get("status", "")))}">'
+        f"<td>{escape(_roles(p.get('roles', ())))}</td><td>{escape(str(p['target']))}</td>"
+        f"<td>{_severity(str(p.get('severity', '')))}</td>"
+        f"<td>{_ack(p)}</td><td>{escape(str(p.get('reason', '')))}</td>"
+        f"<td>{_time(parse_time(p.get('at')), now) if p.get('at') else ''}</td></tr>"
+        for p in pages)
+    return (head + '<div class="scroll"><table class="pages"><thead><tr>'
+            '<th scope="col">Role</th><th scope="col">Target</th><th scope="col">Severity</th>'
+            '<th scope="col">PagerDuty</th><th scope="col">Why</th><th scope="col">At</th>'
+            f"</tr></thead><tbody>{rows}</tbody></table></div></section>")
+
+
+def _rollback_section(rollback: Sequence[Mapping[str, Any]], now: datetime) -> str:
+    head = ('<section aria-labelledby="rollback-h"><h2 id="rollback-h">Rollback candidates'
+            "</h2>")
+    if not rollback:
+        return (head + '<p class="quiet">No recorded change on the root causes or their '
+                "dependencies in the window.</p></section>")
+    items = []
+    for change in rollback:
+        links = " ".join(link for ln in change.get("links", ())
+                         if (link := _link(str(ln.get("href", "")),
+                                           str(ln.get("text") or ln.get("href", "")))))
+        who = change.get("who")
+        extra = ", ".join(escape(part) for part in (
+            str(change.get("version") or ""), f"by {who}" if who else "") if part)
+        flag = ('<strong class="flag">last change before the incident started</strong> '
+                if change.get("last_before_incident") else "")
+        items.append(
+            f'<li class="change">{flag}<time datetime="{escape(str(change["at"]))}">'
+            f"{_time(parse_time(change['at']), now)}</time> "
+            f"<b>{escape(str(change['service']))}</b> "
+            f"<small>({escape(str(change.get('relation', '')))})</small>: "
+            f"{escape(str(change.get('summary', '')))}"
+            + (f" <small>{extra}</small>" if extra else "")
+            + (f" {links}" if links else "") + "</li>")
+    return head + f'<ul class="changes">{"".join(items)}</ul></section>'
+
+
+def _alerts_section(data: Mapping[str, Any], now: datetime) -> str:
+    alerts = data.get("alerts", ())
+    head = '<section aria-labelledby="alerts-h"><h2 id="alerts-h">Alerts</h2>'
+    if not alerts:
+        return head + '<p class="quiet">No alerts.</p></section>'
+    items = []
+    for alert in alerts:
+        labels = "".join(
+            f"<li><code>{escape(str(k))}={escape(str(v))}</code></li>"
+            for k, v in sorted(alert.get("labels", {}).items()))
+        notes = "".join(
+            f"<dt>{escape(str(k))}</dt><dd>{escape(str(v))}</dd>"
+            for k, v in sorted(alert.get("annotations", {}).items()))
+        source = _link(str(alert.get("generator_url") or ""), "source")
+        status = str(alert.get("status", ""))
+        started = parse_time(alert.get("starts_at")) or parse_time(alert["first_seen"])
+        items.append(
+            f'<li class="alert alert-{_token(status)}"><p class="alert-head">'
+            f'<b>{escape(str(alert.get("name", "")))}</b> on '
+            f'{escape(str(alert.get("service") or "(no service)"))} '
+            f'{_severity(str(alert.get("severity", "")))} <span class="status">'
+            f"{escape(status.upper())}</span> <small>since {_time(started, now)}</small>"
+            + (f" {source}" if source else "") + "</p>"
+            f'<ul class="labels" aria-label="Labels">{labels}</ul>'
+            + (f'<dl class="annotations">{notes}</dl>' if notes else "") + "</li>")
+    return head + f'<ul class="alerts">{"".join(items)}</ul></section>'
+
+
+def _timeline_section(data: Mapping[str, Any], now: datetime) -> str:
+    entries = data.get("timeline", ())
+    items = "".join(
+        f'<li class="entry entry-{_token(str(e.get("kind", "")))}">'
+        f'<time datetime="{escape(str(e["at"]))}">{_time(parse_time(e["at"]), now, seconds=True)}'
+        f'</time> <span class="kind">{escape(str(e.get("kind", "")))}</span> '
+        f'<span class="text">{escape(str(e.get("message", "")))}</span></li>'
+        for e in reversed(entries))
+    return ('<section aria-labelledby="timeline-h"><h2 id="timeline-h">Timeline '
+            '<small>(newest first)</small></h2>'
+            f'<ol class="timeline" reversed>{items}</ol></section>')
+
+
+# --------------------------------------------------------------------------- business line
+
+
+def business(current: Sequence[BusinessStatus], recovered: Sequence[BusinessStatus],
+             now: datetime) -> str:
+    """The business line's view: plain sentences, most severe first."""
+    ordered = sorted(current, key=lambda s: (-_rank(s.severity), s.since))
+    parts = ['<section aria-labelledby="business-h"><h1 id="business-h">Business services'
+             "</h1>"]
+    if not any(s.business_services for s in ordered):
+        parts.append('<p class="all-clear">All business services are working normally.</p>')
+    if ordered:
+        parts.append('<ul class="business">')
+        parts.extend(
+            f'<li class="biz sev-{_token(s.severity)}"><p class="biz-what">'
+            f'{escape(", ".join(s.business_services) or "Technical incident")}</p>'
+            f'<p class="biz-text">{escape(s.text)}</p><p class="biz-since">Disrupted for '
+            f"{_since(s.since, now)}</p></li>" for s in ordered)
+        parts.append("</ul>")
+    parts.append("</section>")
+    if recovered:
+        parts.append('<section aria-labelledby="recovered-h"><h2 id="recovered-h">Recovered'
+                     '</h2><ul class="business recovered">')
+        parts.extend(f'<li class="biz"><p class="biz-text">{escape(s.text)}</p></li>'
+                     for s in recovered)
+        parts.append("</ul></section>")
+    return _root(business_title(current), "".join(parts))
+
+
+def business_title(current: Sequence[BusinessStatus]) -> str:
+    """The browser tab's title of the business view."""
+    hit = [s for s in current if s.business_services]
+    return f"({len(hit)}) Business status — Firehouse" if hit else "Business status — Firehouse"
+
+
+def recovered_text(business_services: Sequence[str], until: datetime, now: datetime) -> str:
+    """What the business line reads about a resolved incident."""
+    return (f"Recovered: {', '.join(business_services)} back to normal at "
+            f"{_plain_time(until, now)}.")
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def started_at(data: Mapping[str, Any]) -> datetime:
+    """When an incident's fire started: its earliest alert's start, else when it opened."""
+    starts = [t for a in data.get("alerts", ()) if (t := parse_time(a.get("starts_at")))]
+    return min(starts, default=_need_time(data["opened_at"]))
+
+
+def next_deadline(data: Mapping[str, Any]) -> tuple[str, datetime] | None:
+    """The clock's next deadline on an open incident, with what it asks, as the clock
+    worker sees it (daemon/decide/timers.py); None when nothing is pending."""
+    clock = data.get("clock") or {}
+    fired = clock.get("fired") or ()
+    due: list[tuple[datetime, str]] = []
+    ack = parse_time(clock.get("ack_by"))
+    if ack and not clock.get("acknowledged_at") and "ack" not in fired:
+        due.append((ack, "acknowledge"))
+    resolve = parse_time(clock.get("resolve_by"))
+    if resolve and "resolve" not in fired:
+        due.append((resolve, "resolve"))
+    updated = parse_time(clock.get("business_updated_at"))
+    every = clock.get("business_updates_every")
+    if updated and every:
+        due.append((updated + timedelta(seconds=int(every)), "business update"))
+    if not due:
+        return None
+    at, what = min(due)
+    return what, at
+
+
+def _deadline(data: Mapping[str, Any], now: datetime) -> str:
+    if data.get("quiet_since"):
+        return "alerts cleared; confirming before resolving"
+    missed = [f"{what} deadline missed" for what in (data.get("clock") or {}).get("fired", ())]
+    found = next_deadline(data)
+    text = ""
+    if found is not None:
+        what, at = found
+        text = (f"{escape(what)} by {_time(at, now)} — "
+                f'<span class="countdown{" overdue" if at < now else ""}" '
+                f'data-until="{at.isoformat()}">{_until(at, now)}</span>')
+    if missed:
+        escalate = (data.get("clock") or {}).get("escalate_to") or ()
+        note = ", ".join(missed) + (f"; escalated to {_roles(escalate)}" if escalate else "")
+        text += f'{"<br>" if text else ""}<span class="missed">{escape(note)}</span>'
+    return text or "none"
+
+
+def _roots(data: Mapping[str, Any]) -> str:
+    causes = data.get("root_causes") or ()
+    if not causes:
+        return "unknown"
+    items = "".join(
+        f'<li><b>{escape(" <-> ".join(str(s) for s in c.get("services", ())))}</b>'
+        + (f" <small>takes down {int(c['takes_down'])}</small>"
+           if c.get("takes_down") is not None else "") + "</li>"
+        for c in causes)
+    total = (data.get("impact") or {}).get("root_causes_total", len(causes))
+    more = f"<li><small>and {int(total) - len(causes)} more</small></li>" if total > len(
+        causes) else ""
+    return f'<ul class="roots">{items}{more}</ul>'
+
+
+def _pages_list(pages: Iterable[Mapping[str, Any]]) -> str:
+    pages = list(pages)
+    current = [p for p in pages if p.get("status") != "resolved"] or pages
+    if not current:
+        return "nobody"
+    acked = sum(1 for p in current if p.get("status") == "acknowledged")
+    return (f'<p class="ack-count">{acked} of {len(current)} acknowledged</p>'
+            '<ul class="paged">') + "".join(
+        f'<li class="page page-{_token(str(p.get("status", "")))}">{_ack(p)} '
+        f"{escape(_roles(p.get('roles', ())))} <small>{escape(str(p['target']))}</small></li>"
+        for p in current) + "</ul>"
+
+
+def _ack(page: Mapping[str, Any]) -> str:
+    status = str(page.get("status", ""))
+    if status == "acknowledged":
+        who = page.get("acknowledged_by")
+        return ('<span class="ack yes">✔ acknowledged</span>'
+                + (f" <small>by {escape(str(who))}</small>" if who else ""))
+    if status == "triggered":
+        return '<span class="ack no">✖ not acknowledged</span>'
+    return f'<span class="ack done">{escape(status)}</span>'
+
+
+def _badges(data: Mapping[str, Any]) -> str:
+    phase = str(data.get("phase") or data.get("status") or "")
+    mapped = "" if data.get("mapped", True) else ' <span class="phase">UNMAPPED</span>'
+    return (f'{_severity(str(data["severity"]))} <span class="phase phase-{_token(phase)}">'
+            f"{escape(phase.upper())}</span>{mapped}")
+
+
+def _severity(severity: str) -> str:
+    return f'<span class="sev sev-{_token(severity)}">{escape(severity.upper())}</span>'
+
+
+def _what(data: Mapping[str, Any]) -> str:
+    """The business services hit, else the failing services."""
+    business = (data.get("impact") or {}).get("business_services") or ()
+    if business:
+        return ", ".join(str(b) for b in business)
+    services = [str(s) for s in data.get("services", ())]
+    return ", ".join(services[:3]) + (f" and {len(services) - 3} more" if len(services) > 3
+                                       else "") or "unknown service"
+
+
+def _fact(term: str, value: str, cls: str = "") -> str:
+    return (f'<div class="fact{" " + cls if cls else ""}"><dt>{escape(term)}</dt>'
+            f"<dd>{value}</dd></div>")
+
+
+def _roles(roles: Iterable[str]) -> str:
+    return ", ".join(_ROLE_NAMES.get(str(r), str(r)) for r in roles)
+
+
+def _link(url: str, text: str) -> str:
+    """A link to an http(s) URL; nothing for any other scheme (javascript:, data:...)."""
+    try:
+        scheme = urlsplit(url).scheme.lower()
+    except ValueError:
+        return ""
+    if scheme not in ("http", "https"):
+        return ""
+    return (f'<a class="out" href="{escape(url)}" rel="noopener noreferrer">'
+            f"{escape(text)}</a>")
+
+
+def _token(value: str) -> str:
+    """A class-name-safe token of a closed-set value (severity, status, kind)."""
+    return "".join(c if c.isascii() and (c.isalnum() or c == "-") else "-"
+                   for c in value.lower()) or "none"
+
+
+def _rank(severity: str) -> int:
+    return SEVERITIES.index(severity) if severity in SEVERITIES else -1
+
+
+def _severity_rank(incident: Mapping[str, Any]) -> int:
+    return _rank(str(incident.get("severity", "")))
+
+
+def _start(incident: Mapping[str, Any], started: Mapping[str, datetime]) -> datetime:
+    found = started.get(str(incident["id"]))
+    if found is not None:
+        return found
+    return _need_time(incident["opened_at"])
+
+
+def parse_time(value: Any) -> datetime | None:
+    """An ISO 8601 time from the API's JSON; None for none."""
+    if not value:
+        return None
+    return datetime.fromisoformat(str(value))
+
+
+def _need_time(value: Any) -> datetime:
+    found = parse_time(value)
+    if found is None:
+        raise ValueError("a time the API always gives is missing")
+    return found
+
+
+def _since(start: datetime, now: datetime) -> str:
+    """A ticking stopwatch (the page's script advances it every second)."""
+    return (f'<span class="elapsed" data-since="{start.isoformat()}">'
+            f"{elapsed(now - start)}</span>")
+
+
+def _until(at: datetime, now: datetime) -> str:
+    left = at - now
+    return f"in {_span(left)}" if left >= timedelta(0) else f"{_span(-left)} overdue"
+
+
+def elapsed(value: timedelta) -> str:
+    """A stopwatch reading: `1:05:09`, `2d 3:00:00` (app.js writes the same)."""
+    seconds = max(0, int(value.total_seconds()))
+    days, seconds = divmod(seconds, 86400)
+    hours, seconds = divmod(seconds, 3600)
+    minutes, seconds = divmod(seconds, 60)
+    clock = f"{hours}:{minutes:02d}:{seconds:02d}"
+    return f"{days}d {clock}" if days else clock
+
+
+def _span(value: timedelta) -> str:
+    """A short duration: `45s`, `3m 12s`, `1h 05m`, `2d 3h` (app.js writes the same)."""
+    seconds = max(0, int(value.total_seconds()))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m {seconds % 60:02d}s"
+    if seconds < 86400:
+        return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d {seconds % 86400 // 3600}h"
+
+
+def _time(at: datetime | None, now: datetime, *, seconds: bool = False) -> str:
+    """A UTC time in a `<time>` element, with the date when it is not today."""
+    if at is None:
+        return ""
+    return f'<time datetime="{at.isoformat()}">{_plain_time(at, now, seconds=seconds)}</time>'
+
+
+def _plain_time(at: datetime, now: datetime, *, seconds: bool = False) -> str:
+    utc = at.astimezone(now.tzinfo)
+    clock = utc.strftime("%H:%M:%S" if seconds else "%H:%M")
+    if utc.date() != now.date():
+        clock = f"{utc.strftime('%d %b')} {clock}"
+    return f"{clock} UTC"
+

@@ -1,0 +1,287 @@
+"""The command-center pages' HTML and the blast-radius SVG, rendered without a server."""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from datetime import timedelta
+from html.parser import HTMLParser
+from typing import Any
+
+import pytest
+
+from daemon.config import Config
+from daemon.graph import DEGRADED, DOWN
+from daemon.web import render
+from daemon.web.blast import FAILING, HEALTHY, ROOT, STYLE, blast_radius, svg
+from tests.helpers import NOW
+
+SVG_NS = "{http://www.w3.org/2000/svg}"
+EVIL = "<script>alert(1)</script>"
+
+
+def incident_json(**changes: Any) -> dict[str, Any]:
+    """An incident as `GET /api/v1/incidents/{id}` answers it, with untrusted alert values."""
+    opened = NOW - timedelta(minutes=4)
+    data: dict[str, Any] = {
+        "id": "abc123", "status": "open", "phase": "open", "severity": "critical",
+        "opened_at": opened.isoformat(), "updated_at": opened.isoformat(), "resolved_at": None,
+        "title": f"[CRITICAL] PostgresDown on postgres-payments: {EVIL}",
+        "services": ["postgres-payments", "payments"], "mapped": True,
+        "impact": {"business_services": ["online-checkout"], "root_causes_total": 1,
+                   "why": [f"checkout is down because {EVIL}"]},
+        "root_causes": [{"services": ["postgres-payments"], "takes_down": 2}],
+        "external_url": "http://alertmanager.example:9093",
+        "pages": [
+            {"target": "dba-oncall", "roles": ["technical_lead"], "dedup_key": "k1",
+             "severity": "critical", "status": "acknowledged", "reason": "opened",
+             "at": opened.isoformat(), "acknowledged_by": f"Ann {EVIL}"},
+            {"target": "command-center", "roles": ["incident_lead"], "dedup_key": "k2",
+             "severity": "critical", "status": "triggered", "reason": "opened",
+             "at": opened.isoformat(), "acknowledged_by": ""},
+        ],
+        "clock": {"ack_by": (opened + timedelta(minutes=5)).isoformat(),
+                  "resolve_by": (opened + timedelta(hours=1)).isoformat(),
+                  "escalate_to": ["senior_management"], "business_updates_every": None,
+                  "acknowledged_at": None, "fired": [], "business_updated_at": None},
+        "alerts": [{
+            "fingerprint": "f1", "status": "firing", "name": f"PostgresDown{EVIL}",
+            "service": "postgres-payments", "severity": "warning",
+            "labels": {"alertname": "PostgresDown", "instance": EVIL, EVIL: "key"},
+            "annotations": {"summary": f"pg down {EVIL}"},
+            "starts_at": (opened - timedelta(minutes=3)).isoformat(), "ends_at": None,
+            "first_seen": opened.isoformat(), "last_seen": opened.isoformat(),
+            "generator_url": "javascript:alert(1)",
+        }, {
+            "fingerprint": "f2", "status": "firing", "name": "HighErrors",
+            "service": "payments", "severity": "critical", "labels": {}, "annotations": {},
+            "starts_at": None, "ends_at": None, "first_seen": opened.isoformat(),
+            "last_seen": opened.isoformat(),
+            "generator_url": "http://prometheus.example/graph?g0.expr=a%3Cb&x=\"y\"",
+        }],
+        "timeline": [{"at": opened.isoformat(), "kind": "opened",
+                      "message": f"PostgresDown opened the incident {EVIL}"}],
+    }
+    data.update(changes)
+    return data
+
+
+class _Tags(HTMLParser):
+    """The start tags and hrefs of a document."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.hrefs: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        self.hrefs.extend(v or "" for k, v in attrs if k == "href")
+
+
+def tags(html: str) -> _Tags:
+    parser = _Tags()
+    parser.feed(html)
+    return parser
+
+
+def render_incident(config: Config, data: dict[str, Any]) -> str:
+    picture = blast_radius(config.graph, data["services"])
+    return render.incident(data, picture, [], render.started_at(data), NOW)
+
+
+class TestEscaping:
+    def test_alert_values_never_become_markup(self, config: Config) -> None:
+        """A `<script>` in labels, annotations, names, titles and timeline is shown as text."""
+        html = render_incident(config, incident_json())
+
+        assert "<script" not in html
+        assert "script" not in tags(html).tags
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+    def test_the_board_escapes_titles_and_acknowledgers(self) -> None:
+        """The board shows an incident's title and who acknowledged as text."""
+        html = render.board([incident_json()], [], {}, NOW)
+
+        assert "<script" not in html
+        assert html.count("&lt;script&gt;") == 2
+
+    def test_only_http_urls_become_links(self, config: Config) -> None:
+        """A javascript: generatorURL is not linked; an http one is, with its quotes escaped."""
+        hrefs = tags(render_incident(config, incident_json())).hrefs
+
+        assert not any(h.lower().startswith("javascript") for h in hrefs)
+        assert "http://prometheus.example/graph?g0.expr=a%3Cb&x=\"y\"" in hrefs
+        assert "http://alertmanager.example:9093" in hrefs
+
+    def test_whole_page_has_one_script_from_the_daemon(self) -> None:
+        """The document loads only its own script and stylesheet."""
+        page = render.document(f"t {EVIL}", "<p>x</p>", current=render.BOARD, live="/?x=1")
+
+        assert re.findall(r"<script[^>]*>", page) == ['<script src="/static/app.js" defer>']
+        assert "<title>t &lt;script&gt;" in page
+
+
+class TestBlastRadius:
+    def test_states_of_failing_root_down_degraded_and_context(self, config: Config) -> None:
+        """The root cause, failing, down and degraded services and healthy dependencies of the
+        root cause are all drawn, each in its state."""
+        picture = blast_radius(config.graph, ["postgres-payments", "payments", "kafka"])
+        states = {n.name: n.state for n in picture.nodes}
+
+        assert states["postgres-payments"] == ROOT
+        assert states["kafka"] == ROOT
+        assert states["payments"] == FAILING
+        assert states["checkout"] == DOWN
+        assert states["orders"] == DEGRADED
+        assert states["volume-storage"] == HEALTHY
+        assert set(picture.roots) == {"postgres-payments", "kafka"}
+
+    def test_columns_run_from_root_cause_to_dependents(self, config: Config) -> None:
+        """A service is drawn right of everything it depends on."""
+        picture = blast_radius(config.graph, ["postgres-payments", "payments"])
+        x = {n.name: n.x for n in picture.nodes}
+
+        assert x["volume-storage"] < x["postgres-payments"] < x["payments"] < x["checkout"]
+
+    def test_each_state_has_its_own_colour_and_shape(self, config: Config) -> None:
+        """Octagon (doubled for a root cause), hatched box, dotted dashed pill and a thin box:
+        the state reads without colour, and the word is written too."""
+        picture = blast_radius(config.graph, ["postgres-payments", "payments", "kafka"])
+        root = ET.fromstring(svg(picture, "Blast radius"))
+        groups = {g.get("data-service"): g for g in root.iter(f"{SVG_NS}g")
+                  if g.get("data-service")}
+
+        def shapes(name: str) -> list[ET.Element]:
+            return [e for e in groups[name] if e.tag in (f"{SVG_NS}polygon", f"{SVG_NS}rect",
+                                                         f"{SVG_NS}circle")]
+
+        def text(name: str) -> str:
+            return " ".join(t.text or "" for t in groups[name].iter(f"{SVG_NS}text"))
+
+        root_shapes = shapes("postgres-payments")
+        assert [e.tag for e in root_shapes[:2]] == [f"{SVG_NS}polygon"] * 2
+        assert root_shapes[0].get("fill") == STYLE[ROOT][0]
+        assert "ROOT CAUSE" in text("postgres-payments")
+        failing = shapes("payments")
+        assert failing[0].tag == f"{SVG_NS}polygon"
+        assert failing[1].get("fill") == "#ffffff"  # the badge, not a second outline
+        assert failing[0].get("fill") == STYLE[FAILING][0]
+        down = shapes("checkout")
+        assert down[0].tag == f"{SVG_NS}rect"
+        assert down[0].get("rx") is None
+        assert down[0].get("fill") == STYLE[DOWN][0]
+        assert down[1].get("fill") == "url(#fh-hatch)"
+        assert "DOWN" in text("checkout")
+        degraded = shapes("orders")
+        assert degraded[0].get("rx") == str(64 // 2)
+        assert degraded[0].get("stroke-dasharray")
+        assert degraded[1].get("fill") == "url(#fh-dots)"
+        assert "DEGRADED" in text("orders")
+        assert shapes("volume-storage")[0].get("fill") == STYLE[HEALTHY][0]
+        fills = {STYLE[s][0] for s in (ROOT, FAILING, DOWN, DEGRADED, HEALTHY)}
+        assert len(fills) == 5
+
+    def test_edges_carrying_the_failure_are_highlighted(self, config: Config) -> None:
+        """The edges along the chain from the root cause to each impacted service are drawn
+        as carrying the failure; the healthy context's edges are plain."""
+        picture = blast_radius(config.graph, ["postgres-payments", "payments"])
+        root = ET.fromstring(svg(picture, "Blast radius"))
+        edges = {(p.get("data-from"), p.get("data-to")): p.get("class") or ""
+                 for p in root.iter(f"{SVG_NS}path") if p.get("data-from")}
+
+        assert "edge-carry" in edges[("postgres-payments", "payments")].split()
+        assert "edge-carry" in edges[("payments", "checkout")].split()
+        assert "edge-plain" in edges[("volume-storage", "postgres-payments")].split()
+
+    def test_large_impacts_are_capped_and_say_so(self, config: Config) -> None:
+        """Failing core network: everything is impacted; the picture stays bounded."""
+        picture = blast_radius(config.graph, ["core-network"])
+
+        assert 1 < len(picture.nodes) <= 1 + 40 + 8
+        assert picture.hidden >= 0
+        assert picture.roots == ("core-network",)
+
+    def test_unknown_services_draw_nothing(self, config: Config) -> None:
+        """An incident on services no map knows has no picture."""
+        picture = blast_radius(config.graph, ["not-a-service"])
+
+        assert picture.nodes == ()
+        html = render.incident(incident_json(services=["not-a-service"], mapped=False),
+                               picture, [], NOW, NOW)
+        assert "No dependency map knows not-a-service" in html
+
+
+class TestBoard:
+    def test_most_severe_first_with_facts(self) -> None:
+        """Open incidents are ordered by severity; each shows its business services, clock,
+        deadline, root cause and who acknowledged."""
+        warning = incident_json(id="w", severity="warning")
+        critical = incident_json(id="c")
+        html = render.board([warning, critical], [], {}, NOW)
+
+        assert html.index('data-incident="c"') < html.index('data-incident="w"')
+        assert "online-checkout" in html
+        assert 'data-since="' in html
+        assert "acknowledge by" in html
+        assert 'data-until="' in html
+        assert "postgres-payments" in html
+        assert "✔ acknowledged" in html
+        assert "✖ not acknowledged" in html
+        assert "1 of 2 acknowledged" in html
+        assert 'data-title="(2) CRITICAL — Firehouse"' in html
+
+    def test_resolved_are_listed_below(self) -> None:
+        """Resolved incidents appear in their own table, with how long they lasted."""
+        done = incident_json(id="r", status="resolved", phase="resolved",
+                             resolved_at=NOW.isoformat())
+        html = render.board([], [done], {}, NOW)
+
+        assert "No open incidents." in html
+        assert 'id="resolved-h"' in html
+        assert 'data-incident="r"' in html
+        assert "4m 00s" in html
+
+    def test_missed_deadline_says_escalated(self) -> None:
+        """A fired acknowledgement deadline is written out with whom it escalated to."""
+        data = incident_json()
+        data["clock"] = {**data["clock"], "fired": ["ack"]}
+        html = render.board([data], [], {}, NOW)
+
+        assert "ack deadline missed; escalated to senior management" in html
+        assert "resolve by" in html
+
+
+class TestBusiness:
+    def test_plain_words_only(self) -> None:
+        """The business view shows the sentence it is given and the business services."""
+        status = render.BusinessStatus("critical", ("online-checkout",),
+                                       "Possible disruption of online-checkout.", NOW)
+        html = render.business([status], [], NOW)
+
+        assert "online-checkout" in html
+        assert "Possible disruption" in html
+        assert "All business services are working normally." not in html
+
+    def test_all_clear(self) -> None:
+        """With nothing open, the business view says all is well."""
+        assert "All business services are working normally." in render.business([], [], NOW)
+
+
+class TestWording:
+    @pytest.mark.parametrize(("seconds", "clock", "span"), [
+        (5, "0:00:05", "5s"), (192, "0:03:12", "3m 12s"), (3909, "1:05:09", "1h 05m"),
+        (2 * 86400 + 3 * 3600, "2d 3:00:00", "2d 3h")])
+    def test_durations(self, seconds: int, clock: str, span: str) -> None:
+        """Stopwatch and short durations read as app.js writes them."""
+        assert render.elapsed(timedelta(seconds=seconds)) == clock
+        assert render._span(timedelta(seconds=seconds)) == span
+
+    def test_next_deadline_skips_acknowledged_and_fired(self) -> None:
+        """An acknowledged incident's next deadline is its resolve-by."""
+        data = incident_json()
+        data["clock"] = {**data["clock"], "acknowledged_at": NOW.isoformat()}
+        found = render.next_deadline(data)
+
+        assert found is not None
+        assert found[0] == "resolve"

@@ -35,6 +35,9 @@ from daemon.metrics import Metrics
 from daemon.store import Store
 
 log = logging.getLogger("firehouse.dispatch")
+# Notifications with this many alerts are decided off the event loop (seconds for 10,000);
+# smaller ones cost less than the hand-over to a thread.
+BIG_WEBHOOK = 500
 
 
 class Dispatcher:
@@ -93,14 +96,24 @@ class Dispatcher:
 
     async def handle(self, webhook: Webhook) -> Decision:
         """Decide on a notification and return once the decision is durable."""
-        return await self.run(lambda config, state, now: decide(webhook, config, state, now))
+        return await self.run(lambda config, state, now: decide(webhook, config, state, now),
+                              in_thread=len(webhook.alerts) >= BIG_WEBHOOK)
 
-    async def run(self, step: Callable[[Config, State, datetime], Decision]) -> Decision:
+    async def run(self, step: Callable[[Config, State, datetime], Decision], *,
+                  in_thread: bool = False) -> Decision:
         """Run one pure engine step (a webhook, a PagerDuty update, a clock tick, a change...)
-        on the current state and return once its decision is durable."""
+        on the current state and return once its decision is durable.
+
+        `in_thread`: decide on a worker thread, so that the event loop keeps answering
+        (health checks, metrics) meanwhile. The lock still serialises decisions, and nothing
+        changes the state while one is made: `advance` runs after it, under the lock.
+        """
         async with self._lock:
             now = self.clock()
-            decision = step(self.config, self.state, now)
+            if in_thread:
+                decision = await asyncio.to_thread(step, self.config, self.state, now)
+            else:
+                decision = step(self.config, self.state, now)
             if decision.changes_anything:
                 # Advance now so the next webhook decides on top of this one; undone below
                 # (by reloading) if the commit fails.

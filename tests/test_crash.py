@@ -18,11 +18,19 @@ import random
 import socket
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import pytest
@@ -30,7 +38,7 @@ import yaml
 
 from daemon.alerts import fingerprint, parse_webhook
 from daemon.config import Config, load_config
-from daemon.decide import State, decide
+from daemon.decide import State, apply, decide
 from tests.conftest import FirehouseFactory
 from tests.helpers import alert, resolved, webhook_json
 from tests.pagerduty_standin import EVENT_PATH, PagerDutyStandIn, Received
@@ -102,16 +110,26 @@ def alert_fingerprint(alert_json: Mapping[str, Any]) -> str:
     return fingerprint(alert_json["labels"])
 
 
-def oracle(fh: FirehouseProcess) -> Callable[[Mapping[str, Any]], set[str]]:
-    """The targets one firing alert pages, by the pure engine on ``fh``'s own settings."""
+class Oracle(Protocol):
+    """The targets of one alert's pages by the pure engine (see `oracle`)."""
+
+    def __call__(self, alert_json: Mapping[str, Any], closed: bool = False) -> list[str]: ...
+
+
+def oracle(fh: FirehouseProcess) -> Oracle:
+    """The target of each page of one alert's incident, sorted, by the pure engine on
+    ``fh``'s own settings: once it fired, or (``closed``) once it resolved too, which closes
+    it at once in the undamped drills (the business line's final update is a page too)."""
     config: Config = load_config(fh.settings_path, env=fh.env())
 
-    def targets(alert_json: Mapping[str, Any]) -> set[str]:
-        decision = decide(
-            parse_webhook(webhook_json(alert_json)), config, State(), datetime.now(UTC)
-        )
+    def targets(alert_json: Mapping[str, Any], closed: bool = False) -> list[str]:
+        now = datetime.now(UTC)
+        decision = decide(parse_webhook(webhook_json(alert_json)), config, State(), now)
+        if closed:
+            decision = decide(parse_webhook(webhook_json(resolved(alert_json))), config,
+                              apply(State(), decision), now)
         (incident,) = decision.incidents
-        return {page.target for page in incident.pages}
+        return sorted(page.target for page in incident.pages)
 
     return targets
 
@@ -263,10 +281,11 @@ def assert_in_order(pd: PagerDutyStandIn) -> None:
 
 def expected_keys(
     fh: FirehouseProcess, found: Stored, alerts: Iterable[Mapping[str, Any]],
-    targets: Callable[[Mapping[str, Any]], set[str]],
+    targets: Oracle, closed: Collection[str] = (),
 ) -> dict[str, set[Key]]:
-    """Per alert fingerprint, the keys its one incident pages; checks one incident each, and
-    one page per target."""
+    """Per alert fingerprint, the keys its one incident pages; checks one incident each, with
+    the engine's pages: one per target, and the business line's final update for the
+    incidents of the alerts (fingerprints) ``closed``."""
     result: dict[str, set[Key]] = {}
     for alert_json in alerts:
         fp = alert_fingerprint(alert_json)
@@ -276,7 +295,7 @@ def expected_keys(
         )
         pages = found.pages[incidents[0]]
         paged = sorted(target for target, _ in pages)
-        assert paged == sorted(targets(alert_json)), (alert_json["labels"], pages)
+        assert paged == targets(alert_json, fp in closed), (alert_json["labels"], pages)
         result[fp] = {(fh.key(target), key) for target, key in pages}
     return result
 
@@ -372,11 +391,10 @@ async def test_kill9_while_pagerduty_is_down_loses_nothing_and_pages_once(
         pd.set_mode("ok")
 
         found = await stored(fh)
-        by_alert = expected_keys(fh, found, firing, targets)
+        closed = {alert_fingerprint(firing[i]) for i in to_resolve}
+        by_alert = expected_keys(fh, found, firing, targets, closed)
         triggers = set().union(*by_alert.values())
-        resolves = set().union(
-            *(by_alert[alert_fingerprint(firing[i])] for i in sorted(to_resolve))
-        )
+        resolves = set().union(*(by_alert[fp] for fp in sorted(closed)))
 
         async def all_delivered() -> bool:
             nonlocal found
@@ -541,7 +559,7 @@ async def test_graceful_restart_resumes_delivery_without_duplicates(
     pagerduty.set_mode("ok")
 
     found = await stored(fh)
-    keys = expected_keys(fh, found, alerts, targets)
+    keys = expected_keys(fh, found, alerts, targets, {alert_fingerprint(alerts[0])})
     resolves = keys[alert_fingerprint(alerts[0])]
 
     async def delivered() -> bool:

@@ -314,7 +314,9 @@ class TestEscalation:
         payload = management.body["payload"]
         assert payload["custom_details"]["reason"] == "impact grew"
         assert payload["custom_details"]["paged_as"] == ["senior_management"]
-        assert payload["summary"] == business_summary(only(state), NOW + timedelta(minutes=1))
+        # The same words as the business line's, without the "next update" it alone gets.
+        assert payload["summary"] == business_summary(only(state))
+        assert "Next update" not in payload["summary"]
         assert payload["summary"].startswith("Possible disruption of customer-login, "
                                              "online-checkout, product-search")
         assert not {"labels", "annotations", "alerts", "impact"} & set(payload["custom_details"])
@@ -352,6 +354,28 @@ class TestEscalation:
                                   "critical", "not acknowledged in time", (role,))}
         assert [n.message for n in missed.timeline if n.kind == "deadline"] == [
             f"not acknowledged by 2024-05-01T12:10:00.250000Z: escalated to {target}"]
+
+
+    def test_a_lead_role_that_finds_no_one_escalates_to_the_incident_lead(
+        self, config: Config
+    ) -> None:
+        """`escalate_to: [technical_lead]` on an unmapped incident (no lead is known) pages
+        the incident lead instead of escalating to nobody."""
+        rule = Rule(name="everything", page=("incident_lead",),
+                    clock=Clock(ack_within=timedelta(minutes=10),
+                                escalate_to=("technical_lead",)))
+        leads = dataclasses.replace(config, rules=(rule,))
+        _, state = run(leads, State(), alert({"alertname": "DiskFull",
+                                              "service": "mystery-box", "severity": "error"}))
+        incident = only(state)
+
+        missed = tick(leads, state, NOW + timedelta(minutes=10))
+
+        assert pages(missed) == {("command-center",
+                                  key(incident, "command-center", "error/ack-missed"),
+                                  "error", "not acknowledged in time", ("incident_lead",))}
+        assert [n.message for n in missed.timeline if n.kind == "deadline"] == [
+            "not acknowledged by 2024-05-01T12:10:00.250000Z: escalated to command-center"]
 
 
 class TestFlapDamping:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
+from itertools import islice
 from types import MappingProxyType
 from typing import Any
 
@@ -61,13 +62,15 @@ def _summarise(impact: Impact) -> dict[str, Any]:
 
 def main_alert(incident: Incident) -> AlertRecord:
     """The alert a page leads with: a firing one on the top root cause, else the first."""
-    alerts = list(incident.alerts.values())
-    firing = [a for a in alerts if a.status == "firing"] or alerts
+    firing = incident.firing or tuple(incident.alerts.values())
     causes = [s for c in incident.impact.get("root_causes", ()) for s in c.get("services", ())]
-    for cause in causes:
+    if causes:
+        first: dict[str | None, AlertRecord] = {}
         for alert in firing:
-            if alert.service == cause:
-                return alert
+            first.setdefault(alert.service, alert)
+        for cause in causes:
+            if cause in first:
+                return first[cause]
     return firing[0]
 
 
@@ -118,7 +121,9 @@ def trigger_body(incident: Incident, page: Page, now: datetime,
         payload["summary"] = cut(clean(f"[{page.reason.upper()}] {incident.title}"),
                                  SUMMARY_LIMIT)
     if summary_only:
-        payload["summary"] = cut(clean(business_summary(incident, now)), SUMMARY_LIMIT)
+        # Only the business line gets the updates that "next update by" promises.
+        said_now = now if "business_line" in page.roles else None
+        payload["summary"] = cut(clean(business_summary(incident, said_now)), SUMMARY_LIMIT)
     else:
         details.update({
             "alert": record.name,
@@ -129,7 +134,7 @@ def trigger_body(incident: Incident, page: Page, now: datetime,
             "labels": dict(record.labels),
             "annotations": dict(record.annotations),
             "alerts_total": len(incident.alerts),
-            "alerts": [_alert_line(a) for a in list(incident.alerts.values())[:_ALERTS_SHOWN]],
+            "alerts": [_alert_line(a) for a in islice(incident.alerts.values(), _ALERTS_SHOWN)],
         })
         if rollback:
             details["rollback_candidates"] = list(rollback)
@@ -148,7 +153,7 @@ def trigger_body(incident: Incident, page: Page, now: datetime,
         body["client_url"] = incident.external_url
     if not summary_only:
         links = [{"href": a.generator_url, "text": f"{cut(clean(a.name), 200)} (alert source)"}
-                 for a in list(incident.alerts.values())[:5]
+                 for a in islice(incident.alerts.values(), 5)
                  if a.generator_url.startswith(("http://", "https://"))]
         if links:
             body["links"] = links

@@ -193,7 +193,14 @@ class Work:
             # gained can be new to the index: the others point to it already. This keeps a
             # step on an incident with thousands of alerts from costing thousands.
             self.fp_index.update(dict.fromkeys(unindexed, incident.id))
-            if incident.services != previous.services or incident.mapped != previous.mapped:
+            before = len(previous.services)
+            if incident.mapped == previous.mapped \
+                    and incident.services[:before] == previous.services:
+                # Its services only grew too (the usual case): index the new ones.
+                if incident.mapped:
+                    self.service_index.update(
+                        dict.fromkeys(incident.services[before:], incident.id))
+            else:
                 for name in previous.services:
                     if self.incident_of_service(name) == previous.id:
                         self.service_index[name] = None
@@ -227,6 +234,19 @@ class Work:
             self.records[(incident.id, record.fingerprint)] = record
         self._unindexed.setdefault(incident.id, []).extend(r.fingerprint for r in records)
         return with_records(incident.alerts, {r.fingerprint: r for r in records})
+
+    def started_at(self, incident: Incident) -> datetime:
+        """`incident.started_at`, from what this step changed rather than every alert.
+
+        `started` is never later than the start of any alert the incident had when it was
+        set (at its last assessment or merge), and an alert's start changes only through
+        `set_records`, in a step that assesses the incident.
+        """
+        if incident.started is None:
+            return incident.started_at
+        starts = [r.starts_at for (ident, _), r in self.records.items()
+                  if ident == incident.id and r.starts_at is not None]
+        return min([incident.started, *starts])
 
     def incident_of(self, fingerprint: str) -> str | None:
         """The open incident an alert belongs to."""
@@ -442,7 +462,7 @@ class Work:
         summary = impact_summary(impact)
         first = not incident.pages
         updated = replace(
-            incident, started=incident.started_at,
+            incident, started=self.started_at(incident),
             severity=verdict.severity, impact=summary, rules=tuple(verdict.rules),
             deadlines=verdict.deadlines, updated_at=self.now,
             services=tuple(dict.fromkeys((*incident.services, *failing))),
@@ -644,7 +664,7 @@ class Work:
             last_seen=self.now))
         incident = replace(incident, alerts=alerts, updated_at=self.now)
         self.note(incident, "alert_resolved", message)
-        if incident.firing:
+        if incident.is_firing:
             self.put(incident)
             return
         damping = self.settings.flap_damping

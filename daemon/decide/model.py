@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Reversible
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from itertools import compress
+from operator import attrgetter
 from types import MappingProxyType
 from typing import Any
 
@@ -51,6 +53,13 @@ SEVERITY_WORDS: Mapping[str, str] = MappingProxyType({
 })
 MISSING_SEVERITY = "error"
 UNKNOWN_SEVERITY = "critical"
+_status = attrgetter("status")
+# The firing alerts of the last alert mapping asked about: one step asks several times about
+# the same incident (assessing it, titling it, paging it). Sound because no alert mapping
+# is changed once made (each change copies it), and the memo holds a reference to it, so
+# that its identity cannot pass to another.
+_firing_memo: tuple[Mapping[str, AlertRecord] | None, tuple[AlertRecord, ...]] = (None, ())
+_starts_at = attrgetter("starts_at")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
 
 
@@ -238,12 +247,27 @@ class Incident:
     @property
     def firing(self) -> tuple[AlertRecord, ...]:
         """The alerts still firing."""
-        return tuple(a for a in self.alerts.values() if a.status == FIRING)
+        global _firing_memo  # noqa: PLW0603 - see _firing_memo
+        alerts, firing = _firing_memo
+        if alerts is not self.alerts:
+            # Without a Python-level loop: a fire can hold tens of thousands of alerts.
+            records = self.alerts.values()
+            firing = tuple(compress(records, map(FIRING.__eq__, map(_status, records))))
+            _firing_memo = (self.alerts, firing)
+        return firing
+
+    @property
+    def is_firing(self) -> bool:
+        """Whether any alert still fires (the newest first: they are the likeliest)."""
+        records = self.alerts.values()
+        newest_first = reversed(records) if isinstance(records, Reversible) else records
+        return any(a.status == FIRING for a in newest_first)
 
     @property
     def started_at(self) -> datetime:
         """When the fire started: the earliest alert's start, not when Firehouse heard of it."""
-        starts = [a.starts_at for a in self.alerts.values() if a.starts_at is not None]
+        # filter(None, ...) drops the unknown starts (a datetime is never false).
+        starts = list(filter(None, map(_starts_at, self.alerts.values())))
         if self.started is not None:
             starts.append(self.started)
         return min(starts, default=self.opened_at)

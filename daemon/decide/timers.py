@@ -105,6 +105,11 @@ def _escalate(work: Work, incident: Incident, timer: str, reason: str, said: str
             roles = targets.setdefault(target, [])
             if name not in roles:
                 roles.append(name)
+    if incident.deadlines.escalate_to and not targets:
+        # The rules asked for someone and no one was found (a lead role on an unmapped
+        # incident, a role no target stands for): never escalate into the void.
+        lead = work.config.target_for_role("incident_lead") or "command-center"
+        targets[lead] = ["incident_lead"]
     pages = tuple(
         Page(target, tuple(roles), dedup_key(incident.id, target,
                                              f"{incident.severity}/{timer}-missed"),

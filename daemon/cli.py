@@ -14,7 +14,7 @@ from typing import Any
 
 from daemon import __version__
 from daemon.alerts import parse_body, parse_time
-from daemon.config import Config, load_config, mask
+from daemon.config import DEFAULT_SETTINGS_FILE, Config, find_settings_file, load_config, mask
 from daemon.decide import Decision, State, decide
 from daemon.errors import ConfigError, PayloadError, Problem, StoreError
 from daemon.render import impact_dot, impact_json, impact_text
@@ -76,11 +76,23 @@ def _load(args: argparse.Namespace) -> Config:
     return load_config(Path(args.config) if args.config else None)
 
 
+def _no_settings_file(args: argparse.Namespace) -> str:
+    """Why the settings are only the environment's, and how to give a file; "" when a file
+    was given or found. Said before the problems, which otherwise look like a broken file."""
+    if find_settings_file(Path(args.config) if args.config else None, os.environ) is not None:
+        return ""
+    return (f"firehouse: no settings file: no --config, no $FIREHOUSE_CONFIG and no "
+            f"./{DEFAULT_SETTINGS_FILE} in {Path.cwd()}, so only the environment and the "
+            f"built-in defaults apply; give one with --config FILE or FIREHOUSE_CONFIG=FILE")
+
+
 def _load_or_report(args: argparse.Namespace) -> Config | None:
     """The configuration, or None after printing every problem to stderr."""
     try:
         return _load(args)
     except ConfigError as exc:
+        if note := _no_settings_file(args):
+            print(note, file=sys.stderr)
         print(f"firehouse: configuration is invalid:\n{exc}", file=sys.stderr)
         return None
 
@@ -111,6 +123,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     try:
         config = _load(args)
     except ConfigError as exc:
+        if note := _no_settings_file(args):
+            print(note)
         print(f"FAILED: {len(exc.problems)} problem(s)")
         for problem in exc.problems:
             print(f"  {problem}")
@@ -267,7 +281,9 @@ def cmd_impact(args: argparse.Namespace) -> int:
     for name in args.services:
         service = graph.resolve(name)
         if service is None:
-            print(f"firehouse: unknown service {name!r}", file=sys.stderr)
+            hint = graph.closest(name)
+            print(f"firehouse: unknown service {name!r}"
+                  + (f"; did you mean {hint!r}?" if hint else ""), file=sys.stderr)
             return 1
         names.append(service.name)
     impact = graph.impact(names)
@@ -293,6 +309,8 @@ def cmd_test(args: argparse.Namespace) -> int:
     tests, found = load_tests([Path(f) for f in args.files], config)
     problems.extend(found)
     if config is None or problems:
+        if config is None and (note := _no_settings_file(args)):
+            print(note, file=sys.stderr)
         print(f"firehouse: cannot run the rule tests: {len(problems)} problem(s)",
               file=sys.stderr)
         for problem in sorted(problems):

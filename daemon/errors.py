@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -26,6 +28,12 @@ class Problem:
         shown = f" (got {self.value})" if self.value else ""
         kind = "warning: " if self.warning else ""
         return f"{where}:{key} {kind}{self.message}{shown}"
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """`; did you mean 'x'?` for the known name most like `name`, or "" when none is."""
+    close = difflib.get_close_matches(name, sorted(set(known)), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 class ConfigError(FirehouseError):

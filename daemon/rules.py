@@ -14,7 +14,6 @@ the escalation lists are united. They are carried to the incident, where the clo
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
@@ -22,7 +21,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from daemon.errors import Problem
+from daemon.errors import Problem, did_you_mean
 from daemon.graph import SEVERITIES, Impact, Service, higher
 from daemon.yamlsrc import LocatedDict, LocatedList, load_file, shown
 
@@ -109,6 +108,9 @@ def _unescape(text: str) -> str:
     return "".join(result)
 
 
+MAX_DURATION_SECONDS = 52 * 7 * 86400
+
+
 def parse_duration(text: str) -> timedelta:
     """A Prometheus-style duration (`30s`, `15m`, `4h`, `1d`, `1w`, `1h30m`); raises
     ValueError."""
@@ -120,6 +122,10 @@ def parse_duration(text: str) -> timedelta:
                   if count is not None)
     if seconds == 0:
         raise ValueError("must be longer than zero")
+    if seconds > MAX_DURATION_SECONDS:
+        # A deadline must be reachable: added to an incident's opening time, a longer one
+        # would overflow the calendar and fail every decision that uses it.
+        raise ValueError("must be at most 52w (a year)")
     return timedelta(seconds=seconds)
 
 
@@ -426,7 +432,8 @@ def _parse_rule(
     else:
         for i, role in enumerate(page):
             if not isinstance(role, str) or (role not in ROLES and role not in targets):
-                bad(f"page[{i}]", "unknown role or target", role, page.line_of(i))
+                hint = did_you_mean(role, (*ROLES, *targets)) if isinstance(role, str) else ""
+                bad(f"page[{i}]", f"unknown role or target{hint}", role, page.line_of(i))
             else:
                 roles.append(role)
     severity = _severity(body, "severity", bad)
@@ -438,7 +445,7 @@ def _parse_rule(
     def is_name(value: Any) -> bool:
         return isinstance(value, str) and (value in ROLES or value in targets)
 
-    clock = parse_clock(body, bad, is_name, required=True)
+    clock = parse_clock(body, bad, is_name, required=True, known=(*ROLES, *targets))
     updates = _parse_business_updates(body, bad)
     if len(problems) != count or not isinstance(name, str):
         return None
@@ -448,10 +455,10 @@ def _parse_rule(
 
 
 def parse_clock(body: LocatedDict, bad: Reporter, is_name: Callable[[Any], bool], *,
-                required: bool) -> Clock | None:
+                required: bool, known: Iterable[str] = ()) -> Clock | None:
     """`body.clock`, or None when absent or bad. A rule's clock (`required`) needs a
     non-empty `escalate_to` when given and at least one deadline; a test's expected clock
-    may be empty, expecting none."""
+    may be empty, expecting none. `known` names the roles and targets, for a "did you mean"."""
     if "clock" not in body:
         return None
     raw, at = body["clock"], body.line_of("clock")
@@ -482,7 +489,9 @@ def parse_clock(body: LocatedDict, bad: Reporter, is_name: Callable[[Any], bool]
             if is_name(item):
                 names.append(item)
             else:
-                report(f"escalate_to[{i}]", "unknown role or target", item, escalate.line_of(i))
+                hint = did_you_mean(item, known) if isinstance(item, str) else ""
+                report(f"escalate_to[{i}]", f"unknown role or target{hint}", item,
+                       escalate.line_of(i))
     if required and "ack_within" not in raw and "resolve_within" not in raw:
         report("", "needs ack_within or resolve_within (or both)", "", at)
     return Clock(ack, resolve, tuple(names)) if ok else None
@@ -627,8 +636,7 @@ def _names(
         return None
     for name, path, line in located:
         if defined is not None and name not in defined:
-            close = difflib.get_close_matches(name, sorted(defined), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(name, defined)
             bad(path, f"{unknown}: the rule would never match{hint}", name, line)
     return tuple(name for name, _, _ in located)
 

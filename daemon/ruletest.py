@@ -24,7 +24,7 @@ from typing import Any
 from daemon.alerts import FIRING, RESOLVED, Webhook, parse_time, parse_webhook
 from daemon.config import Config
 from daemon.decide import RESOLVE, TRIGGER, Decision, State, apply, decide, tick
-from daemon.errors import Problem
+from daemon.errors import Problem, did_you_mean
 from daemon.graph import OWNER_ROLES, SEVERITIES
 from daemon.rules import (
     DEFAULT_RULE,
@@ -345,7 +345,7 @@ class _Reader:
         def is_name(value: Any) -> bool:
             return isinstance(value, str) and (value in ROLES or self.is_target(value))
 
-        clock = parse_clock(node, report, is_name, required=False)
+        clock = parse_clock(node, report, is_name, required=False, known=self.names())
         updates = duration(node, "business_updates", report)
         return (tuple(pages), tuple(resolves), None if rules is None else tuple(rules), clock,
                 updates)
@@ -375,8 +375,9 @@ class _Reader:
         else:
             for i, role in enumerate(raw):
                 if not isinstance(role, str) or not (role in ROLES or self.is_target(role)):
-                    self.bad(f"{path}.roles[{i}]", raw.line_of(i), "unknown role or target",
-                             role)
+                    hint = did_you_mean(role, self.names()) if isinstance(role, str) else ""
+                    self.bad(f"{path}.roles[{i}]", raw.line_of(i),
+                             f"unknown role or target{hint}", role)
                 elif role in roles:
                     self.bad(f"{path}.roles[{i}]", raw.line_of(i), "listed twice", role)
                 else:
@@ -395,6 +396,11 @@ class _Reader:
                 or not isinstance(severity, str):
             return None
         return Paged(target, tuple(roles), severity)
+
+    def names(self) -> tuple[str, ...]:
+        """The roles and the settings' targets, for a "did you mean"."""
+        targets = self.config.settings.targets if self.config is not None else ()
+        return (*ROLES, *targets)
 
     def is_target(self, name: Any) -> bool:
         """Whether `name` is a target of the settings (anything goes when they did not load)."""

@@ -761,6 +761,16 @@ class TestParseDuration:
         with pytest.raises(ValueError, match=r"^must be longer than zero$"):
             parse_duration(text)
 
+    @pytest.mark.parametrize("text", ["53w", "1000000w", "99999999999999999999d"])
+    def test_longer_than_a_year(self, text: str) -> None:
+        """A deadline past a year (one that would overflow the calendar) is refused."""
+        with pytest.raises(ValueError, match=r"^must be at most 52w \(a year\)$"):
+            parse_duration(text)
+
+    def test_a_year_is_allowed(self) -> None:
+        """52 weeks is the longest duration."""
+        assert parse_duration("52w") == timedelta(weeks=52)
+
     @pytest.mark.parametrize(("seconds", "text"), [
         (30, "30s"), (900, "15m"), (5400, "1h30m"), (86400 + 60, "1d1m"), (14 * 86400, "2w"),
     ])

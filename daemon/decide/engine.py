@@ -58,8 +58,14 @@ def decide(webhook: Webhook, config: Config, state: State, now: datetime) -> Dec
     """Decide, alert by alert, what a notification changes; the top-level status is ignored.
     A payload that Alertmanager truncated resolves nothing: it is not the whole group."""
     work = Work(config, state, now, webhook.external_url)
-    for alert in webhook.alerts:
-        if alert.firing:
+    # Alertmanager sends an alert once per notification; a hand-made payload may repeat
+    # one, and its last copy is its latest word.
+    last = {alert.fingerprint: index for index, alert in enumerate(webhook.alerts)}
+    for index, alert in enumerate(webhook.alerts):
+        if last[alert.fingerprint] != index:
+            work.explain(alert, None, alert.labels.get("service"),
+                         "superseded by a later copy in the same notification")
+        elif alert.firing:
             work.fire(alert)
         elif webhook.truncated_alerts:
             work.explain(alert, None, alert.labels.get("service"),

@@ -145,13 +145,16 @@ def on_pagerduty(update: PagerDutyUpdate, config: Config, state: State, now: dat
     status = {"acknowledged": ACKNOWLEDGED, "unacknowledged": TRIGGERED,
               "resolved": RESOLVED_IN_PAGERDUTY, "reopened": TRIGGERED}.get(kind, page.status)
     changed = replace(page, status=status,
-                      acknowledged_by=who if status == ACKNOWLEDGED else page.acknowledged_by)
+                      acknowledged_by=who if status == ACKNOWLEDGED else
+                      "" if status == TRIGGERED else page.acknowledged_by)
     pages = tuple(changed if p.dedup_key == page.dedup_key else p for p in incident.pages)
     acknowledged_at = incident.acknowledged_at
     if status in (ACKNOWLEDGED, RESOLVED_IN_PAGERDUTY) and acknowledged_at is None:
         # A person answered: the acknowledgement deadline is met.
         acknowledged_at = update.occurred_at
-    elif status == TRIGGERED and not any(p.status == ACKNOWLEDGED for p in pages):
+    elif status == TRIGGERED and not any(p.status in (ACKNOWLEDGED, RESOLVED_IN_PAGERDUTY)
+                                         for p in pages):
+        # No one holds any page any more: the acknowledgement deadline counts again.
         acknowledged_at = None
     events = (*incident.pagerduty_events, update.event_id)[-_PAGERDUTY_EVENTS_KEPT:]
     work.put(replace(incident, pages=pages, acknowledged_at=acknowledged_at,

@@ -47,6 +47,7 @@ class Firehouse:
         self.store: Store = store or SqliteStore(config.settings.state)
         self.accepting = False
         self.last_auth_warning = 0.0
+        self.last_store_probe = float("-inf")  # monotonic; see server.ready
         self.session: aiohttp.ClientSession | None = None
         self.deliverer: Deliverer | None = None
         self.housekeeper: Housekeeper | None = None

@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -19,7 +19,7 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
-from daemon.errors import ConfigError, Problem
+from daemon.errors import ConfigError, Problem, did_you_mean
 from daemon.graph import DEFAULT_TIER_SEVERITY, OWNER_ROLES, SEVERITIES, ServiceGraph
 from daemon.maps import MapDefaults, MapOptions, load_maps, map_files, owner_key
 from daemon.rules import MapNames, Rule, format_duration, load_rules, parse_duration, rule_files
@@ -253,9 +253,15 @@ class _Reader:
         self.file = file
         self.problems = problems
         self.env_sources: dict[str, str] = {}
+        self.only("", raw, self._KEYS)
+
+    def only(self, parent: str, raw: Mapping[Any, Any], known: Iterable[str]) -> None:
+        """Report every key of `raw`, the mapping at `parent`, that is not a `known` one."""
+        allowed = tuple(known)
         for key in raw:
-            if key not in self._KEYS:
-                self.bad(key, "unknown setting", key)
+            if key not in allowed:
+                self.bad(f"{parent}.{key}" if parent else key,
+                         f"unknown setting{did_you_mean(str(key), allowed)}", key)
 
     def override(self, dotted: str, value: str, source: str) -> None:
         """Apply an environment variable on top of the file."""
@@ -300,11 +306,9 @@ class _Reader:
         if not isinstance(pd, dict):
             self.bad("pagerduty", "must be a mapping", pd)
             pd = {}
-        for key in pd:
-            if key not in ("url", "timeout_seconds", "overdue_after_seconds",
-                           "delivered_retention_hours", "webhook_secret", "webhook_secret_file",
-                           "rate_limit_per_minute"):
-                self.bad(f"pagerduty.{key}", "unknown setting", key)
+        self.only("pagerduty", pd, ("url", "timeout_seconds", "overdue_after_seconds",
+                                    "delivered_retention_hours", "webhook_secret",
+                                    "webhook_secret_file", "rate_limit_per_minute"))
         url = self._string("pagerduty.url", DEFAULT_PAGERDUTY_URL).rstrip("/")
         if not url.startswith(("http://", "https://")):
             self.bad("pagerduty.url", "must be an http:// or https:// URL", url)
@@ -351,9 +355,7 @@ class _Reader:
         if not isinstance(raw, dict):
             self.bad("incidents", "must be a mapping", raw)
             return 300.0
-        for key in raw:
-            if key != "flap_damping_seconds":
-                self.bad(f"incidents.{key}", "unknown setting", key)
+        self.only("incidents", raw, ("flap_damping_seconds",))
         return self._number("incidents.flap_damping_seconds", 300.0, 0.0, 86400.0)
 
     def _rate_limit(self) -> int:
@@ -371,9 +373,7 @@ class _Reader:
         if not isinstance(raw, dict):
             self.bad("web", "must be a mapping", raw)
             return False
-        for key in raw:
-            if key != "open":
-                self.bad(f"web.{key}", "unknown setting", key)
+        self.only("web", raw, ("open",))
         value = raw.get("open", False)
         text = str(value).lower()
         if text in ("true", "1", "yes"):
@@ -397,7 +397,8 @@ class _Reader:
             self.bad(key, "must be a number", value)
             return default
         if isinstance(value, bool) or not low <= number <= high:
-            self.bad(key, f"must be a number from {low:g} to {high:g}", value)
+            self.bad(key, f"must be a number from {_number_text(low)} to {_number_text(high)}",
+                     value)
             return default
         return number
 
@@ -407,9 +408,7 @@ class _Reader:
         if not isinstance(raw, dict):
             self.bad("changes", "must be a mapping", raw)
             return 24.0
-        for key in raw:
-            if key != "window_hours":
-                self.bad(f"changes.{key}", "unknown setting", key)
+        self.only("changes", raw, ("window_hours",))
         return self._number("changes.window_hours", 24.0, 0.1, 720.0)
 
     def _listen(self, defaults: Settings) -> tuple[str, int]:
@@ -481,9 +480,7 @@ class _Reader:
                 # target stays defined, so that maps and rules naming it add no noise.
                 self.bad(key, "must be a mapping with routing_key_env or routing_key_file")
             options: dict[str, Any] = spec if isinstance(spec, dict) else {}
-            for k in options:
-                if k not in ("routing_key_env", "routing_key_file"):
-                    self.bad(f"{key}.{k}", "unknown setting", k)
+            self.only(key, options, ("routing_key_env", "routing_key_file"))
             default_env = "FIREHOUSE_ROUTING_KEY_" + re.sub(r"[^A-Z0-9]", "_", name.upper())
             env_name = options.get("routing_key_env", default_env)
             if not isinstance(env_name, str) or not _ENV_NAME.match(env_name):
@@ -580,9 +577,7 @@ class _Reader:
                      "service_lead", raw)
             return defaults
         tier, component = raw.get("tier", defaults.tier), raw.get("component", defaults.component)
-        for key in raw:
-            if key not in ("tier", "component", *OWNER_ROLES):
-                self.bad(f"map_defaults.{key}", "unknown setting", key)
+        self.only("map_defaults", raw, ("tier", "component", *OWNER_ROLES))
         if isinstance(tier, bool) or not isinstance(tier, int) or not 1 <= tier <= 4:
             self.bad("map_defaults.tier", "must be an integer from 1 (most critical) to 4", tier)
             tier = defaults.tier
@@ -697,9 +692,7 @@ class _Reader:
         if not isinstance(auth, dict):
             self.bad("auth", "must be a mapping", auth)
             return None
-        for k in auth:
-            if k not in ("bearer_token", "bearer_token_file", "basic_auth"):
-                self.bad(f"auth.{k}", "unknown setting", k)
+        self.only("auth", auth, ("bearer_token", "bearer_token_file", "basic_auth"))
         return self._credentials(base, "auth.basic_auth")
 
     def _credentials(self, base: Path, key: str) -> tuple[str, str] | None:
@@ -724,9 +717,7 @@ class _Reader:
         if not isinstance(raw, dict):
             self.bad("alertmanager", "must be a mapping", raw)
             raw = {}
-        for key in raw:
-            if key not in _ALERTMANAGER_KEYS:
-                self.bad(f"alertmanager.{key}", "unknown setting", key)
+        self.only("alertmanager", raw, _ALERTMANAGER_KEYS)
         bearer = self._secret(base, "alertmanager.bearer_token", "alertmanager.bearer_token_file")
         basic = self._credentials(base, "alertmanager.basic_auth")
         if bearer and basic:
@@ -792,6 +783,11 @@ class _Reader:
                      value)
             return default
         return seconds
+
+
+def _number_text(number: float) -> str:
+    """A range bound as written: whole numbers in full (1073741824, not 1.07374e+09)."""
+    return str(int(number)) if float(number).is_integer() else f"{number:g}"
 
 
 def _hashes(files: list[Path]) -> dict[str, str]:

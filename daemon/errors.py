@@ -52,5 +52,9 @@ class StoreError(FirehouseError):
     """The store could not read or write durably."""
 
 
+class OutboxConflict(FirehouseError):
+    """An outbox event cannot be retried as asked; the message says why."""
+
+
 class ReconcileError(FirehouseError):
     """Alertmanager could not be asked which alerts it has; the message says why."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -229,6 +229,8 @@ class _Bits:
 
     reach: tuple[int, ...]
     reach_hard: tuple[int, ...]
+    # Forward reachability: every service a service depends on, directly or not.
+    needs: tuple[int, ...]
     tiers: Mapping[int, int]
     business: tuple[tuple[str, int], ...]
 
@@ -253,6 +255,40 @@ class _Index:
 
 
 _CACHE_LIMIT = 4096
+# Beyond BITSET_LIMIT a connected set is walked and kept; each may hold most of the map.
+_RELATED_CACHE_LIMIT = 64
+
+
+class Related:
+    """The services connected to one service, as a bitset over the map (or a set of names
+    on maps too big for bitsets): membership and size without building a set of names."""
+
+    __slots__ = ("_index", "_mask", "_names")
+
+    def __init__(self, index: _Index, mask: int, names: frozenset[str] | None = None
+                 ) -> None:
+        self._index = index
+        self._mask = mask
+        self._names = names
+
+    def __contains__(self, name: object) -> bool:
+        if self._names is not None:
+            return name in self._names
+        position = self._index.position.get(name) if isinstance(name, str) else None
+        return position is not None and bool(self._mask >> position & 1)
+
+    def __len__(self) -> int:
+        return len(self._names) if self._names is not None else self._mask.bit_count()
+
+    def __iter__(self) -> Iterator[str]:
+        if self._names is not None:
+            yield from self._names
+            return
+        mask, names = self._mask, self._index.names
+        while mask:
+            low = mask & -mask
+            yield names[low.bit_length() - 1]
+            mask ^= low
 
 
 @dataclass(frozen=True)
@@ -349,31 +385,34 @@ class ServiceGraph:
                     work.append(dependent)
         return False
 
-    def related(self, name: str) -> frozenset[str]:
+    def related(self, name: str) -> Related:
         """Every service connected to `name`: what it depends on and what depends on it,
-        directly or not, and itself. Cached per service; empty for an unknown name."""
-        found = self._related.get(name)
-        if found is not None:
-            return found
+        directly or not, and itself; empty for an unknown name. From the bitsets when the
+        map has them (no memory kept per query), else walked and cached."""
         idx = self._index
         start = idx.position.get(name)
         if start is None:
-            return frozenset()
-        nodes = {start}
-        for neighbours in (idx.dependencies, idx.all_dependents):
-            seen = {start}
-            work = [start]
-            while work:
-                for other in neighbours[work.pop()]:
-                    if other not in seen:
-                        seen.add(other)
-                        work.append(other)
-            nodes |= seen
-        found = frozenset(idx.names[n] for n in nodes)
-        if len(self._related) >= _CACHE_LIMIT:
-            self._related.clear()
-        self._related[name] = found
-        return found
+            return Related(idx, 0)
+        if idx.bits is not None:
+            bits = idx.bits
+            return Related(idx, bits.reach[start] | bits.needs[start] | 1 << start)
+        found = self._related.get(name)
+        if found is None:
+            nodes = {start}
+            for neighbours in (idx.dependencies, idx.all_dependents):
+                seen = {start}
+                work = [start]
+                while work:
+                    for other in neighbours[work.pop()]:
+                        if other not in seen:
+                            seen.add(other)
+                            work.append(other)
+                nodes |= seen
+            found = frozenset(idx.names[n] for n in nodes)
+            if len(self._related) >= _RELATED_CACHE_LIMIT:
+                self._related.clear()
+            self._related[name] = found
+        return Related(idx, 0, found)
 
     def connected(self, a: str, b: str) -> bool:
         """Whether one of two services depends on the other: failing together, they are one
@@ -755,6 +794,7 @@ def _build_index(by_name: Mapping[str, Service]) -> _Index:
                 business_masks[carried] = business_masks.get(carried, 0) | 1 << node
         bits = _Bits(
             reach=_reachability(deps), reach_hard=_reachability(hard_deps),
+            needs=_reachability(every),
             tiers=MappingProxyType(tier_masks), business=tuple(sorted(business_masks.items())),
         )
     return _Index(

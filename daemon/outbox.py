@@ -2,8 +2,9 @@
 
 2xx is done. 429, 5xx, timeouts and connection errors are retried with exponential backoff
 and jitter (honouring Retry-After), without limit. Any other 4xx is a permanent failure kept
-as a dead letter with PagerDuty's message. Events whose routing key is empty are dry-run:
-logged and marked, never sent.
+as a dead letter with PagerDuty's message, noted on its incident's timeline in the same
+transaction, until `POST /api/v1/outbox/{id}/retry`. Events whose routing key is empty are
+dry-run: logged and marked, never sent.
 
 Up to `concurrency` events are in flight at once, never two of one dedup key; a freed slot
 is refilled at once, and the outcomes that came in meanwhile are recorded in one
@@ -338,7 +339,16 @@ class Deliverer:
         log.error("dead letter", extra={"fields": {
             **fields(event), "outcome": result.outcome, "status": result.status,
             "error": result.message}})
-        return Attempt(event.id, DEAD, now, result.status, error)
+        return Attempt(event.id, DEAD, now, result.status, error, note=dead_note(event, result))
+
+
+def dead_note(event: StoredEvent, result: SendResult) -> str:
+    """The timeline note of a dead letter: who was not paged, and PagerDuty's reason."""
+    what = {"trigger": "the page", "resolve": "the resolve"}.get(event.action,
+                                                                  f"the {event.action} event")
+    return (f"PagerDuty refused {what} to {event.target} (HTTP {result.status}, "
+            f"{result.outcome}): {result.message or 'no message'}; not retried: fix the "
+            f"cause, then POST /api/v1/outbox/{event.id}/retry")
 
 
 def fields(event: StoredEvent) -> dict[str, object]:

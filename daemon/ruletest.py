@@ -345,7 +345,7 @@ class _Reader:
         def is_name(value: Any) -> bool:
             return isinstance(value, str) and (value in ROLES or self.is_target(value))
 
-        clock = parse_clock(node, report, is_name, required=False, known=self.names())
+        clock = parse_clock(node, report, is_name, required=False, known=self.known_names())
         updates = duration(node, "business_updates", report)
         return (tuple(pages), tuple(resolves), None if rules is None else tuple(rules), clock,
                 updates)
@@ -375,7 +375,7 @@ class _Reader:
         else:
             for i, role in enumerate(raw):
                 if not isinstance(role, str) or not (role in ROLES or self.is_target(role)):
-                    hint = did_you_mean(role, self.names()) if isinstance(role, str) else ""
+                    hint = did_you_mean(role, self.known_names()) if isinstance(role, str) else ""
                     self.bad(f"{path}.roles[{i}]", raw.line_of(i),
                              f"unknown role or target{hint}", role)
                 elif role in roles:
@@ -397,7 +397,7 @@ class _Reader:
             return None
         return Paged(target, tuple(roles), severity)
 
-    def names(self) -> tuple[str, ...]:
+    def known_names(self) -> tuple[str, ...]:
         """The roles and the settings' targets, for a "did you mean"."""
         targets = self.config.settings.targets if self.config is not None else ()
         return (*ROLES, *targets)

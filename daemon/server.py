@@ -24,7 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from daemon.alerts import parse_body
 from daemon.changes import change_json, parse_change, record_change
 from daemon.decide import on_pagerduty
-from daemon.errors import ConfigError, PayloadError, StoreError
+from daemon.errors import ConfigError, OutboxConflict, PayloadError, StoreError
 from daemon.outbox import utcnow
 from daemon.pdwebhook import SIGNATURE_HEADER, parse, verify
 from daemon.store import PENDING, StoredEvent
@@ -39,11 +39,19 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # A missing Content-Type reads as application/octet-stream; old senders omit it.
 _JSON_TYPES = ("application/json", "application/octet-stream")
 BIG_BODY = 1 << 20  # bytes: about 1,000 alerts
+LIMIT_MAX = 1000  # items a list endpoint answers at most (`?limit=`)
+STORE_PROBE_SECONDS = 5.0
 
 
 def error(status: int, message: str) -> web.Response:
     """A JSON error body naming the problem."""
     return web.json_response({"status": "error", "error": message}, status=status)
+
+
+def bad_request(message: str) -> web.HTTPBadRequest:
+    """A 400 to raise, with the body `error` gives."""
+    return web.HTTPBadRequest(text=json.dumps({"status": "error", "error": message}),
+                              content_type="application/json")
 
 
 def authorized(request: web.Request, token: str, basic: tuple[str, str] | None) -> bool:
@@ -216,9 +224,23 @@ async def healthy(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
-    """Readiness: webhooks are accepted and the store's last write succeeded."""
+    """Readiness: webhooks are accepted and the store's last write succeeded.
+
+    A store that failed a write is probed with a small committed write, at most every
+    STORE_PROBE_SECONDS: a load balancer that waits for readiness sends no webhook whose
+    write would show that the disk is fixed."""
     firehouse = request.app[APP_KEY]
-    if firehouse.accepting and firehouse.store.healthy:
+    store = firehouse.store
+    now = time.monotonic()
+    if not store.healthy and now - firehouse.last_store_probe >= STORE_PROBE_SECONDS:
+        firehouse.last_store_probe = now
+        try:
+            await store.probe(utcnow())
+        except StoreError:
+            pass  # still failing: the failed writes were logged, and readiness says so
+        else:
+            log.info("the store accepts writes again: ready")
+    if firehouse.accepting and store.healthy:
         return web.Response(text="Ready.\n")
     return web.Response(text="Not ready.\n", status=503)
 
@@ -284,6 +306,36 @@ async def outbox(request: web.Request) -> web.Response:
         "events": [{**_event_json(e), "overdue": e.state == PENDING
                     and e.created_at < overdue_before} for e in events],
     })
+
+
+@require_auth
+async def retry_event(request: web.Request) -> web.Response:
+    """Send a dead letter again once its cause is fixed (a rotated routing key): back to
+    pending, attempts reset, with its target's routing key from the current settings, and
+    the later dead events of its dedup key with it (a trigger's resolve). 404 for no such
+    event, 409 for one that cannot be retried (not dead, target gone, already resolved)."""
+    firehouse = request.app[APP_KEY]
+    event_id = int(request.match_info["id"])
+    settings = firehouse.config.settings
+    # As the engine pages (decide/engine.py, routing_key): no key in dry-run.
+    keys = {name: "" if settings.dry_run else target.routing_key
+            for name, target in settings.targets.items()}
+    try:
+        events = await firehouse.store.requeue(event_id, keys, utcnow())
+    except OutboxConflict as exc:
+        return error(409, str(exc))
+    except StoreError as exc:
+        log.error("could not requeue event %d: %s", event_id, exc)  # noqa: TRY400 - the message says it all
+        return error(503, "could not write to the store; retry")
+    if events is None:
+        return error(404, f"no outbox event {event_id}")
+    if firehouse.deliverer is not None:
+        firehouse.deliverer.wake()
+    log.info("dead letter requeued on request", extra={"fields": {
+        "events": ",".join(str(e.id) for e in events), "target": events[0].target,
+        "dedup_key": events[0].dedup_key}})
+    return web.json_response({"status": "success",
+                              "requeued": [_event_json(e) for e in events]})
 
 
 @require_auth
@@ -353,10 +405,17 @@ def _event_json(event: StoredEvent) -> dict[str, Any]:
 
 
 def _limit(request: web.Request) -> int:
+    """`?limit=`, 100 when absent; anything but a whole number from 1 to LIMIT_MAX is a 400
+    (raised), never quietly another number."""
+    given = request.query.get("limit", "100")
     try:
-        return max(1, min(1000, int(request.query.get("limit", "100"))))
+        limit = int(given)
     except ValueError:
-        return 100
+        limit = 0
+    if not 1 <= limit <= LIMIT_MAX:
+        raise bad_request(f"limit must be a whole number from 1 to {LIMIT_MAX}, "
+                          f"got {json.dumps(given)}")
+    return limit
 
 
 def make_app(firehouse: Firehouse) -> web.Application:
@@ -374,6 +433,7 @@ def make_app(firehouse: Firehouse) -> web.Application:
     app.router.add_get("/api/v1/incidents", incidents)
     app.router.add_get("/api/v1/incidents/{id}", incident)
     app.router.add_get("/api/v1/outbox", outbox)
+    app.router.add_post(r"/api/v1/outbox/{id:\d{1,18}}/retry", retry_event)
     app.router.add_post("/api/v1/changes", post_change)
     app.router.add_get("/api/v1/changes", changes)
     # The pages build on this module (its auth and APP_KEY): imported here, not at the top.

@@ -49,6 +49,35 @@ class TestCheck:
         assert "  webhook authentication: off (anyone who can reach the port can post alerts)\n" \
             in out
 
+    def test_says_first_that_no_settings_file_was_found(
+            self, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+            tmp_path: Path) -> None:
+        """Outside a directory with firehouse.yml, check says so before the problems."""
+        monkeypatch.chdir(tmp_path)
+        code, out, _ = run(capsys, "check")
+        assert code == 1
+        assert out.splitlines() == [
+            "firehouse: no settings file: no --config, no $FIREHOUSE_CONFIG and no "
+            f"./firehouse.yml in {tmp_path}, so only the environment and the built-in "
+            "defaults apply; give one with --config FILE or FIREHOUSE_CONFIG=FILE",
+            "FAILED: 3 problem(s)",
+            "  (environment): roles.incident_lead: missing: the command center's target is "
+            "required, unmapped alerts page it",
+            "  dependency_maps: no such file or directory",
+            "  rules: no such file or directory",
+        ]
+
+    def test_says_nothing_of_a_settings_file_it_was_given(
+            self, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+        """With --config, the problems are the file's own."""
+        settings = tmp_path / "firehouse.yml"
+        settings.write_text("lisen: 127.0.0.1:9095\n", encoding="utf-8")
+        code, out, _ = run(capsys, "check", "--config", str(settings))
+        assert code == 1
+        assert "no settings file" not in out
+        assert f"  {settings}:1: lisen: unknown setting; did you mean 'listen'? " \
+            "(got 'lisen')" in out.splitlines()
+
     def test_says_how_webhooks_authenticate(self, capsys: pytest.CaptureFixture[str],
                                             monkeypatch: pytest.MonkeyPatch) -> None:
         """check's summary says that a bearer token is required."""
@@ -325,7 +354,13 @@ class TestImpact:
         """impact exits 1 for a service no map knows."""
         code, _, err = run(capsys, "impact", "nope", "--config", str(SETTINGS))
         assert code == 1
-        assert "unknown service 'nope'" in err
+        assert err == "firehouse: unknown service 'nope'\n"
+
+    def test_unknown_service_like_a_known_one(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """impact suggests the service a misspelt name probably means."""
+        code, _, err = run(capsys, "impact", "paymnets", "--config", str(SETTINGS))
+        assert code == 1
+        assert err == "firehouse: unknown service 'paymnets'; did you mean 'payments'?\n"
 
     def test_dot_renders_with_graphviz(self, capsys: pytest.CaptureFixture[str],
                                        tmp_path: Path) -> None:

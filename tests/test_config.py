@@ -586,6 +586,12 @@ class TestLimits:
         path = write(tmp_path, SETTINGS + "max_body_bytes: 65536\n")
         assert load_config(path, {}).settings.max_body_bytes == 65536
 
+    def test_range_is_in_whole_bytes(self, tmp_path: Path) -> None:
+        """Out of range, the bounds read as the whole numbers they are."""
+        path = write(tmp_path, SETTINGS + "max_body_bytes: 100\n")
+        assert problems_of(path) == [
+            f"{path}:10: max_body_bytes: must be a number from 1024 to 1073741824 (got 100)"]
+
 
 class TestRateLimit:
     """pagerduty.rate_limit_per_minute: events a minute per routing key, 0 for no limit."""
@@ -643,7 +649,8 @@ class TestChangesWindow:
         """A key the changes section does not know is refused with its path."""
         path = write(tmp_path, SETTINGS + "changes:\n  window_hour: 12\n")
         assert problems_of(path) == [
-            f"{path}:11: changes.window_hour: unknown setting (got 'window_hour')"]
+            f"{path}:11: changes.window_hour: unknown setting; did you mean 'window_hours'? "
+            "(got 'window_hour')"]
 
     def test_not_a_mapping(self, tmp_path: Path) -> None:
         """`changes: 12` (the window without its key) is refused."""
@@ -689,7 +696,14 @@ class TestSettingsErrors:
     def test_unknown_setting(self, tmp_path: Path) -> None:
         """A key the settings do not know is refused."""
         path = write(tmp_path, SETTINGS + "pager_duty: {}\n")
-        assert problems_of(path) == [f"{path}:10: pager_duty: unknown setting (got 'pager_duty')"]
+        assert problems_of(path) == [
+            f"{path}:10: pager_duty: unknown setting; did you mean 'pagerduty'? (got 'pager_duty')"]
+
+    def test_unknown_setting_like_a_known_one(self, tmp_path: Path) -> None:
+        """A misspelt setting is refused with the setting it probably means."""
+        path = write(tmp_path, SETTINGS.replace("listen:", "lisen:"))
+        assert problems_of(path) == [
+            f"{path}:1: lisen: unknown setting; did you mean 'listen'? (got 'lisen')"]
 
     def test_unknown_nested_setting(self, tmp_path: Path) -> None:
         """A key the pagerduty section does not know is refused with its path."""
@@ -754,8 +768,8 @@ class TestSettingsErrors:
         """A rule paging a name that is neither role nor target is reported."""
         path = write(tmp_path, rules=RULES.replace("incident_lead]", "incident-lead]"))
         assert problems_of(path) == [
-            f"{tmp_path / 'rules' / 'rules.yaml'}:3: rules[0].page[1]: unknown role or target "
-            "(got 'incident-lead')",
+            f"{tmp_path / 'rules' / 'rules.yaml'}:3: rules[0].page[1]: unknown role or target; "
+            "did you mean 'incident_lead'? (got 'incident-lead')",
         ]
 
     def test_all_problems_at_once_sorted(self, tmp_path: Path) -> None:
@@ -771,8 +785,8 @@ class TestSettingsErrors:
             f"{path}:10: log_level: must be debug, info, warning or error (got 'loud')",
             f"{tmp_path / 'maps' / 'web.yaml'}:3: services.web.tier: must be an integer from 1 "
             "(most critical) to 4 (got 7)",
-            f"{tmp_path / 'rules' / 'rules.yaml'}:3: rules[0].page[1]: unknown role or target "
-            "(got 'incident-lead')",
+            f"{tmp_path / 'rules' / 'rules.yaml'}:3: rules[0].page[1]: unknown role or target; "
+            "did you mean 'incident_lead'? (got 'incident-lead')",
         ]
 
     def test_missing_settings_file(self, tmp_path: Path) -> None:

@@ -314,6 +314,9 @@ class TestBadMaps:
          "service_lead) (got 'duty_manager')"),
         ("unknown_dependency.yaml",
          "9: services.web.depends_on[0]: names an unknown service (got 'db')"),
+        ("dependency_misspelt.yaml",
+         "9: services.payments.depends_on[0]: names an unknown service; did you mean "
+         "'postgres-payments'? (got 'postgres-paymnets')"),
         ("bad_dependency_kind.yaml",
          "9: services.web.depends_on[0].kind: must be 'hard' or 'soft' (got 'optional')"),
         ("alias_clash.yaml",

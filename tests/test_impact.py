@@ -508,6 +508,33 @@ class TestEdgeCases:
         assert [c.name for c in impact.root_causes] == ["report"]
 
 
+class TestRelated:
+    """Which services are connected to one (for correlating alerts into one fire)."""
+
+    def test_dependencies_dependents_and_itself_but_not_siblings(self, backend: str) -> None:
+        """db <- api <- web, and batch <- db: api is connected to db (below), web (above)
+        and itself; batch shares db with api but neither depends on the other."""
+        graph = build([svc("db", 2), svc("api", 1, "db"), svc("web", 1, soft("api")),
+                       svc("batch", 4, "db"), svc("alone", 3)], backend)
+
+        related = graph.related("api")
+
+        assert sorted(related) == ["api", "db", "web"]
+        assert len(related) == 3
+        assert "batch" not in related
+        assert "alone" not in related
+        assert "nowhere" not in related
+        assert sorted(graph.related("db")) == ["api", "batch", "db", "web"]
+        assert list(graph.related("alone")) == ["alone"]
+        assert len(graph.related("nowhere")) == 0
+
+    def test_a_cycle_is_connected_both_ways(self, backend: str) -> None:
+        """a -> b -> a: each is connected to the other."""
+        graph = build([svc("a", 1, "b"), svc("b", 1, "a"), svc("c", 1, "a")], backend)
+
+        assert sorted(graph.related("b")) == ["a", "b", "c"]
+
+
 class TestCache:
     """Impacts are cached per failing set."""
 

@@ -351,6 +351,9 @@ class TestBadBackstage:
         ("backstage_unknown_dependency.yaml",
          "13: Component:wayback-search.spec.dependsOn[0]: names an unknown service "
          "(got 'resource:wayback-db')"),
+        ("backstage_dependency_misspelt.yaml",
+         "12: Component:web.spec.dependsOn[0]: names an unknown service; did you mean "
+         "'wayback-archive'? (got 'wayback-archiv')"),
         ("backstage_no_technical_lead.yaml",
          "11: Component:web.spec.owner: no technical lead: add the annotation "
          "firehouse.io/technical-lead, or give owner 'team-x' a technical_lead under "

@@ -28,7 +28,15 @@ from daemon.decide.model import RESOLVE_PRIORITY
 from daemon.metrics import Metrics
 from daemon.outbox import Deliverer, utcnow
 from daemon.pagerduty import PagerDutyClient, SendResult
-from daemon.store import DEAD, DELIVERED, DRY_RUN, PENDING, Attempt, StoredEvent
+from daemon.store import (
+    DEAD,
+    DELIVERED,
+    DELIVERY_FAILED,
+    DRY_RUN,
+    PENDING,
+    Attempt,
+    StoredEvent,
+)
 from daemon.store.sqlite import SqliteStore
 from tests.helpers import (
     NOW,
@@ -238,6 +246,32 @@ class TestDeliverer:
         assert "Event object is invalid" in event.last_error
         assert "payload.severity" in event.last_error
         assert len(pd.received) == 1
+
+    async def test_a_dead_letter_is_noted_on_its_incident_timeline(
+        self, store: SqliteStore, pd: PagerDutyStandIn, session: aiohttp.ClientSession,
+        config: Config, clock: Clock,
+    ) -> None:
+        """A page PagerDuty refuses leaves a delivery_failed note on its incident naming
+        the target, the status and PagerDuty's message, and how to send it again."""
+        opened = decide(webhook(db_alert()), config, State(), NOW)
+        good, *others = opened.events
+        payload = {**good.body["payload"], "severity": "catastrophic"}
+        invalid = dataclasses.replace(good, body={**good.body, "payload": payload})
+        await store.commit(dataclasses.replace(opened, events=(invalid, *others)))
+        worker = deliverer(store, pd.url, session, clock)
+
+        await drain(worker)
+
+        one = await store.get_incident(good.incident_id)
+        assert one is not None
+        (note,) = [n for n in one["timeline"] if n["kind"] == DELIVERY_FAILED]
+        (dead,) = await store.list_events(DEAD, 10)
+        assert note["message"].startswith(
+            f"PagerDuty refused the page to {good.target} (HTTP 400, client_error): "
+            "Event object is invalid")
+        assert note["message"].endswith(f"POST /api/v1/outbox/{dead.id}/retry")
+        assert {p["target"]: p["delivery"]["state"] for p in one["pages"]} == {
+            good.target: DEAD, **{e.target: DELIVERED for e in others}}
 
     async def test_events_wait_for_pagerduty_to_come_back(
         self, store: SqliteStore, session: aiohttp.ClientSession, config: Config,

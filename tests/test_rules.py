@@ -427,6 +427,8 @@ class TestLoadRules:
          "4: rules[0].match: invalid regular expression: missing ), unterminated subpattern "
          """at position 0 (got 'service=~"(postgres|mysql"')"""),
         ("unknown_role.yaml", "4: rules[0].page[1]: unknown role or target (got 'the_boss')"),
+        ("role_misspelt.yaml", "4: rules[0].page[0]: unknown role or target; did you mean "
+         "'service_lead'? (got 'service_laed')"),
         ("unknown_key.yaml", "4: rules[0].matches: unknown key (got 'matches')"),
         ("bad_list_matcher.yaml",
          "6: rules[0].match[1]: expected label=\"value\" with one of = != =~ !~ "
@@ -822,6 +824,8 @@ rules:
          "5: rules[0].clock: needs ack_within or resolve_within (or both)"),
         ("clock_unknown_escalation.yaml",
          "9: rules[0].clock.escalate_to[1]: unknown role or target (got 'the_boss')"),
+        ("clock_escalation_misspelt.yaml", "7: rules[0].clock.escalate_to[0]: unknown role or "
+         "target; did you mean 'senior_management'? (got 'senior_managment')"),
         ("clock_not_a_mapping.yaml", "5: rules[0].clock: must be a mapping of ack_within, "
          "resolve_within and escalate_to (got '15m')"),
         ("business_updates_bad.yaml", "5: rules[0].business_updates: must be a mapping with "

@@ -209,7 +209,8 @@ class TestLoadTests:
         ("unknown_target.yaml",
          "7: tests[0].expect.pages[0].target: unknown target (got 'dba-on-call')"),
         ("unknown_role.yaml",
-         "7: tests[0].expect.pages[0].roles[0]: unknown role or target (got 'tech_lead')"),
+         "7: tests[0].expect.pages[0].roles[0]: unknown role or target; "
+         "did you mean 'technical_lead'? (got 'tech_lead')"),
         ("unknown_rule.yaml",
          "9: tests[0].expect.rules[1]: unknown rule (got 'call the fire brigade first')"),
         ("target_not_implied.yaml",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -28,6 +27,7 @@ from tests.helpers import (
     alert,
     body,
     config_env,
+    env_var,
     fixture_files,
     make_config,
     pagerduty_webhook,
@@ -270,14 +270,11 @@ class TestWebhook:
 
 
 class BrokenDiskStore(SqliteStore):
-    """A SQLite store whose transactions fail at the disk while `failing` is set."""
+    """A SQLite store that refuses every write while broken, as a full disk would."""
 
-    failing = False
-
-    def _write(self, decisions: list[Decision]) -> None:
-        if self.failing:
-            raise sqlite3.OperationalError("disk I/O error")
-        super()._write(decisions)
+    async def set_broken(self, broken: bool) -> None:
+        """Refuse (or allow again) every write, on the store's own connection."""
+        await self._run(lambda: self.conn.execute(f"PRAGMA query_only={int(broken)}"))
 
 
 class TestStoreHealth:
@@ -287,14 +284,144 @@ class TestStoreHealth:
         """After a write to the store fails, /-/ready says so until a write succeeds again."""
         store = BrokenDiskStore(tmp_path / "state.db")
         async with serving(tmp_path, pd, store=store) as firehouse:
-            store.failing = True
+            await store.set_broken(True)
             refused, _ = await firehouse.post(pg_down())
             not_ready, _ = await firehouse.get("/-/ready")
-            store.failing = False
+            await store.set_broken(False)
             accepted, _ = await firehouse.post(pg_down())
             ready, _ = await firehouse.get("/-/ready")
 
         assert (refused, not_ready, accepted, ready) == (503, 503, 200, 200)
+
+    async def test_readiness_comes_back_without_a_webhook_once_the_disk_is_fixed(
+        self, tmp_path: Path, pd: PagerDutyStandIn, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """While the store is unhealthy, /-/ready probes it with a committed write: fixing
+        the disk makes the daemon ready again though no webhook gets through (a load
+        balancer gated on readiness would send none)."""
+        monkeypatch.setattr("daemon.server.STORE_PROBE_SECONDS", 0.0)
+        store = BrokenDiskStore(tmp_path / "state.db")
+        async with serving(tmp_path, pd, store=store) as firehouse:
+            await store.set_broken(True)
+            refused, _ = await firehouse.post(pg_down())
+            still_broken, _ = await firehouse.get("/-/ready")
+            await store.set_broken(False)
+            fixed, _ = await firehouse.get("/-/ready")
+            probed = await store._run(lambda: store.conn.execute(
+                "SELECT value FROM meta WHERE key = 'probed_at'").fetchone())
+
+        assert (refused, still_broken, fixed) == (503, 503, 200)
+        assert probed is not None
+
+    async def test_the_store_is_probed_at_most_every_few_seconds(
+        self, tmp_path: Path, pd: PagerDutyStandIn
+    ) -> None:
+        """A burst of readiness checks on a broken store probes it once, not per request."""
+        store = BrokenDiskStore(tmp_path / "state.db")
+        async with serving(tmp_path, pd, store=store) as firehouse:
+            await store.set_broken(True)
+            await firehouse.post(pg_down())
+            first, _ = await firehouse.get("/-/ready")
+            await store.set_broken(False)
+            # Within STORE_PROBE_SECONDS of the failed probe: not probed again yet.
+            second, _ = await firehouse.get("/-/ready")
+
+        assert (first, second) == (503, 503)
+
+
+class TestDeadLetters:
+    async def test_a_refused_page_shows_and_is_sent_again_with_the_rotated_key(
+        self, tmp_path: Path, pd: PagerDutyStandIn
+    ) -> None:
+        """Pages PagerDuty refused read "not delivered" in the API, the timeline and the
+        board; once the routing key is rotated, POST /api/v1/outbox/{id}/retry sends one
+        with the new key; retrying it again is a 409, an unknown event a 404."""
+        async with serving(tmp_path, pd) as firehouse:
+            pd.set_mode(400)
+            _, answer = await firehouse.post(pg_down())
+            (incident_id,) = answer["incidents_opened"]
+            await firehouse.drained()
+            _, refused = await firehouse.get(f"/api/v1/incidents/{incident_id}")
+            _, board = await firehouse.get("/")
+            pd.set_mode("ok")
+            rotated = routing_key("dba-oncall", "rotated")
+            assert firehouse.firehouse.env is not None
+            firehouse.firehouse.env[env_var("dba-oncall")] = rotated
+            reloaded, _ = await firehouse.post(b"", path="/-/reload")
+            (dead,) = [p["delivery"] for p in json.loads(refused)["pages"]
+                       if p["target"] == "dba-oncall"]
+            retried, requeued = await firehouse.post(
+                b"", path=f"/api/v1/outbox/{dead['event_id']}/retry")
+            await firehouse.drained()
+            again, conflict = await firehouse.post(
+                b"", path=f"/api/v1/outbox/{dead['event_id']}/retry")
+            missing, _ = await firehouse.post(b"", path="/api/v1/outbox/999999/retry")
+            _, after = await firehouse.get(f"/api/v1/incidents/{incident_id}")
+
+        pages = json.loads(refused)["pages"]
+        assert {p["delivery"]["state"] for p in pages} == {"dead"}
+        assert "client_error" in dead["last_error"]
+        assert dead["last_status"] == 400
+        notes = [n["message"] for n in json.loads(refused)["timeline"]
+                 if n["kind"] == "delivery_failed"]
+        assert len(notes) == len(pages)
+        assert any("to dba-oncall (HTTP 400" in n for n in notes)
+        assert "✖ not delivered: client_error" in board
+        assert (reloaded, retried, again, missing) == (200, 200, 409, 404)
+        assert [e["state"] for e in requeued["requeued"]] == ["pending"]
+        assert "not dead" in conflict["error"]
+        assert pd.state(rotated, dead_key(pages, "dba-oncall")) == "triggered"
+        delivered = {p["target"]: p["delivery"]["state"] for p in json.loads(after)["pages"]}
+        assert delivered["dba-oncall"] == "delivered"
+        assert {n["kind"] for n in json.loads(after)["timeline"]} >= {"delivery_retried"}
+        assert rotated not in after
+
+    async def test_retry_needs_the_api_credentials(
+        self, tmp_path: Path, pd: PagerDutyStandIn
+    ) -> None:
+        """POST /api/v1/outbox/{id}/retry is behind the API's authentication."""
+        settings = write_settings(tmp_path, auth={"bearer_token": TOKEN})
+        async with serving(tmp_path, pd, settings) as firehouse:
+            denied, _ = await firehouse.post(b"", path="/api/v1/outbox/1/retry")
+            allowed, _ = await firehouse.post(b"", {"Authorization": f"Bearer {TOKEN}"},
+                                              path="/api/v1/outbox/1/retry")
+
+        assert (denied, allowed) == (401, 404)
+
+
+def dead_key(pages: list[dict[str, Any]], target: str) -> str:
+    """The dedup key of `target`'s page."""
+    (key,) = [p["dedup_key"] for p in pages if p["target"] == target]
+    return str(key)
+
+
+class TestListLimits:
+    @pytest.mark.parametrize("path", ["/api/v1/incidents", "/api/v1/outbox",
+                                      "/api/v1/changes"])
+    @pytest.mark.parametrize("limit", ["abc", "-1", "0", "1001", "2.5", ""])
+    async def test_a_bad_limit_is_400_naming_the_range(
+        self, tmp_path: Path, pd: PagerDutyStandIn, path: str, limit: str
+    ) -> None:
+        """A limit that is not a whole number from 1 to 1000 is refused, never replaced."""
+        async with serving(tmp_path, pd) as firehouse:
+            status, text = await firehouse.get(f"{path}?limit={limit}")
+
+        assert status == 400
+        assert json.loads(text)["error"] == (
+            f"limit must be a whole number from 1 to 1000, got {json.dumps(limit)}")
+
+    async def test_a_good_limit_is_used(self, tmp_path: Path, pd: PagerDutyStandIn) -> None:
+        """limit=1 lists one incident; the bounds 1 and 1000 are accepted."""
+        async with serving(tmp_path, pd) as firehouse:
+            await firehouse.post(pg_down())
+            await firehouse.post(body(alert({"alertname": "Down", "service": "legacy-x",
+                                             "severity": "critical"})))
+            one = await firehouse.get("/api/v1/incidents?limit=1")
+            most = await firehouse.get("/api/v1/incidents?limit=1000")
+
+        assert (one[0], most[0]) == (200, 200)
+        assert len(json.loads(one[1])["incidents"]) == 1
+        assert len(json.loads(most[1])["incidents"]) == 2
 
 
 class TestEndpoints:

@@ -15,9 +15,17 @@ from typing import Any
 import pytest
 
 from daemon.config import Config
-from daemon.decide import RESOLVE, TRIGGER, Deadlines, Decision, State, apply, decide
-from daemon.errors import StoreError
-from daemon.store import DEAD, DELIVERED, DRY_RUN, PENDING, Attempt
+from daemon.decide import MERGED, RESOLVE, TRIGGER, Deadlines, Decision, State, apply, decide
+from daemon.errors import OutboxConflict, StoreError
+from daemon.store import (
+    DEAD,
+    DELIVERED,
+    DELIVERY_FAILED,
+    DELIVERY_RETRIED,
+    DRY_RUN,
+    PENDING,
+    Attempt,
+)
 from daemon.store.sqlite import SqliteStore
 from tests.helpers import NOW, alert, resolved, routing_key, target_names, undamped, webhook
 
@@ -187,9 +195,12 @@ class TestOpen:
         await first.open()
         second = SqliteStore(path)
         try:
-            holder = rf"in use by another Firehouse \(pid {os.getpid()}"
-            with pytest.raises(StoreError, match=holder):
+            lock = tmp_path / "state.db.lock"
+            with pytest.raises(StoreError) as caught:
                 await second.open()
+            assert str(caught.value) == (
+                f"state database {path} is in use by another Firehouse (pid {os.getpid()}, "
+                f"lock {lock}); run one process per state file")
         finally:
             await second.close()
             await first.close()
@@ -398,6 +409,169 @@ class TestIncidentApi:
             assert routing_key(target) not in text
         assert "routing_key" not in text
         assert await store.get_incident("no-such-incident") is None
+
+
+class TestDelivery:
+    """Whether PagerDuty has each page, from the outbox: shown with the page, noted on the
+    timeline when refused, and retried on request."""
+
+    async def test_each_page_carries_the_delivery_of_its_trigger(
+        self, store: SqliteStore, config: Config
+    ) -> None:
+        """A page's `delivery` is its trigger's outbox state, with the error while it is
+        dead or being retried; None once the row is cleaned up."""
+        opened, _ = open_and_resolve(config)
+        await store.commit(opened)
+        a, b, c, d = await store.due_events(NOW, 10)
+        await store.record([
+            Attempt(a.id, PENDING, NOW + timedelta(seconds=30), 503, "server_error: busy"),
+            Attempt(b.id, DEAD, NOW, 400, "client_error: Invalid routing key", note="refused"),
+            Attempt(c.id, DELIVERED, NOW, 202), Attempt(d.id, DRY_RUN, NOW, 0),
+        ])
+        incident_id = opened.incidents[0].id
+
+        one = await store.get_incident(incident_id)
+        (listed,) = await store.list_incidents(None, 10)
+        await store.cleanup(NOW + timedelta(hours=1), NOW)
+        cleaned = await store.get_incident(incident_id)
+
+        assert one is not None
+        assert cleaned is not None
+        delivery = {p["dedup_key"]: p["delivery"] for p in one["pages"]}
+        assert delivery == {p["dedup_key"]: p["delivery"] for p in listed["pages"]}
+        assert delivery[a.dedup_key] == {"state": PENDING, "event_id": a.id, "attempts": 1,
+                                         "last_error": "server_error: busy", "last_status": 503}
+        assert delivery[b.dedup_key] == {
+            "state": DEAD, "event_id": b.id, "attempts": 1,
+            "last_error": "client_error: Invalid routing key", "last_status": 400}
+        assert delivery[c.dedup_key] == {"state": DELIVERED, "event_id": c.id, "attempts": 1}
+        assert delivery[d.dedup_key] == {"state": DRY_RUN, "event_id": d.id, "attempts": 1}
+        after = {p["dedup_key"]: p["delivery"] for p in cleaned["pages"]}
+        assert (after[c.dedup_key], after[d.dedup_key]) == (None, None)
+        assert after[b.dedup_key]["state"] == DEAD  # dead letters stay
+
+    async def test_a_dead_letter_note_is_written_with_the_dead_mark(
+        self, store: SqliteStore, config: Config
+    ) -> None:
+        """An attempt's note lands on its incident's timeline (kind delivery_failed) in the
+        transaction that marks the event dead."""
+        opened = decide(webhook(db_alert()), config, State(), NOW)
+        await store.commit(opened)
+        (first, *_) = await store.due_events(NOW, 10)
+
+        await store.record([Attempt(first.id, DEAD, NOW, 400, "client_error: bad",
+                                    note="PagerDuty refused the page to dba-oncall")])
+
+        one = await store.get_incident(opened.incidents[0].id)
+        assert one is not None
+        assert one["timeline"][-1] == {"at": NOW.isoformat(), "kind": DELIVERY_FAILED,
+                                       "message": "PagerDuty refused the page to dba-oncall"}
+
+    async def test_the_note_follows_a_merge_to_the_incident_holding_the_page(
+        self, store: SqliteStore, config: Config
+    ) -> None:
+        """A dead page of a merged incident is noted on the incident it was merged into,
+        which holds its pages now."""
+        opened = decide(webhook(db_alert()), config, State(), NOW)
+        (kept,) = opened.incidents
+        gone = dataclasses.replace(kept, id="merged-away", status=MERGED, merged_into=kept.id)
+        event = dataclasses.replace(opened.events[0], incident_id=gone.id)
+        await store.commit(dataclasses.replace(opened, incidents=(kept, gone), events=(event,)))
+        (dead,) = await store.due_events(NOW, 10)
+
+        await store.record([Attempt(dead.id, DEAD, NOW, 400, "client_error", note="refused")])
+
+        holder, merged = await store.get_incident(kept.id), await store.get_incident(gone.id)
+        assert holder is not None
+        assert merged is not None
+        assert [n["kind"] for n in holder["timeline"]][-1] == DELIVERY_FAILED
+        assert DELIVERY_FAILED not in [n["kind"] for n in merged["timeline"]]
+
+
+class TestRequeue:
+    async def test_a_dead_letter_goes_back_with_the_new_routing_key_and_its_resolve(
+        self, store: SqliteStore, config: Config
+    ) -> None:
+        """requeue puts a dead trigger back to pending, due now, attempts and error reset,
+        with the target's current routing key, the dead resolve after it too, and notes it."""
+        opened, closed = open_and_resolve(config)
+        await store.commit(opened)
+        trigger = (await store.due_events(NOW, 10))[1]
+        await store.mark_dead(trigger.id, NOW, 400, "client_error: Invalid routing key")
+        await store.commit(closed)
+        later = NOW + timedelta(minutes=5)
+        resolve = next(e for e in await store.due_events(later, 10)
+                       if e.dedup_key == trigger.dedup_key)
+        await store.mark_dead(resolve.id, later, 400, "client_error: Invalid routing key")
+        rotated = routing_key(trigger.target, "rotated")
+        retried_at = later + timedelta(minutes=1)
+
+        requeued = await store.requeue(trigger.id, {trigger.target: rotated}, retried_at)
+
+        assert requeued is not None
+        assert [(e.id, e.state, e.attempts, e.last_error, e.routing_key, e.next_attempt_at)
+                for e in requeued] == [
+            (trigger.id, PENDING, 0, "", rotated, retried_at),
+            (resolve.id, PENDING, 0, "", rotated, retried_at)]
+        assert [e.id for e in await store.due_events(retried_at, 10)
+                if e.dedup_key == trigger.dedup_key] == [trigger.id]  # the resolve after it
+        one = await store.get_incident(trigger.incident_id)
+        assert one is not None
+        note = one["timeline"][-1]
+        assert note["kind"] == DELIVERY_RETRIED
+        assert trigger.target in note["message"]
+        assert "new routing key" in note["message"]
+        assert rotated not in json.dumps(one)
+        with pytest.raises(OutboxConflict, match="is pending, not dead"):
+            await store.requeue(trigger.id, {trigger.target: rotated}, retried_at)
+        assert await store.requeue(10_000, {trigger.target: rotated}, retried_at) is None
+
+    async def test_a_trigger_whose_resolve_went_out_is_not_requeued(
+        self, store: SqliteStore, config: Config
+    ) -> None:
+        """A dead trigger whose resolve PagerDuty accepted stays dead: sent now, it would
+        open an alert that nothing resolves."""
+        opened, closed = open_and_resolve(config)
+        await store.commit(opened)
+        trigger = (await store.due_events(NOW, 10))[0]
+        await store.mark_dead(trigger.id, NOW, 400, "client_error")
+        await store.commit(closed)
+        later = NOW + timedelta(minutes=5)
+        resolve = next(e for e in await store.due_events(later, 10)
+                       if e.dedup_key == trigger.dedup_key)
+        await store.mark_delivered(resolve.id, later, DELIVERED, 202)
+
+        with pytest.raises(OutboxConflict, match="already been sent the resolve"):
+            await store.requeue(trigger.id, {trigger.target: trigger.routing_key}, later)
+        assert (await store.list_events(DEAD, 10))[0].id == trigger.id
+
+    async def test_a_target_no_longer_configured_is_a_conflict(
+        self, store: SqliteStore, config: Config
+    ) -> None:
+        """Without the target in the settings there is no routing key to send with."""
+        opened, _ = open_and_resolve(config)
+        await store.commit(opened)
+        trigger = (await store.due_events(NOW, 10))[0]
+        await store.mark_dead(trigger.id, NOW, 400, "client_error")
+
+        with pytest.raises(OutboxConflict, match="no longer in the settings"):
+            await store.requeue(trigger.id, {}, NOW)
+
+
+class TestProbe:
+    async def test_a_probe_that_commits_makes_the_store_healthy(
+        self, store: SqliteStore
+    ) -> None:
+        """probe() commits a small write and sets healthy by its outcome."""
+        await store._run(lambda: store.conn.execute("PRAGMA query_only=1"))
+        with pytest.raises(StoreError):
+            await store.probe(NOW)
+        assert not store.healthy
+
+        await store._run(lambda: store.conn.execute("PRAGMA query_only=0"))
+        await store.probe(NOW)
+
+        assert store.healthy
 
 
 class TestDeadlinesStored:

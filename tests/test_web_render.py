@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 from datetime import timedelta
+from html import escape
 from html.parser import HTMLParser
 from typing import Any
 
@@ -202,6 +203,22 @@ class TestBlastRadius:
         assert picture.hidden >= 0
         assert picture.roots == ("core-network",)
 
+    def test_more_impacted_services_than_reasons_say_how_many_more(
+        self, config: Config
+    ) -> None:
+        """The page lists the incident's top reasons and says how many impacted services
+        it leaves out, and where to see them all."""
+        data = incident_json()
+        data["impact"] = {**data["impact"], "impacted_total": 26,
+                          "failing": ["postgres-payments", "payments"],
+                          "why": [f"s{n} is down because payments is failing"
+                                  for n in range(5)]}
+        html = render_incident(config, data)
+
+        assert "and 21 more impacted service(s)" in html
+        assert "firehouse impact postgres-payments payments --format json" in html
+        assert 'href="/api/v1/incidents/abc123"' in html
+
     def test_unknown_services_draw_nothing(self, config: Config) -> None:
         """An incident on services no map knows has no picture."""
         picture = blast_radius(config.graph, ["not-a-service"])
@@ -252,6 +269,57 @@ class TestBoard:
         assert "resolve by" in html
 
 
+class TestDelivery:
+    """A page PagerDuty refused, or that still waits to be sent, never reads as merely
+    unacknowledged."""
+
+    @staticmethod
+    def with_delivery(delivery: dict[str, Any] | None) -> dict[str, Any]:
+        data = incident_json()
+        data["pages"][1] = {**data["pages"][1], "delivery": delivery}
+        return data
+
+    def test_a_dead_letter_says_not_delivered_with_the_reason(self, config: Config) -> None:
+        """The board and the incident page say "not delivered" with PagerDuty's reason and
+        how to send it again."""
+        data = self.with_delivery({"state": "dead", "event_id": 7, "attempts": 1,
+                                   "last_error": f"client_error: Invalid {EVIL}",
+                                   "last_status": 400})
+
+        for html in (render.board([data], [], {}, NOW), render_incident(config, data)):
+            assert (f"✖ not delivered: client_error: Invalid {escape(EVIL)} (HTTP 400)"
+                    in html)
+            assert "POST /api/v1/outbox/7/retry" in html
+            assert "✖ not acknowledged" not in html
+            assert "<script" not in html
+        assert "1 not delivered" in render.board([data], [], {}, NOW)
+
+    @pytest.mark.parametrize(("delivery", "text"), [
+        ({"state": "pending", "event_id": 7, "attempts": 0}, "… waiting to be sent</span>"),
+        ({"state": "pending", "event_id": 7, "attempts": 3, "last_status": 503,
+          "last_error": "server_error: busy"},
+         "… waiting to be sent (retrying)</span> <small>server_error: busy (HTTP 503)"),
+    ])
+    def test_a_page_still_in_the_outbox_is_waiting(self, delivery: dict[str, Any],
+                                                   text: str) -> None:
+        """A pending page reads "waiting to be sent", "(retrying)" after a failed try."""
+        html = render.board([self.with_delivery(delivery)], [], {}, NOW)
+
+        assert text in html
+        assert "✖ not acknowledged" not in html
+
+    @pytest.mark.parametrize("delivery", [
+        None, {"state": "delivered", "event_id": 7, "attempts": 1}])
+    def test_a_delivered_page_is_not_acknowledged_yet(self, delivery: dict[str, Any] | None
+                                                      ) -> None:
+        """Delivered (or cleaned up from the outbox), a triggered page is unacknowledged."""
+        html = render.board([self.with_delivery(delivery)], [], {}, NOW)
+
+        assert "✖ not acknowledged" in html
+        assert "not delivered" not in html
+        assert "waiting to be sent" not in html
+
+
 class TestBusiness:
     def test_plain_words_only(self) -> None:
         """The business view shows the sentence it is given and the business services."""
@@ -266,6 +334,16 @@ class TestBusiness:
     def test_all_clear(self) -> None:
         """With nothing open, the business view says all is well."""
         assert "All business services are working normally." in render.business([], [], NOW)
+
+    def test_only_technical_incidents_are_not_called_normal(self) -> None:
+        """With only technical incidents open, the view says no business service is known
+        to be affected, not that all work normally above the incident's card."""
+        status = render.BusinessStatus("warning", (), "A technical incident.", NOW)
+        html = render.business([status], [], NOW)
+
+        assert "All business services are working normally." not in html
+        assert "No business service is known to be affected" in html
+        assert "Technical incident" in html
 
 
 class TestWording:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 
-from daemon.errors import Problem
+from daemon.errors import Problem, did_you_mean
 from daemon.graph import HARD, Dependency, Service, ServiceGraph, build_graph
 from daemon.maps.backstage import Catalog, is_entity, owner_key
 from daemon.maps.edges import EdgeLists, MapDefaults
@@ -132,8 +132,13 @@ def _check_references(
     """Cross-references; `found.defined` also holds names whose definition had errors."""
     for mention in found.services:
         if mention.name not in found.defined:
+            # Only for a name written bare: a Backstage entity ref (`resource:db`) is
+            # not mended by a bare name, and its kind is likely what is wrong.
+            bare = mention.written == mention.name
+            hint = did_you_mean(mention.name, found.defined) if bare else ""
             found.problems.append(Problem(mention.file, mention.line, mention.path,
-                                          "names an unknown service", shown(mention.written)))
+                                          f"names an unknown service{hint}",
+                                          shown(mention.written)))
     alias_owner: dict[str, str] = {}
     for service, mention in found.aliases:
         alias = mention.name

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -13,6 +13,9 @@ PENDING = "pending"
 DELIVERED = "delivered"
 DEAD = "dead"
 DRY_RUN = "dry_run"
+# The timeline note of a dead letter (Attempt.note) and of an operator's retry.
+DELIVERY_FAILED = "delivery_failed"
+DELIVERY_RETRIED = "delivery_retried"
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,13 +40,16 @@ class StoredEvent:
 @dataclass(frozen=True, slots=True)
 class Attempt:
     """How one delivery attempt ended, to be recorded: `state` DELIVERED, DRY_RUN or DEAD
-    ends the event at `at`; PENDING keeps it for another attempt at `at`."""
+    ends the event at `at`; PENDING keeps it for another attempt at `at`. A `note` is
+    written, in the same transaction, to the timeline of the incident that holds the
+    event's page now (kind DELIVERY_FAILED)."""
 
     event_id: int
     state: str
     at: datetime
     status: int
     error: str = ""
+    note: str = ""
 
 
 class Store(Protocol):
@@ -88,6 +94,17 @@ class Store(Protocol):
 
     async def mark_dead(self, event_id: int, now: datetime, status: int, error: str) -> None:
         """Record a permanent failure (dead letter)."""
+
+    async def probe(self, now: datetime) -> None:
+        """Write and commit one small row, setting `healthy` by the outcome; raises
+        StoreError when it fails (readiness probes a store that failed a write)."""
+
+    async def requeue(self, event_id: int, routing_keys: Mapping[str, str], now: datetime
+                      ) -> list[StoredEvent] | None:
+        """Put a dead letter back to pending, due now, attempts reset, with its target's
+        routing key from `routing_keys` (target -> key), and with it the later dead events
+        of its dedup key; a DELIVERY_RETRIED note on its incident; one transaction. The
+        events requeued; None for no such event; OutboxConflict when it cannot be."""
 
     async def oldest_pending_at(self) -> datetime | None:
         """When the oldest event still waiting for delivery was created."""

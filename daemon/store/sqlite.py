@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import sqlite3
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +24,7 @@ from daemon.changes import change_json
 from daemon.decide import (
     OPEN,
     RESOLVE,
+    TRIGGER,
     AlertRecord,
     Change,
     Deadlines,
@@ -32,8 +33,17 @@ from daemon.decide import (
     State,
     trigger_priority,
 )
-from daemon.errors import StoreError
-from daemon.store import DEAD, DELIVERED, DRY_RUN, PENDING, Attempt, StoredEvent
+from daemon.errors import OutboxConflict, StoreError
+from daemon.store import (
+    DEAD,
+    DELIVERED,
+    DELIVERY_FAILED,
+    DELIVERY_RETRIED,
+    DRY_RUN,
+    PENDING,
+    Attempt,
+    StoredEvent,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -160,8 +170,8 @@ class SqliteStore:
             holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             raise StoreError(f"state database {self.path} is in use by another Firehouse "
-                             f"(pid {holder}, lock {lock}); run one process per state file, "
-                             "or PostgreSQL for several replicas") from exc
+                             f"(pid {holder}, lock {lock}); run one process per state "
+                             "file") from exc
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._lock_fd = fd
@@ -439,11 +449,54 @@ class SqliteStore:
             conn.executemany(
                 "UPDATE outbox SET attempts=attempts+1, next_attempt_at=?, last_status=?, "
                 "last_error=? WHERE id=?", retried)
+            for attempt in attempts:
+                if attempt.note:
+                    _note_on_event(conn, attempt.event_id, attempt.at, DELIVERY_FAILED,
+                                   attempt.note)
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+
+    async def probe(self, now: datetime) -> None:
+        """Write and commit one small row (`meta.probed_at`), setting `healthy` by the
+        outcome: a store that failed a write (a full disk) is ready again once this works."""
+        def run() -> None:
+            conn = self.conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("INSERT OR REPLACE INTO meta VALUES ('probed_at', ?)",
+                             (now.isoformat(),))
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        try:
+            await self._run(run)
+        except StoreError:
+            self.healthy = False
+            raise
+        self.healthy = True
+
+    async def requeue(self, event_id: int, routing_keys: Mapping[str, str], now: datetime
+                      ) -> list[StoredEvent] | None:
+        """Put a dead letter back to pending (attempts reset, due now, its target's current
+        routing key), and with it the later dead events of its dedup key, so that a
+        trigger's resolve follows it; notes the retry on the incident. One transaction."""
+        def run() -> list[StoredEvent] | None:
+            conn = self.conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                found = _requeue(conn, event_id, routing_keys, now)
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return found
+        return await self._run(run)
 
     async def oldest_pending_at(self) -> datetime | None:
         """When the oldest event still waiting for delivery was created."""
@@ -513,7 +566,7 @@ class SqliteStore:
                 args = (status,)
             rows = self.conn.execute(sql + " ORDER BY opened_at DESC LIMIT ?",
                                      (*args, limit)).fetchall()
-            return [_incident_json(r) for r in rows]
+            return [_incident_json(self.conn, r) for r in rows]
         return await self._run(run)
 
     async def get_incident(self, incident_id: str) -> dict[str, Any] | None:
@@ -525,7 +578,7 @@ class SqliteStore:
                 "FROM incidents WHERE id = ?", (incident_id,)).fetchone()
             if row is None:
                 return None
-            result = _incident_json(row)
+            result = _incident_json(conn, row)
             result["alerts"] = [
                 _alert_json(_alert_from_row(a)) for a in conn.execute(
                     "SELECT * FROM alerts WHERE incident_id = ? ORDER BY first_seen",
@@ -571,6 +624,84 @@ def _skipping(routing_keys: Collection[str], dedup_keys: Collection[str]
     return skip, (*routing_keys, *dedup_keys)
 
 
+def _holder(conn: sqlite3.Connection, incident_id: str) -> str:
+    """The incident that holds `incident_id`'s pages now: a merged incident's pages moved
+    to the one it was merged into (followed a few steps, never round a loop)."""
+    seen = {incident_id}
+    for _ in range(8):
+        row = conn.execute("SELECT json_extract(doc, '$.merged_into') FROM incidents "
+                           "WHERE id = ?", (incident_id,)).fetchone()
+        if row is None or not row[0] or row[0] in seen:
+            break
+        incident_id = str(row[0])
+        seen.add(incident_id)
+    return incident_id
+
+
+def _note_on_event(conn: sqlite3.Connection, event_id: int, at: datetime, kind: str,
+                   message: str) -> None:
+    """A timeline note on the incident holding the page of outbox event `event_id`."""
+    row = conn.execute("SELECT incident_id FROM outbox WHERE id = ?", (event_id,)).fetchone()
+    if row is not None:
+        conn.execute("INSERT INTO timeline (incident_id, at, kind, message) VALUES (?,?,?,?)",
+                     (_holder(conn, row[0]), at.timestamp(), kind, message))
+
+
+def _requeue(conn: sqlite3.Connection, event_id: int, routing_keys: Mapping[str, str],
+             now: datetime) -> list[StoredEvent] | None:
+    row = conn.execute("SELECT * FROM outbox WHERE id = ?", (event_id,)).fetchone()
+    if row is None:
+        return None
+    event = _event_from_row(row)
+    if event.state != DEAD:
+        raise OutboxConflict(f"event {event_id} is {event.state}, not dead: only a dead "
+                             "letter can be retried")
+    if event.target not in routing_keys:
+        raise OutboxConflict(f"target {event.target!r} of event {event_id} is no longer in "
+                             "the settings: there is no routing key to send it with")
+    later = [_event_from_row(r) for r in conn.execute(
+        "SELECT * FROM outbox WHERE dedup_key = ? AND id > ? ORDER BY id",
+        (event.dedup_key, event_id))]
+    if any(e.action == RESOLVE and e.state in (DELIVERED, DRY_RUN) for e in later):
+        # A trigger sent now would open a PagerDuty alert that nothing resolves.
+        raise OutboxConflict(f"PagerDuty has already been sent the resolve of {event.dedup_key}"
+                             f" (a later event): event {event_id} is not worth sending now")
+    events = [event, *(e for e in later if e.state == DEAD)]
+    key = routing_keys[event.target]
+    conn.executemany(
+        "UPDATE outbox SET state=?, routing_key=?, attempts=0, next_attempt_at=?, done_at=NULL,"
+        " last_status=NULL, last_error=NULL WHERE id=?",
+        [(PENDING, key, now.timestamp(), e.id) for e in events])
+    changed = " with the target's new routing key" if key != event.routing_key else ""
+    _note_on_event(conn, event_id, now, DELIVERY_RETRIED,
+                   f"re-sending the {event.action} to {event.target}{changed} on request "
+                   f"(outbox event {', '.join(str(e.id) for e in events)})")
+    return [_event_from_row(r) for r in conn.execute(
+        f"SELECT * FROM outbox WHERE id IN ({','.join('?' * len(events))}) ORDER BY id",  # noqa: S608
+        [e.id for e in events])]
+
+
+def _deliveries(conn: sqlite3.Connection, dedup_keys: Collection[str]
+                ) -> dict[str, dict[str, Any]]:
+    """Per dedup key, the delivery of its latest trigger still in the outbox (delivered
+    and dry-run rows are deleted after `delivered_retention_hours`)."""
+    found: dict[str, dict[str, Any]] = {}
+    for key in dedup_keys:
+        row = conn.execute(
+            "SELECT id, state, attempts, last_status, last_error FROM outbox "
+            "WHERE dedup_key = ? AND action = ? ORDER BY id DESC LIMIT 1",
+            (key, TRIGGER)).fetchone()
+        if row is None:
+            continue
+        ident, state, attempts, status, error = row
+        delivery: dict[str, Any] = {"state": state, "event_id": ident, "attempts": attempts}
+        if error and state in (DEAD, PENDING):
+            delivery["last_error"] = error
+            delivery["last_status"] = status
+        found[key] = delivery
+    return found
+
+
 def _change_from_row(row: tuple[Any, ...]) -> Change:
     return Change(
         id=row[0], service=row[1], at=_need_dt(row[2]), received_at=_dt(row[3]),
@@ -591,10 +722,15 @@ def _incident_from_row(row: tuple[Any, ...], alerts: dict[str, AlertRecord]) -> 
     )
 
 
-def _incident_json(row: tuple[Any, ...]) -> dict[str, Any]:
+def _incident_json(conn: sqlite3.Connection, row: tuple[Any, ...]) -> dict[str, Any]:
     doc = json.loads(row[7])
+    deliveries = _deliveries(conn, [page["dedup_key"] for page in doc["pages"]])
     for page in doc["pages"]:
         del page["routing_key"]
+        # Whether PagerDuty has the page: `status` alone says "triggered" for a page it
+        # refused (a dead letter) or that still waits in the outbox. None: no longer in the
+        # outbox (delivered or dry-run rows are deleted after their retention).
+        page["delivery"] = deliveries.get(page["dedup_key"])
     status = row[1]
     phase = status
     if status == OPEN:

@@ -198,9 +198,18 @@ def _blast_section(data: Mapping[str, Any], picture: Picture | None) -> str:
                f'<li>{edge_swatch("plain")} other dependency</li>')
     hidden = (f'<p class="quiet">{picture.hidden} more impacted service(s) not drawn.</p>'
               if picture.hidden else "")
-    why = data.get("impact", {}).get("why", ())
+    impact = data.get("impact") or {}
+    why = impact.get("why", ())
+    more = int(impact.get("impacted_total") or 0) - len(why)
     why_list = ("<ul class=\"why\">" + "".join(f"<li>{escape(str(w))}</li>" for w in why)
                 + "</ul>") if why else ""
+    if why and more > 0:
+        # The incident keeps the top few; the whole list is the map's, on the command line.
+        failing = " ".join(str(s) for s in impact.get("failing") or data.get("services", ()))
+        why_list += (f'<p class="quiet why-more">and {more} more impacted service(s) — '
+                     f"every one with its chain: <code>firehouse impact {escape(failing)} "
+                     f"--format json</code>; totals in "
+                     f'<a href="/api/v1/incidents/{escape(str(data["id"]))}">the API</a>.</p>')
     return (head + f'<div class="blast scroll">{svg(picture, "Blast radius: " + _what(data))}'
             f'</div>{hidden}<ul class="legend" aria-label="Legend">{legend}</ul>{why_list}'
             "</section>")
@@ -301,8 +310,13 @@ def business(current: Sequence[BusinessStatus], recovered: Sequence[BusinessStat
     ordered = sorted(current, key=lambda s: (-_rank(s.severity), s.since))
     parts = ['<section aria-labelledby="business-h"><h1 id="business-h">Business services'
              "</h1>"]
-    if not any(s.business_services for s in ordered):
+    if not ordered:
         parts.append('<p class="all-clear">All business services are working normally.</p>')
+    elif not any(s.business_services for s in ordered):
+        # Only technical incidents: nothing known hurts a business service, but "working
+        # normally" above a card of an open incident would read as a contradiction.
+        parts.append('<p class="all-clear">No business service is known to be affected; '
+                     f"{len(ordered)} technical incident(s) open.</p>")
     if ordered:
         parts.append('<ul class="business">')
         parts.extend(
@@ -403,21 +417,45 @@ def _pages_list(pages: Iterable[Mapping[str, Any]]) -> str:
     if not current:
         return "nobody"
     acked = sum(1 for p in current if p.get("status") == "acknowledged")
-    return (f'<p class="ack-count">{acked} of {len(current)} acknowledged</p>'
+    dead = sum(1 for p in current if _delivery(p) == "dead")
+    lost = f' <span class="ack dead">{dead} not delivered</span>' if dead else ""
+    return (f'<p class="ack-count">{acked} of {len(current)} acknowledged{lost}</p>'
             '<ul class="paged">') + "".join(
         f'<li class="page page-{_token(str(p.get("status", "")))}">{_ack(p)} '
         f"{escape(_roles(p.get('roles', ())))} <small>{escape(str(p['target']))}</small></li>"
         for p in current) + "</ul>"
 
 
+def _delivery(page: Mapping[str, Any]) -> str:
+    """The outbox state of a page's trigger (`delivery.state` in the API), or ""."""
+    return str((page.get("delivery") or {}).get("state") or "")
+
+
 def _ack(page: Mapping[str, Any]) -> str:
+    """Whether PagerDuty has the page and whether someone acknowledged it: a page PagerDuty
+    refused or that still waits to be sent must not read as merely unacknowledged."""
     status = str(page.get("status", ""))
+    delivery = page.get("delivery") or {}
+    state = _delivery(page)
+    error = str(delivery.get("last_error") or "")
+    if delivery.get("last_status"):
+        error += f" (HTTP {int(delivery['last_status'])})"
     if status == "acknowledged":
         who = page.get("acknowledged_by")
         return ('<span class="ack yes">✔ acknowledged</span>'
                 + (f" <small>by {escape(str(who))}</small>" if who else ""))
+    if state == "dead":
+        retry = f"POST /api/v1/outbox/{int(delivery.get('event_id') or 0)}/retry"
+        return (f'<span class="ack dead">✖ not delivered: {escape(error or "refused")}</span>'
+                f" <small>fix the cause, then <code>{retry}</code></small>")
+    if state == "pending" and error:
+        return ('<span class="ack waiting">… waiting to be sent (retrying)</span> '
+                f"<small>{escape(error)}</small>")
+    if state == "pending":
+        return '<span class="ack waiting">… waiting to be sent</span>'
     if status == "triggered":
-        return '<span class="ack no">✖ not acknowledged</span>'
+        dry = " <small>(dry-run: logged, not sent)</small>" if state == "dry_run" else ""
+        return f'<span class="ack no">✖ not acknowledged</span>{dry}'
     return f'<span class="ack done">{escape(status)}</span>'
 
 

@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -23,7 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from daemon.alerts import parse_body
 from daemon.changes import change_json, parse_change, record_change
-from daemon.decide import on_pagerduty
+from daemon.decide import on_pagerduty, rekey
 from daemon.errors import ConfigError, OutboxConflict, PayloadError, StoreError
 from daemon.outbox import utcnow
 from daemon.pdwebhook import SIGNATURE_HEADER, parse, verify
@@ -329,6 +330,10 @@ async def retry_event(request: web.Request) -> web.Response:
         return error(503, "could not write to the store; retry")
     if events is None:
         return error(404, f"no outbox event {event_id}")
+    for event in events:
+        if event.action == "trigger" and event.incident_id:
+            # The page remembers the key its trigger now goes to: its resolve follows it.
+            await firehouse.dispatcher.run(partial(rekey, event.dedup_key, event.routing_key))
     if firehouse.deliverer is not None:
         firehouse.deliverer.wake()
     log.info("dead letter requeued on request", extra={"fields": {

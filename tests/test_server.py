@@ -357,6 +357,10 @@ class TestDeadLetters:
                 b"", path=f"/api/v1/outbox/{dead['event_id']}/retry")
             missing, _ = await firehouse.post(b"", path="/api/v1/outbox/999999/retry")
             _, after = await firehouse.get(f"/api/v1/incidents/{incident_id}")
+            # The page now remembers the rotated key: its resolve will go where the trigger
+            # went.
+            (remembered,) = [p.routing_key for p in firehouse.firehouse.dispatcher.state.open[
+                incident_id].pages if p.target == "dba-oncall"]
 
         pages = json.loads(refused)["pages"]
         assert {p["delivery"]["state"] for p in pages} == {"dead"}
@@ -373,7 +377,9 @@ class TestDeadLetters:
         assert pd.state(rotated, dead_key(pages, "dba-oncall")) == "triggered"
         delivered = {p["target"]: p["delivery"]["state"] for p in json.loads(after)["pages"]}
         assert delivered["dba-oncall"] == "delivered"
-        assert {n["kind"] for n in json.loads(after)["timeline"]} >= {"delivery_retried"}
+        assert {n["kind"] for n in json.loads(after)["timeline"]} >= {"delivery_retried",
+                                                                     "rekeyed"}
+        assert remembered == rotated
         assert rotated not in after
 
     async def test_retry_needs_the_api_credentials(

@@ -22,6 +22,7 @@ import pytest
 
 from tests.conftest import FirehouseFactory
 from tests.helpers import alert, resolved, webhook_json
+from tests.pagerduty_standin import PagerDutyStandIn
 from tests.procs import REQUIRE_E2E_ENV, FirehouseProcess, require_binary
 
 pytestmark = pytest.mark.e2e
@@ -100,7 +101,7 @@ async def not_reloaded(page: Any) -> bool:
 
 
 async def test_board_incident_and_live_updates(
-    browser: Any, firehouse: FirehouseFactory, tmp_path: Path
+    browser: Any, firehouse: FirehouseFactory, pagerduty: PagerDutyStandIn, tmp_path: Path
 ) -> None:
     """A webhook shows on the board and the incident's page; further webhooks update both
     without a reload; resolving moves the incident to the resolved list."""
@@ -112,6 +113,8 @@ async def test_board_incident_and_live_updates(
                      starts_at=now - timedelta(minutes=3),
                      annotations={"summary": f"connections refused {XSS}"})
     ident = (await post(fh, database))["incidents_opened"][0]
+    # Its four pages delivered, so the board says "not acknowledged", not "waiting".
+    await pagerduty.wait_for_count(4)
     errors: list[str] = []
 
     board = await open_page(browser, fh.url + "/", errors)

@@ -51,7 +51,14 @@ from daemon.decide.model import (
     map_severity,
     trigger_priority,
 )
-from daemon.decide.timers import next_deadline, on_pagerduty, reconcile, stale_fingerprints, tick
+from daemon.decide.timers import (
+    next_deadline,
+    on_pagerduty,
+    reconcile,
+    rekey,
+    stale_fingerprints,
+    tick,
+)
 
 __all__ = [
     "ACKNOWLEDGED", "ACK_MISSED", "BUSINESS_LINE", "BUSINESS_UPDATE", "DEDUP_KEY_LIMIT",
@@ -61,5 +68,6 @@ __all__ = [
     "OutboundEvent", "Page", "PagerDutyUpdate", "State", "Work", "advance", "apply",
     "business_summary", "clean", "cut", "decide", "dedup_key", "event_size", "fit_event",
     "impact_summary", "incident_id", "locate", "map_severity", "next_deadline", "on_pagerduty",
-    "reconcile", "stale_fingerprints", "tick", "trigger_body", "trigger_priority", "with_records",
+    "reconcile", "rekey", "stale_fingerprints", "tick", "trigger_body", "trigger_priority",
+    "with_records",
 ]

@@ -169,6 +169,23 @@ def on_pagerduty(update: PagerDutyUpdate, config: Config, state: State, now: dat
     return work.decision()
 
 
+def rekey(dedup_key_: str, routing_key: str, config: Config, state: State, now: datetime
+          ) -> Decision:
+    """A dead-lettered trigger was sent again with its target's current routing key: the
+    page remembers it, so that its resolve goes where the trigger went."""
+    work = Work(config, state, now)
+    found = _page_of(state, dedup_key_)
+    if found is None or found[1].routing_key == routing_key:
+        return work.decision()
+    incident, page = found
+    work.put(replace(incident, updated_at=now, pages=tuple(
+        replace(p, routing_key=routing_key) if p.dedup_key == dedup_key_ else p
+        for p in incident.pages)))
+    work.note(incident, "rekeyed", f"{page.target} page re-sent with the target's current "
+              "routing key; its resolve will use it too")
+    return work.decision()
+
+
 def _page_of(state: State, key: str) -> tuple[Incident, Page] | None:
     for incident in state.open.values():
         for page in incident.pages:

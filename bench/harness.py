@@ -20,9 +20,13 @@ from typing import IO, Any
 import yaml
 
 from bench.graphgen import TARGETS, write
+from bench.webhooks import unrelated_services
+from daemon.maps import load_maps
 
 REPO = Path(__file__).resolve().parent.parent
 INCIDENT_LEAD = "command-center"
+FLAP_DAMPING_SECONDS = 300  # Firehouse's default
+RATE_LIMIT_PER_MINUTE = 120  # Firehouse's default shaping
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -187,9 +191,11 @@ def start_baseline(procs: Processes, workdir: Path) -> tuple[Proc, str]:
     return proc, json.loads(proc.wait_line("READY "))["url"] + "/webhook/alertmanager"
 
 
-def prepare_firehouse(workdir: Path, maps: Path, pagerduty_url: str, port: int) -> Path:
+def prepare_firehouse(workdir: Path, maps: Path, pagerduty_url: str, port: int,
+                      rate_limit: int = 0) -> Path:
     """Settings and rules for `firehouse run` (technical lead + incident lead on every alert,
-    a state file on disk); returns the settings file."""
+    a state file on disk, the default flap damping written out as a user would); returns
+    the settings file. `rate_limit`: events a minute per routing key, 0 for no shaping."""
     workdir.mkdir(parents=True, exist_ok=True)
     rules = workdir / "rules.yaml"
     rules.write_text(yaml.safe_dump({"rules": [{
@@ -201,8 +207,12 @@ def prepare_firehouse(workdir: Path, maps: Path, pagerduty_url: str, port: int) 
         "state": str(workdir / "state" / "firehouse.db"),
         "rules": [str(rules)],
         "dependency_maps": [str(maps)],
-        # No rate shaping: the stand-in does not limit, and the benchmark measures Firehouse.
-        "pagerduty": {"url": pagerduty_url, "timeout_seconds": 10, "rate_limit_per_minute": 0},
+        # No rate shaping unless asked (bursts measure both): the stand-in does not limit,
+        # and the benchmark measures Firehouse.
+        "pagerduty": {"url": pagerduty_url, "timeout_seconds": 10,
+                      "rate_limit_per_minute": rate_limit},
+        # The default, written out: an incident resolves 5 minutes after its last alert.
+        "incidents": {"flap_damping_seconds": FLAP_DAMPING_SECONDS},
         "dry_run": False,
         "roles": {"incident_lead": INCIDENT_LEAD},
         "targets": {t: {} for t in sorted({*TARGETS, INCIDENT_LEAD})},
@@ -211,13 +221,13 @@ def prepare_firehouse(workdir: Path, maps: Path, pagerduty_url: str, port: int) 
     return settings
 
 
-def start_firehouse(procs: Processes, workdir: Path, maps: Path, pagerduty_url: str
-                    ) -> tuple[Proc, str]:
+def start_firehouse(procs: Processes, workdir: Path, maps: Path, pagerduty_url: str,
+                    rate_limit: int = 0) -> tuple[Proc, str]:
     """`firehouse run` on the generated map, with routing keys; (process, base URL)."""
     env = {routing_key_env(t): routing_key(t) for t in {*TARGETS, INCIDENT_LEAD}}
     for attempt in range(3):
         port = free_port()
-        settings = prepare_firehouse(workdir, maps, pagerduty_url, port)
+        settings = prepare_firehouse(workdir, maps, pagerduty_url, port, rate_limit)
         proc = procs.add(Proc("firehouse", python("daemon", "run", "--config", str(settings)),
                               workdir, env))
         url = f"http://127.0.0.1:{port}"
@@ -237,6 +247,22 @@ def generated_map(directory: Path, services: int) -> Path:
     """The generated map of `services` services (bench.graphgen), written once per run."""
     path = directory / f"generated-{services}.yaml"
     return path if path.exists() else write(services, directory)
+
+
+def unrelated_pool(directory: Path, maps: Path) -> Path:
+    """The mapped services of the generated map no two of which are connected (JSON list,
+    bench.webhooks.unrelated_services), computed once per run and checked pairwise."""
+    path = directory / f"{maps.stem}-unrelated.json"
+    if path.exists():
+        return path
+    graph, _problems = load_maps([maps], set(TARGETS))
+    pool = unrelated_services(graph)
+    members = set(pool)
+    for name in pool:
+        if members.intersection(graph.related(name)) != {name}:
+            raise RuntimeError(f"{name} is connected to another service of the pool")
+    path.write_text(json.dumps(pool))
+    return path
 
 
 def metrics(url: str) -> dict[str, float]:

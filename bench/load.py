@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import (
+    RATE_LIMIT_PER_MINUTE,
     Proc,
     Processes,
     cpu_of,
@@ -39,11 +40,18 @@ from bench.harness import (
     start_baseline,
     start_firehouse,
     start_standin,
+    unrelated_pool,
 )
-from bench.webhooks import PER_WEBHOOK, outage, outage_fingerprints, rfc3339
+from bench.webhooks import (
+    PER_WEBHOOK,
+    incident_of_key,
+    outage,
+    rfc3339,
+    spread,
+    unmapped_service,
+)
 
 SERVICES = 10_000
-PAGES_PER_ALERT = 2  # technical lead + incident lead
 LUA = Path(__file__).with_name("webhooks.lua")
 
 # name -> (description, comparison, threshold); compared on the median of the repetitions.
@@ -84,31 +92,34 @@ class Arrivals:
             self.items += json.loads(body)["arrivals"]
         return self.items
 
-    def triggers(self, tokens: set[str]) -> dict[str, list[float]]:
-        """Arrival times of accepted triggers per token, for the tokens asked for."""
-        found: dict[str, list[float]] = {}
-        for at, status, action, _key, token in self.items:
-            if status == 202 and action == "trigger" and token in tokens:
-                found.setdefault(token, []).append(at)
+    def delivered(self) -> list[tuple[float, str, str]]:
+        """(arrival time, action, incident) of every accepted event."""
+        return [(at, action, incident_of_key(key)) for at, status, action, key, _token
+                in self.items if status == 202]
+
+    def first_triggers(self) -> dict[str, float]:
+        """Arrival time of the first accepted trigger of each incident."""
+        found: dict[str, float] = {}
+        for at, action, incident in self.delivered():
+            if action == "trigger" and incident not in found:
+                found[incident] = at
         return found
 
-    def wait_for(self, tokens: set[str], pages: int, limit: float, idle: float = 30.0
-                 ) -> dict[str, list[float]]:
-        """Poll until every token has `pages` triggers, nothing came for `idle` seconds, or
-        `limit` seconds passed."""
+    def wait_for(self, events: int, limit: float, idle: float = 30.0) -> int:
+        """Poll until the stand-in accepted `events` events, nothing came for `idle`
+        seconds, or `limit` seconds passed; the number accepted."""
         deadline = time.monotonic() + limit
         last_count, last_change = -1, time.monotonic()
         while True:
             self.poll()
-            found = self.triggers(tokens)
-            count = sum(len(v) for v in found.values())
-            if count >= pages * len(tokens):
-                return found
+            count = sum(1 for item in self.items if item[1] == 202)
+            if count >= events:
+                return count
             now = time.monotonic()
             if count != last_count:
                 last_count, last_change = count, now
             if now > deadline or now - last_change > idle:
-                return found
+                return count
             time.sleep(0.1)
 
 
@@ -167,9 +178,17 @@ def baseline(workdir: Path, seconds: float, connections: int, nonce: str, starts
         return result
 
 
+def outbox_rows(found: dict[str, float]) -> int:
+    """Outbox rows in any state (every event Firehouse decided on, on a fresh state file)."""
+    return int(sum(v for k, v in found.items() if k.startswith("firehouse_outbox_events{")))
+
+
 def sustained(workdir: Path, maps: Path, seconds: float, connections: int, nonce: str,
               starts_at: str) -> dict[str, Any]:
-    """Saturation: wrk with `connections` connections for `seconds`."""
+    """Saturation: wrk with `connections` connections for `seconds`, posting the stream of
+    bench/webhooks.py (new, repeated and resolving alerts on 100 groups). With the default
+    flap damping (300 s) no incident resolves during the run: its events are the pages of
+    the incidents the stream opens, counted from the outbox, not from a formula."""
     with Processes() as procs:
         standin, pd_url, arrivals_url = start_standin(procs, workdir)
         firehouse, url = start_firehouse(procs, workdir, maps, pd_url)
@@ -191,6 +210,9 @@ def sustained(workdir: Path, maps: Path, seconds: float, connections: int, nonce
             "incidents_opened": int(sum(delta(k) for k in after
                                         if k.startswith("firehouse_incidents_opened_total{"))),
             "incidents_resolved": int(delta("firehouse_incidents_resolved_total")),
+            "incidents_merged": int(delta("firehouse_incidents_merged_total")),
+            "incidents_open_at_end": int(after.get("firehouse_incidents_open", 0)),
+            "events_created": outbox_rows(after) - outbox_rows(before),
             "events_delivered": int(sum(delta(k) for k in after if k.startswith(
                 "firehouse_events_sent_total{") and 'outcome="ok"' in k)),
             "outbox_pending_at_end": int(after.get(
@@ -213,11 +235,15 @@ def peak_rss(proc: Proc) -> float:
     return float("nan")
 
 
-def paced(workdir: Path, maps: Path, rate: int, seconds: float, wait: float, nonce: str,
-          starts_at: str) -> dict[str, Any]:
-    """Time to page at a fixed offered load; pages still missing `wait` seconds after the
-    last webhook was answered count as infinitely late (a percentile that falls on them is
-    reported as None: not measured, and certainly over any goal)."""
+def paced(workdir: Path, maps: Path, pool: Path, rate: int, seconds: float, wait: float,
+          nonce: str, starts_at: str) -> dict[str, Any]:
+    """Time to page at a fixed offered load: every webhook is a new fire on a mapped service
+    no other webhook's service is connected to (bench.pace), so it opens one incident; its
+    time to page runs from when it was due to the stand-in accepting that incident's first
+    trigger (incident ids from the webhook's answer, `incidents_opened`, and the dedup
+    keys). Pages still missing `wait` seconds after the last webhook was answered count as
+    infinitely late (a percentile that falls on them is reported as None: not measured, and
+    certainly over any goal)."""
     out = workdir / f"pace-{rate}.json"
     with Processes() as procs:
         standin, pd_url, arrivals_url = start_standin(procs, workdir)
@@ -225,7 +251,7 @@ def paced(workdir: Path, maps: Path, rate: int, seconds: float, wait: float, non
         client = procs.add(Proc(f"pace-{rate}", python(
             "bench.pace", url + "/webhook/alertmanager", "--rate", str(rate), "--seconds",
             f"{seconds:g}", "--out", str(out), "--nonce", nonce, "--starts-at", starts_at,
-            "--services", str(SERVICES)), workdir))
+            "--pool", str(pool)), workdir))
         watched = {"firehouse": firehouse, "standin": standin, "client": client}
         client.wait_line("MEASURING", timeout=120)
         before, started = cpu_of(watched), time.monotonic()
@@ -234,24 +260,31 @@ def paced(workdir: Path, maps: Path, rate: int, seconds: float, wait: float, non
         if client.wait(60) is None or not out.exists():
             raise RuntimeError(f"paced client failed:\n{client.tail()}")
         sent = json.loads(out.read_text())
-        due: dict[str, float] = {}
+        due: dict[str, float] = {}  # incident -> when the webhook that opened it was due
         responses: list[float] = []
-        failed = 0
+        failed = not_one = 0
         for when, answered, status, opened in sent["webhooks"]:
             responses.append(answered - when)
             failed += status != 200
-            for fp in opened:
-                due[fp] = when
+            not_one += status == 200 and len(opened) != 1
+            for incident in opened:
+                due[incident] = when
         arrivals = Arrivals(arrivals_url)
-        found = arrivals.wait_for(set(due), PAGES_PER_ALERT, limit=wait, idle=wait)
-        pages = [at - due[token] for token, times in found.items() for at in times]
-        missing = PAGES_PER_ALERT * len(due) - len(pages)
-        pages += [float("inf")] * missing
+        deadline = time.monotonic() + wait
+        while True:  # until every incident's first trigger came, or `wait` seconds
+            arrivals.poll()
+            first = arrivals.first_triggers()
+            if all(i in first for i in due) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        pages = [first[i] - when if i in first else float("inf") for i, when in due.items()]
+        missing = sum(1 for v in pages if v == float("inf"))
         return {
             "rate": rate, "seconds": seconds, "webhooks": len(responses),
-            "webhook_errors": failed,
-            "pages_expected": PAGES_PER_ALERT * len(due), "pages_missing": missing,
-            "page_wait_limit_s": wait,
+            "webhook_errors": failed, "webhooks_not_opening_one_incident": not_one,
+            "pages_expected": len(due), "pages_received": len(due) - missing,
+            "pages_missing": missing, "page_wait_limit_s": wait,
+            "events_received": len(arrivals.delivered()),
             "page_p50_ms": ms(percentile(pages, 0.5)), "page_p99_ms": ms(percentile(pages, 0.99)),
             "page_max_ms": ms(max(pages, default=float("nan"))),
             "response_p50_ms": ms(percentile(responses, 0.5)),
@@ -286,85 +319,124 @@ class Stalls:
         return self.longest
 
 
-def burst(workdir: Path, maps: Path, size: int, wait: float, nonce: str, starts_at: str
-          ) -> dict[str, Any]:
-    """One webhook of `size` new alerts: time to its 200, and until every page arrived (if
-    within `wait` seconds)."""
+def drain_estimate(per_target: dict[str, int], per_minute: int) -> float:
+    """Seconds the outbox needs to send `per_target` events through token buckets of
+    `per_minute` (full at the start, one routing key per target); 0 without shaping."""
+    if per_minute <= 0:
+        return 0.0
+    return max((max(0, n - per_minute) * 60 / per_minute for n in per_target.values()),
+               default=0.0)
+
+
+def burst(workdir: Path, maps: Path, size: int, rate_limit: int, wait: float, nonce: str,
+          starts_at: str) -> dict[str, Any]:
+    """One webhook of `size` new alerts (a wide outage over the front of the map): time to
+    its 200, and until the stand-in accepted every event the incidents it opened owe (if
+    within `wait` seconds). That number is what the outbox holds once the 200 is in (a
+    fresh state file: the burst's events only), checked against the answer and the
+    incidents' own events (`GET /api/v1/incidents/{id}`)."""
     body = outage(0, size, nonce=nonce, services=SERVICES, starts_at=starts_at)
-    tokens = set(outage_fingerprints(0, size, nonce))
     with Processes() as procs:
         standin, pd_url, arrivals_url = start_standin(procs, workdir)
-        firehouse, url = start_firehouse(procs, workdir, maps, pd_url)
+        firehouse, url = start_firehouse(procs, workdir, maps, pd_url, rate_limit)
         before = cpu_of({"firehouse": firehouse, "standin": standin})
         stalls = Stalls(url + "/-/healthy")
         sent = time.monotonic()
         status, answer = http(url + "/webhook/alertmanager", body, timeout=300)
         acked = time.monotonic()
         stall = stalls.stop()
+        reply = json.loads(answer) if status == 200 else {}
+        opened = list(reply.get("incidents_opened", []))
+        expected = outbox_rows(metrics(url))
+        per_target: dict[str, int] = {}
+        of_incidents = 0
+        for incident in opened:
+            found_status, found = http(f"{url}/api/v1/incidents/{incident}")
+            if found_status == 200:
+                for event in json.loads(found).get("events", []):
+                    per_target[event["target"]] = per_target.get(event["target"], 0) + 1
+                    of_incidents += 1
         arrivals = Arrivals(arrivals_url)
-        found = arrivals.wait_for(tokens, PAGES_PER_ALERT, limit=wait, idle=min(wait, 30))
+        estimate = drain_estimate(per_target, rate_limit)
+        received = arrivals.wait_for(expected, limit=wait, idle=max(min(wait, 30), 5))
         delivered = time.monotonic()
         after = cpu_of({"firehouse": firehouse, "standin": standin})
-        times = [at for ts in found.values() for at in ts]
-        pages = len(times)
+        times = [at for at, _action, _incident in arrivals.delivered()]
         last = max(times, default=float("nan"))
         return {
-            "alerts": size, "body_mib": round(len(body) / 2**20, 2), "status": status,
-            "events": json.loads(answer).get("events") if status == 200 else None,
+            "alerts": size, "rate_limit_per_minute": rate_limit,
+            "body_mib": round(len(body) / 2**20, 2), "status": status,
+            "incidents_opened": len(opened),
+            "incidents_open": int(metrics(url).get("firehouse_incidents_open", 0)),
+            "events_in_answer": reply.get("events"), "events_expected": expected,
+            "events_of_opened_incidents": of_incidents, "events_per_target": per_target,
             "ack_ms": ms(acked - sent),
             "waited_s": wait,
-            "all_delivered_ms": ms(last - sent) if pages == PAGES_PER_ALERT * size else None,
-            "first_page_ms": ms(min(times) - sent) if pages else None,
-            "pages": pages, "pages_missing": PAGES_PER_ALERT * size - pages,
-            "delivery_per_s": round(pages / (last - acked), 1) if pages else None,
+            "all_delivered_ms": (ms(last - sent) if wait and received >= expected
+                                 else None),
+            "drain_estimate_s": round(estimate, 1),
+            "first_event_ms": ms(min(times) - sent) if times else None,
+            "events_received": received, "events_missing": max(0, expected - received),
+            "delivery_per_s": (round(received / (last - acked), 1)
+                               if times and last > acked else None),
             "standin_refused": refused(arrivals),
             "healthy_max_ms": ms(stall),
             "cpu_percent": cpu_percent(before, after, delivered - sent),
         }
 
 
-def memory(workdir: Path, maps: Path, incidents: int, wait: float, nonce: str, starts_at: str
-           ) -> dict[str, Any]:
-    """RSS with the map alone, then with `incidents` open incidents (10 new alerts a
-    webhook, 4 webhooks at a time), and once their pages are delivered (if within `wait`
-    seconds)."""
-    per = PER_WEBHOOK
+def memory(workdir: Path, maps: Path, pool: Path, incidents: int, wait: float, nonce: str,
+           starts_at: str) -> dict[str, Any]:
+    """RSS with the map alone, then with `incidents` open incidents, and once their pages
+    are delivered (if within `wait` seconds). Each alert is on a service no other alert is
+    connected to: first every service of the pool (no two of them connected), then
+    unmapped services; 10 alerts a webhook (grouped on alertname), 4 webhooks at a time.
+    That they are all open is checked (`firehouse_incidents_open`)."""
+    names = json.loads(pool.read_text())[:incidents]
+    mapped = len(names)
+    names += [unmapped_service(n, nonce) for n in range(incidents - mapped)]
     with Processes() as procs:
         _standin, pd_url, arrivals_url = start_standin(procs, workdir)
         firehouse, url = start_firehouse(procs, workdir, maps, pd_url)
         time.sleep(1.0)
         at_start = firehouse.rss_mib()
-        bodies = [outage(i * per, per, nonce=nonce, services=SERVICES, starts_at=starts_at)
-                  for i in range(incidents // per)]
+        bodies = [spread(0xB0, k, names[k * PER_WEBHOOK:(k + 1) * PER_WEBHOOK], nonce=nonce,
+                         starts_at=starts_at)
+                  for k in range((incidents + PER_WEBHOOK - 1) // PER_WEBHOOK)]
 
-        def post(body: bytes) -> tuple[int, float]:
+        def post(body: bytes) -> tuple[int, float, int, int]:
             started = time.monotonic()
-            status, _ = http(url + "/webhook/alertmanager", body)
-            return status, time.monotonic() - started
+            status, answer = http(url + "/webhook/alertmanager", body)
+            seconds = time.monotonic() - started
+            reply = json.loads(answer) if status == 200 else {}
+            return (status, seconds, len(reply.get("incidents_opened", [])),
+                    int(reply.get("events", 0)))
 
-        with ThreadPoolExecutor(4) as pool:
-            results = list(pool.map(post, bodies))
+        with ThreadPoolExecutor(4) as pool_:
+            results = list(pool_.map(post, bodies))
         accepted = firehouse.rss_mib()
-        open_now = metrics(url).get("firehouse_incidents_open", float("nan"))
+        found = metrics(url)
+        open_now = found.get("firehouse_incidents_open", float("nan"))
+        events = outbox_rows(found)
         arrivals = Arrivals(arrivals_url)
-        found = arrivals.wait_for(set(outage_fingerprints(0, incidents, nonce)),
-                                  PAGES_PER_ALERT, limit=wait, idle=min(wait, 30))
-        delivered = sum(len(v) for v in found.values())
+        delivered = arrivals.wait_for(events, limit=wait, idle=min(wait, 30))
         time.sleep(1.0)
-        drained = firehouse.rss_mib() if delivered == PAGES_PER_ALERT * incidents else None
+        drained = firehouse.rss_mib() if wait and delivered >= events else None
         state = sum(f.stat().st_size for f in (workdir / "state").glob("firehouse.db*"))
-        latencies = [seconds for _, seconds in results]
+        latencies = [r[1] for r in results]
         tenth = max(1, len(latencies) // 10)
         return {
             "incidents_open": int(open_now),
-            "webhook_errors": sum(1 for status, _ in results if status != 200),
+            "incidents_opened": sum(r[2] for r in results),
+            "mapped_services": mapped, "unmapped_services": incidents - mapped,
+            "webhook_errors": sum(1 for r in results if r[0] != 200),
             "rss_start_mib": round(at_start, 1),
             "rss_open_mib": round(accepted, 1),
             "rss_open_drained_mib": round(drained, 1) if drained is not None else None,
             "rss_peak_mib": round(peak_rss(firehouse), 1),
             "response_first_tenth_p50_ms": ms(statistics.median(latencies[:tenth])),
             "response_last_tenth_p50_ms": ms(statistics.median(latencies[-tenth:])),
-            "pages_delivered": delivered,
+            "events": events, "events_delivered": delivered,
             "state_file_mib": round(state / 2**20, 1),
         }
 
@@ -374,14 +446,20 @@ def memory(workdir: Path, maps: Path, incidents: int, wait: float, nonce: str, s
 
 def plan(quick: bool) -> dict[str, Any]:
     """Durations (s) and sizes. Time to page: rate -> (seconds sent, longest wait for the
-    last pages); 20/s is light load, for reference (no goal)."""
+    last pages); 20/s is light load, for reference (no goal). Bursts: (alerts, events a
+    minute per routing key, 0 for no shaping) -> longest wait for the last event; a wait of
+    0 measures the 200 only (delivery: not measured)."""
     if quick:
         return {"repeats": 1, "saturation_seconds": 5, "connections": 16,
                 "paced": {100: (5, 20), 500: (2, 10)},
-                "bursts": {1_000: 30, 10_000: 0}, "incidents": 10_000, "drain_wait": 0}
+                "bursts": {(1_000, 0): 30, (10_000, 0): 0, (1_000, RATE_LIMIT_PER_MINUTE): 0},
+                "incidents": 10_000, "drain_wait": 0}
     return {"repeats": 3, "saturation_seconds": 20, "connections": 16,
-            "paced": {20: (15, 60), 100: (30, 120), 500: (10, 120)},
-            "bursts": {1_000: 120, 10_000: 300}, "incidents": 10_000, "drain_wait": 300}
+            # 500/s: 7 s, as the pool of unconnected services bounds rate x seconds.
+            "paced": {20: (15, 60), 100: (30, 120), 500: (7, 120)},
+            "bursts": {(1_000, 0): 120, (10_000, 0): 300, (1_000, RATE_LIMIT_PER_MINUTE): 600,
+                       (10_000, RATE_LIMIT_PER_MINUTE): 900},
+            "incidents": 10_000, "drain_wait": 300}
 
 
 def measure(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
@@ -389,6 +467,7 @@ def measure(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     over all of them rather than spoiling one)."""
     settings = plan(args.quick)
     maps = generated_map(work / "maps", SERVICES)
+    pool = unrelated_pool(work / "maps", maps)
     starts_at = rfc3339(time.time() - 60)
     repetitions = []
     repeats = args.repeats or settings["repeats"]
@@ -422,11 +501,12 @@ def measure(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
         step("sustained", sustained, maps, settings["saturation_seconds"], connections, nonce,
              starts_at)
         for rate, (seconds, wait) in settings["paced"].items():
-            step(f"page_{rate}", paced, maps, rate, seconds, wait, nonce, starts_at)
-        for size, wait in settings["bursts"].items():
-            step(f"burst_{size}", burst, maps, size, wait, nonce, starts_at)
-        step("memory", memory, maps, settings["incidents"], settings["drain_wait"], nonce,
-             starts_at)
+            step(f"page_{rate}", paced, maps, pool, rate, seconds, wait, nonce, starts_at)
+        for (size, limit), wait in settings["bursts"].items():
+            step(f"burst_{size}" + ("_shaped" if limit else ""), burst, maps, size, limit, wait,
+                 nonce, starts_at)
+        step("memory", memory, maps, pool, settings["incidents"], settings["drain_wait"],
+             nonce, starts_at)
         repetitions.append(found)
     return repetitions
 
@@ -445,17 +525,18 @@ def figures(rep: dict[str, Any]) -> dict[str, float | None]:
             "cpu_baseline_others_pct": base["cpu_percent"].get("others"),
         })
     if sus:
-        generated = PAGES_PER_ALERT * (sus["incidents_opened"] + sus["incidents_resolved"])
-        per_webhook = generated / sus["accepted"] if sus["accepted"] else float("nan")
+        created = sus.get("events_created", 0)
+        per_webhook = created / sus["accepted"] if sus["accepted"] else float("nan")
         out.update({
             "sustained_webhooks_per_s": sus["webhooks_per_s"],
             "sustained_errors": sus["errors"] + sus["refused_by_firehouse"],
             "sustained_p99_ms": sus["latency_p99_ms"],
-            "sustained_events_per_webhook": round(per_webhook, 2),
+            "sustained_events_per_webhook": round(per_webhook, 3),
+            "sustained_incidents_opened": sus["incidents_opened"],
+            "sustained_incidents_open_at_end": sus["incidents_open_at_end"],
+            "sustained_events_created": created,
             "sustained_events_delivered_per_s": sus["events_delivered_per_s"],
             "sustained_outbox_pending_at_end": sus["outbox_pending_at_end"],
-            "sustained_delivery_bound_webhooks_per_s": round(
-                sus["events_delivered_per_s"] / per_webhook, 1),
             "cpu_firehouse_pct": sus["cpu_percent"].get("firehouse"),
             "cpu_standin_pct": sus["cpu_percent"].get("standin"),
             "cpu_wrk_pct": sus["cpu_percent"].get("wrk"),
@@ -471,7 +552,9 @@ def figures(rep: dict[str, Any]) -> dict[str, float | None]:
                 f"page_{rate}_p50_ms": page["page_p50_ms"],
                 f"page_{rate}_p99_ms": page["page_p99_ms"],
                 f"page_{rate}_max_ms": page["page_max_ms"],
-                f"page_{rate}_missing": page["pages_missing"],
+                f"page_{rate}_expected": page["pages_expected"],
+                f"page_{rate}_not_one": page["webhooks_not_opening_one_incident"],
+                f"page_{rate}_received": page["pages_received"],
                 f"response_{rate}_p50_ms": page["response_p50_ms"],
                 f"response_{rate}_p99_ms": page["response_p99_ms"],
                 f"response_{rate}_max_ms": page["response_max_ms"],
@@ -479,18 +562,28 @@ def figures(rep: dict[str, Any]) -> dict[str, float | None]:
                 f"cpu_others_{rate}_pct": page["cpu_percent"].get("others"),
             })
         elif key.startswith("burst_"):
-            size = key.split("_")[1]
+            size = key.removeprefix("burst_")
             out[f"burst_{size}_ack_ms"] = page["ack_ms"]
+            out[f"burst_{size}_incidents"] = page["incidents_opened"]
+            out[f"burst_{size}_events"] = page["events_expected"]
             # Not waited for (--quick): not measured, rather than missing.
             out[f"burst_{size}_delivered_ms"] = (page["all_delivered_ms"] if page["waited_s"]
                                                  else float("nan"))
-            out[f"burst_{size}_missing"] = page["pages_missing"]
-            out[f"burst_{size}_delivery_per_s"] = page["delivery_per_s"]
+            out[f"burst_{size}_drain_estimate_ms"] = (page["drain_estimate_s"] * 1e3
+                                                      if page["rate_limit_per_minute"]
+                                                      else float("nan"))
+            out[f"burst_{size}_missing"] = (page["events_missing"] if page["waited_s"]
+                                            else float("nan"))
+            out[f"burst_{size}_delivery_per_s"] = (page["delivery_per_s"] if page["waited_s"]
+                                                   else float("nan"))
             out[f"burst_{size}_healthy_max_ms"] = page["healthy_max_ms"]
     mem = rep.get("memory")
     if mem:
         out.update({
             "rss_start_mib": mem["rss_start_mib"], "rss_10k_open_mib": mem["rss_open_mib"],
+            "memory_incidents_open": mem["incidents_open"],
+            "memory_mapped_services": mem["mapped_services"],
+            "memory_unmapped_services": mem["unmapped_services"],
             "rss_10k_open_drained_mib": mem["rss_open_drained_mib"],
             "rss_peak_mib": mem["rss_peak_mib"],
             "memory_response_first_tenth_ms": mem["response_first_tenth_p50_ms"],
@@ -545,10 +638,11 @@ ROWS = [
     ("  ratio to baseline", "sustained_ratio_to_baseline", None, "x"),
     ("  errors (wrk + refused)", "sustained_errors", None, ""),
     ("  response p99 at saturation (ms)", "sustained_p99_ms", "baseline_p99_ms", "ms"),
-    ("  events per webhook (triggers + resolves)", "sustained_events_per_webhook", None, ""),
+    ("  incidents opened | open at the end", "sustained_incidents_opened",
+     "sustained_incidents_open_at_end", ""),
+    ("  events (pages) decided | per webhook", "sustained_events_created",
+     "sustained_events_per_webhook", ""),
     ("  events delivered/s meanwhile", "sustained_events_delivered_per_s", None, "/s"),
-    ("  webhooks/s the outbox keeps up with", "sustained_delivery_bound_webhooks_per_s",
-     None, "/s"),
     ("  outbox pending at the end", "sustained_outbox_pending_at_end", None, ""),
     ("  CPU % server", "cpu_firehouse_pct", "cpu_baseline_pct", "%"),
     ("  CPU % PagerDuty stand-in", "cpu_standin_pct", None, "%"),
@@ -560,24 +654,36 @@ for _rate in (20, 100, 500):
         (f"time to page at {_rate}/s: p50 (ms)", f"page_{_rate}_p50_ms", None, "ms"),
         ("  p99 (ms)", f"page_{_rate}_p99_ms", None, "ms"),
         ("  max (ms)", f"page_{_rate}_max_ms", None, "ms"),
-        ("  pages missing", f"page_{_rate}_missing", None, ""),
+        ("  incidents' first pages expected | received", f"page_{_rate}_expected",
+         f"page_{_rate}_received", ""),
+        ("  webhooks not opening exactly 1 incident", f"page_{_rate}_not_one", None, ""),
         ("  webhook response p50 | p99 (ms)", f"response_{_rate}_p50_ms",
          f"response_{_rate}_p99_ms", "ms"),
         ("  CPU % Firehouse | others", f"cpu_firehouse_{_rate}_pct", f"cpu_others_{_rate}_pct",
          "%"),
     ]
+for _size, _label in ((1000, "1,000"), (10000, "10,000")):
+    ROWS += [
+        (f"{_label}-alert webhook: 200 after (ms)", f"burst_{_size}_ack_ms",
+         f"burst_{_size}_shaped_ack_ms", "ms"),
+        ("  incidents opened | events they page", f"burst_{_size}_incidents",
+         f"burst_{_size}_events", ""),
+        ("  all delivered after, no shaping (ms)", f"burst_{_size}_delivered_ms", None, "ms"),
+        (f"  … at {RATE_LIMIT_PER_MINUTE}/min a key: measured | expected",
+         f"burst_{_size}_shaped_delivered_ms", f"burst_{_size}_shaped_drain_estimate_ms",
+         "ms"),
+        ("  events/s after the 200, no shaping | shaped", f"burst_{_size}_delivery_per_s",
+         f"burst_{_size}_shaped_delivery_per_s", "/s"),
+        ("  longest GET /-/healthy meanwhile", f"burst_{_size}_healthy_max_ms",
+         f"burst_{_size}_shaped_healthy_max_ms", "ms"),
+    ]
 ROWS += [
-    ("1,000-alert webhook: 200 after (ms)", "burst_1000_ack_ms", None, "ms"),
-    ("  all 2,000 pages delivered after (ms)", "burst_1000_delivered_ms", None, "ms"),
-    ("10,000-alert webhook: 200 after (ms)", "burst_10000_ack_ms", None, "ms"),
-    ("  all 20,000 pages delivered after (ms)", "burst_10000_delivered_ms", None, "ms"),
-    ("  pages delivered/s after the 200 (1k | 10k)", "burst_1000_delivery_per_s",
-     "burst_10000_delivery_per_s", "/s"),
-    ("  longest GET /-/healthy meanwhile (1k | 10k)", "burst_1000_healthy_max_ms",
-     "burst_10000_healthy_max_ms", "ms"),
     ("RSS at start, 10k-service map (MiB)", "rss_start_mib", None, "MiB"),
     ("RSS with 10k open incidents (MiB)", "rss_10k_open_mib", None, "MiB"),
-    ("  once their 20,000 pages are delivered", "rss_10k_open_drained_mib", None, "MiB"),
+    ("  incidents open (firehouse_incidents_open)", "memory_incidents_open", None, ""),
+    ("  on mapped | unmapped services", "memory_mapped_services",
+     "memory_unmapped_services", ""),
+    ("  once their pages are delivered", "rss_10k_open_drained_mib", None, "MiB"),
     ("  webhook response p50, first | last 100 (ms)", "memory_response_first_tenth_ms",
      "memory_response_last_tenth_ms", "ms"),
     ("  state file (SQLite + WAL, MiB)", "state_file_mib", None, "MiB"),
@@ -652,7 +758,9 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     repetitions = measure(args, work)
-    result = {"machine": info, "quick": args.quick, "plan": plan(args.quick),
+    shown = {k: {str(kk): vv for kk, vv in v.items()} if isinstance(v, dict) else v
+             for k, v in plan(args.quick).items()}  # JSON keys are strings
+    result = {"machine": info, "quick": args.quick, "plan": shown,
               "seconds": round(time.monotonic() - started), "summary": summary(repetitions),
               "repetitions": repetitions}
     print(report(result))

@@ -1,16 +1,24 @@
 """Open-loop load at a fixed rate, in its own process: the webhook benchmark's client for
 time to page (wrk only knows saturation).
 
-    python -m bench.pace URL --rate 100 --seconds 20 --out FILE
+    python -m bench.pace URL --rate 100 --seconds 20 --pool FILE --out FILE
+
+Every webhook is the first notification of a new fire (bench/webhooks.py `fire`: 10 firing
+alerts on one service no open incident involves), so each opens one incident, which pages.
+Webhook k is on service k of the pool (`--pool`, a JSON list of mapped services no two of
+which are connected on the map), so the pool bounds rate x seconds (about 4,000 on the
+10,000-service map). Unmapped services are not used here: each unmapped alert is an
+incident of its own, so a 10-alert webhook would open 10.
 
 Bodies are built before the clock starts. Webhook n is due at t0 + n / rate and is sent
 then whatever happened to the earlier ones (open loop: a slow server does not slow the
 client down, so queueing shows in the figures instead of hiding). Its latency counts from
-when it was due. First the first round of every group is sent (see bench/webhooks.py:
-it opens 8 incidents per group instead of 2), then, once Firehouse's outbox is empty
-again (its /metrics), the measured part. The output file holds, per measured webhook,
-when it was due and answered (monotonic clock, comparable with the stand-in's arrival times) and the
-fingerprints of the alerts it opened.
+when it was due. First a warm-up (one second's worth, at most 200, from the same pool),
+then, once
+Firehouse's outbox is empty again (its /metrics), the measured part. The output file holds,
+per measured webhook, when it was due and answered (monotonic clock, comparable with the
+stand-in's arrival times), its status, and the incidents its
+200 answer says it opened (`incidents_opened`).
 """
 
 from __future__ import annotations
@@ -19,28 +27,32 @@ import argparse
 import asyncio
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from bench.webhooks import webhook
+from bench.webhooks import fire
 
 
 async def send(session: aiohttp.ClientSession, url: str, bodies: list[bytes], rate: float
-               ) -> list[tuple[float, float, int]]:
-    """Send `bodies` at `rate` per second; (due, answered, status) each, status 0 on error."""
-    results: list[tuple[float, float, int]] = [(0.0, 0.0, 0)] * len(bodies)
+               ) -> list[tuple[float, float, int, list[str]]]:
+    """Send `bodies` at `rate` per second; (due, answered, status, incidents opened) each,
+    status 0 on error."""
+    results: list[tuple[float, float, int, list[str]]] = [(0.0, 0.0, 0, [])] * len(bodies)
     headers = {"Content-Type": "application/json"}
 
     async def one(n: int, due: float) -> None:
-        status = 0
+        status, opened = 0, []
         try:
             async with session.post(url, data=bodies[n], headers=headers) as response:
-                await response.read()
+                answer = await response.read()
                 status = response.status
-        except (aiohttp.ClientError, TimeoutError):
+            if status == 200:
+                opened = list(json.loads(answer).get("incidents_opened", []))
+        except (aiohttp.ClientError, TimeoutError, ValueError):
             pass
-        results[n] = (due, time.monotonic(), status)
+        results[n] = (due, time.monotonic(), status, opened)
 
     tasks = []
     start = time.monotonic() + 0.05
@@ -66,17 +78,20 @@ async def drained(session: aiohttp.ClientSession, metrics_url: str, limit: float
     await asyncio.sleep(0.5)
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
-    common = {"groups": args.groups, "nonce": args.nonce, "services": args.services,
-              "starts_at": args.starts_at}
-    warmup = [json.dumps(webhook(args.stream, k, **common)[0]).encode()
-              for k in range(args.groups)]
-    measured: list[bytes] = []
-    opened: list[list[str]] = []
-    for k in range(args.groups, args.groups + int(args.rate * args.seconds)):
-        body, fps = webhook(args.stream, k, **common)
-        measured.append(json.dumps(body).encode())
-        opened.append(fps)
+def bodies(args: argparse.Namespace, pool: list[str], first: int, count: int) -> list[bytes]:
+    """Webhooks first … first + count - 1, webhook k on the pool's service k."""
+    return [json.dumps(fire(args.stream, k, pool[k], nonce=args.nonce,
+                            starts_at=args.starts_at)).encode()
+            for k in range(first, first + count)]
+
+
+async def run(args: argparse.Namespace, pool: list[str]) -> dict[str, Any]:
+    warm = max(10, min(200, int(args.rate)))
+    count = int(args.rate * args.seconds)
+    if warm + count > len(pool):
+        raise SystemExit(f"the pool has {len(pool)} unrelated services; {warm + count} needed")
+    warmup = bodies(args, pool, 0, warm)
+    measured = bodies(args, pool, warm, count)
     connector = aiohttp.TCPConnector(limit=args.connections)
     timeout = aiohttp.ClientTimeout(total=60)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
@@ -85,8 +100,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         print("MEASURING", flush=True)
         results = await send(session, args.url, measured, args.rate)
         print("SENT", flush=True)
-    return {"webhooks": [[due, answered, status, fps]
-                         for (due, answered, status), fps in zip(results, opened, strict=True)],
+    return {"webhooks": [list(result) for result in results],
             "warmup_webhooks": len(warmup)}
 
 
@@ -96,16 +110,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, required=True, help="webhooks per second")
     parser.add_argument("--seconds", type=float, required=True)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--groups", type=int, default=100)
-    parser.add_argument("--stream", type=int, default=50)
+    parser.add_argument("--pool", required=True,
+                        help="JSON list of mapped services no two of which are connected")
+    parser.add_argument("--stream", type=int, default=0xA0)
     parser.add_argument("--nonce", default="0000")
-    parser.add_argument("--services", type=int, default=10_000)
     parser.add_argument("--starts-at", default="2026-01-01T00:00:00Z")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--drain-seconds", type=float, default=60.0,
                         help="longest wait for the warm-up's pages to be delivered")
     args = parser.parse_args(argv)
-    result = asyncio.run(run(args))
+    result = asyncio.run(run(args, json.loads(Path(args.pool).read_text())))
     with open(args.out, "w", encoding="utf-8") as out:
         json.dump(result, out)
     print("DONE", flush=True)

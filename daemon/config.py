@@ -122,6 +122,8 @@ class Settings:
     basic_auth: tuple[str, str] | None = field(default=None, repr=False)
     # The read-only command-center pages (daemon/web/) need no credentials, like /metrics.
     web_open: bool = False
+    # /metrics asks for the webhook's credentials too (health and readiness never do).
+    protect_metrics: bool = False
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     resolved_retention_hours: float = 24.0
     # Events per minute sent to one routing key, under PagerDuty's limit per integration key;
@@ -338,6 +340,9 @@ class _Reader:
             bearer_token=self._secret(base, "auth.bearer_token", "auth.bearer_token_file"),
             basic_auth=self._basic_auth(base),
             web_open=self._web(),
+            protect_metrics=self._flag("auth.protect_metrics",
+                                       (self.get("auth") or {}).get("protect_metrics", False)
+                                       if isinstance(self.get("auth"), dict) else False),
             max_body_bytes=int(self._number("max_body_bytes", DEFAULT_MAX_BODY_BYTES, 1024,
                                             1 << 30)),
             resolved_retention_hours=self._number("resolved_retention_hours", 24.0, 0.0, 24 * 365),
@@ -374,12 +379,14 @@ class _Reader:
             self.bad("web", "must be a mapping", raw)
             return False
         self.only("web", raw, ("open",))
-        value = raw.get("open", False)
+        return self._flag("web.open", raw.get("open", False))
+
+    def _flag(self, key: str, value: Any) -> bool:
         text = str(value).lower()
         if text in ("true", "1", "yes"):
             return True
         if text not in ("false", "0", "no"):
-            self.bad("web.open", "must be true or false", value)
+            self.bad(key, "must be true or false", value)
         return False
 
     def _string(self, key: str, default: str) -> str:
@@ -692,7 +699,8 @@ class _Reader:
         if not isinstance(auth, dict):
             self.bad("auth", "must be a mapping", auth)
             return None
-        self.only("auth", auth, ("bearer_token", "bearer_token_file", "basic_auth"))
+        self.only("auth", auth, ("bearer_token", "bearer_token_file", "basic_auth",
+                                 "protect_metrics"))
         return self._credentials(base, "auth.basic_auth")
 
     def _credentials(self, base: Path, key: str) -> tuple[str, str] | None:

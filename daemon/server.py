@@ -97,13 +97,18 @@ def require_auth(handler: Handler) -> Handler:
             # Alertmanager drops a notification answered 401: make that visible here.
             if request.path == "/webhook/alertmanager":
                 firehouse.metrics.webhooks.labels("unauthorized").inc()
-            warn_rejected(request, "without valid credentials")
-            return web.json_response(
-                {"status": "error", "error": "missing or invalid credentials"}, status=401,
-                headers={"WWW-Authenticate": 'Bearer realm="firehouse"'},
-            )
+            return unauthorized(request)
         return await handler(request)
     return wrapped
+
+
+def unauthorized(request: web.Request) -> web.Response:
+    """The 401 for a request without valid credentials, logged at most every 10 s."""
+    warn_rejected(request, "without valid credentials")
+    return web.json_response(
+        {"status": "error", "error": "missing or invalid credentials"}, status=401,
+        headers={"WWW-Authenticate": 'Bearer realm="firehouse"'},
+    )
 
 
 @require_auth
@@ -247,8 +252,13 @@ async def ready(request: web.Request) -> web.Response:
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
-    """Prometheus exposition of the injected registry."""
+    """Prometheus exposition of the injected registry; behind the API's credentials when
+    `auth.protect_metrics` is set."""
     firehouse = request.app[APP_KEY]
+    settings = firehouse.config.settings
+    if settings.protect_metrics and not authorized(request, settings.bearer_token,
+                                                   settings.basic_auth):
+        return unauthorized(request)
     await firehouse.refresh_gauges()
     body = generate_latest(firehouse.metrics.registry)
     response = web.Response(body=body)

@@ -467,6 +467,23 @@ class TestWebhookAuth:
         assert Settings(bearer_token=token, basic_auth=basic).webhook_auth == mode
 
 
+class TestProtectMetrics:
+    """auth.protect_metrics: /metrics behind the webhook's credentials, or open."""
+
+    def test_open_by_default_and_on_when_asked(self, tmp_path: Path) -> None:
+        """Off unless set; `true` turns it on."""
+        assert load_config(write(tmp_path), {}).settings.protect_metrics is False
+        path = write(tmp_path, SETTINGS + "auth:\n  bearer_token: t0ken\n"
+                     "  protect_metrics: true\n")
+        assert load_config(path, {}).settings.protect_metrics is True
+
+    def test_not_a_flag_is_refused_with_its_line(self, tmp_path: Path) -> None:
+        """A value that is not true or false names the key, its line and the value."""
+        path = write(tmp_path, SETTINGS + "auth:\n  protect_metrics: sometimes\n")
+        assert problems_of(path) == [
+            f"{path}:11: auth.protect_metrics: must be true or false (got 'sometimes')"]
+
+
 class TestPagerDutyWebhookSecrets:
     """pagerduty.webhook_secret(_file): the v3 webhook subscription's secrets, for rotation."""
 

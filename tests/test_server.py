@@ -221,6 +221,25 @@ class TestWebhook:
         assert len(warnings) == 1  # rate-limited
         assert "path=/webhook/alertmanager" in warnings[0]
 
+    @pytest.mark.parametrize("protect", [False, True])
+    async def test_metrics_are_open_unless_protected(
+        self, tmp_path: Path, pd: PagerDutyStandIn, protect: bool
+    ) -> None:
+        """/metrics is open by default, like health and readiness; `auth.protect_metrics`
+        puts it behind the webhook's credentials, never the health endpoints."""
+        settings = write_settings(tmp_path, auth={"bearer_token": TOKEN,
+                                                  "protect_metrics": protect})
+        async with serving(tmp_path, pd, settings) as firehouse:
+            bare, _ = await firehouse.get("/metrics")
+            with_token, text = await firehouse.get(
+                "/metrics", {"Authorization": f"Bearer {TOKEN}"})
+            health = [(await firehouse.get(p))[0] for p in ("/-/healthy", "/-/ready")]
+
+        assert bare == (401 if protect else 200)
+        assert with_token == 200
+        assert "firehouse_incidents_open" in text
+        assert health == [200, 200]
+
     async def test_replayed_body_pages_once(self, tmp_path: Path, pd: PagerDutyStandIn) -> None:
         """The same notification sent twice (an HA pair) opens each PagerDuty alert once."""
         async with serving(tmp_path, pd) as firehouse:

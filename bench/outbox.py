@@ -8,7 +8,8 @@ Each measurement uses a fresh state file and a fresh stand-in:
 
 * backlog: N events already committed (decisions of 8: 6 triggers on 10 routing keys and
   the resolves of 2 triggers of an earlier decision), then the worker starts; events
-  delivered per second until the outbox is empty;
+  delivered per second until the outbox is empty, and the CPU this process spent per event
+  meanwhile (the worker and its SQLite thread; the stand-in's is not counted);
 * paced: decisions of 8 such events committed at a fixed rate while the worker runs (as
   webhooks would: 800 events/s is 100 webhooks/s of the webhook benchmark); the time from
   a decision being durable to the stand-in receiving each of its events, p50/p99/max.
@@ -107,10 +108,12 @@ async def backlog(work: Path, count: int) -> dict[str, Any]:
             async with aiohttp.ClientSession() as session:
                 worker = Deliverer(store, PagerDutyClient(pd_url, session, 10.0), Metrics())
                 started = time.monotonic()
+                cpu = time.process_time()
                 task = asyncio.create_task(worker.run())
                 while pending(await store.outbox_counts()):  # noqa: ASYNC110 - a scraper's view
                     await asyncio.sleep(0.05)
                 elapsed = time.monotonic() - started
+                cpu = time.process_time() - cpu
                 worker.stop()
                 await task
         finally:
@@ -118,6 +121,7 @@ async def backlog(work: Path, count: int) -> dict[str, Any]:
         received = arrivals(arrivals_url)
     return {"events": total, "seconds": round(elapsed, 2),
             "events_per_s": round(total / elapsed, 1),
+            "cpu_ms_per_event": round(cpu * 1000 / total, 3),
             "refused": sum(1 for a in received if a[1] != 202)}
 
 

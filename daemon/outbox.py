@@ -159,6 +159,8 @@ class Deliverer:
         self._ready: deque[StoredEvent] = deque()  # read, due, not started yet
         self._done: list[tuple[StoredEvent, Attempt]] = []
         self._held_keys: set[str] = set()
+        # Labelled children looked up once: `labels()` costs a lock and a tuple per event.
+        self._sent: dict[tuple[str, str], Counter] = {}
 
     def wake(self) -> None:
         """Tell the worker that new events were committed."""
@@ -308,20 +310,28 @@ class Deliverer:
     async def _attempt(self, event: StoredEvent) -> Attempt:
         """Send one event (or log it, in dry-run) and say how to record the outcome."""
         if not event.routing_key:
-            log.info("dry-run", extra={"fields": fields(event)})
+            if log.isEnabledFor(logging.INFO):
+                log.info("dry-run", extra={"fields": fields(event)})
             self.metrics.events_dry_run.inc()
             return Attempt(event.id, DRY_RUN, self.clock(), 0)
         started = time.perf_counter()
         result = await self.client.send(event.routing_key, event.body,
                                         change=event.action == "change")
         self.metrics.delivery_seconds.observe(time.perf_counter() - started)
-        self.metrics.events_sent.labels(event.action, result.outcome).inc()
+        sent = self._sent.get((event.action, result.outcome))
+        if sent is None:
+            sent = self._sent[event.action, result.outcome] = self.metrics.events_sent.labels(
+                event.action, result.outcome)
+        sent.inc()
         return self._outcome(event, result)
 
     def _outcome(self, event: StoredEvent, result: SendResult) -> Attempt:
         now = self.clock()
         if result.outcome == OK:
-            log.info("sent", extra={"fields": {**fields(event), "status": result.status}})
+            # One line per page, built only when INFO is on; retries and dead letters below
+            # are always logged, with the summary.
+            if log.isEnabledFor(logging.INFO):
+                log.info("sent", extra={"fields": {**fields(event), "status": result.status}})
             return Attempt(event.id, DELIVERED, now, result.status)
         error = f"{result.outcome}: {result.message}"
         if result.retryable:

@@ -6,6 +6,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from daemon.pagerduty import (
     AUTH_ERROR,
@@ -115,3 +117,29 @@ class TestSend:
 
         assert (result.outcome, result.status, result.retryable) == (CONNECTION_ERROR, 0, True)
         assert result.message
+
+
+class TestErrorBody:
+    @pytest.mark.parametrize(
+        ("content_type", "raw"),
+        [("application/json; charset=utf-8", '{"message": "Clé invalide"}'.encode()),
+         ("application/json; charset=latin-1", '{"message": "Clé invalide"}'.encode("latin-1")),
+         ("application/json; charset=no-such-charset", b'{"message": "Cl\xc3\xa9 invalide"}')],
+    )
+    async def test_message_is_decoded_in_the_declared_charset_else_utf8(
+        self, session: aiohttp.ClientSession, content_type: str, raw: bytes
+    ) -> None:
+        """An error body is read in the charset it declares, UTF-8 when that is unknown."""
+
+        async def refuse(request: web.Request) -> web.Response:
+            await request.read()
+            return web.Response(status=400, body=raw, headers={"Content-Type": content_type})
+
+        app = web.Application()
+        app.router.add_post("/v2/enqueue", refuse)
+        async with TestServer(app) as server:
+            result = await PagerDutyClient(str(server.make_url("")), session, 5).send(
+                KEY, trigger())
+
+        assert (result.outcome, result.status, result.message) == (
+            CLIENT_ERROR, 400, "Clé invalide")

@@ -4,7 +4,8 @@ records one, and the rollback candidates of an incident.
 "Track every change; go back to the last known stable configuration." A deploy pipeline
 posts each change; Firehouse forwards it to the service's technical lead as a PagerDuty
 Change Event, notes it on the timeline of related open incidents, and offers the recent
-changes on an incident's root causes and their dependencies as rollback candidates.
+changes on an incident's root causes and their dependencies as rollback candidates
+(`daemon.decide.rollback`).
 
 Pure like the engine: no I/O, no clock reads (`now` is an argument).
 """
@@ -15,7 +16,7 @@ import difflib
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -32,6 +33,12 @@ from daemon.decide.model import (
     clean,
     cut,
 )
+from daemon.decide.rollback import (  # re-exported: the API and the pages use them
+    FAILING,
+    ROOT_CAUSE,
+    change_json,
+    rollback_candidates,
+)
 from daemon.errors import PayloadError
 from daemon.graph import ServiceGraph
 
@@ -42,7 +49,6 @@ TEXT_LIMIT = 256  # who, version, link text
 HREF_LIMIT = 2048
 LINKS_LIMIT = 20
 FUTURE_TOLERANCE = timedelta(minutes=5)
-ROOT_CAUSE = "root cause"
 _FIELDS = ("service", "summary", "timestamp", "who", "version", "links", "id")
 _LINK_FIELDS = ("href", "text")
 # RFC 3339 date-time with a mandatory offset; fromisoformat alone also takes other ISO 8601
@@ -220,20 +226,6 @@ def content_id(change: Change) -> str:
     return hashlib.sha256(content.encode()).hexdigest()[:32]
 
 
-def change_json(change: Change) -> dict[str, Any]:
-    """The change as JSON-ready data, for the API and the pages."""
-    return {
-        "id": change.id,
-        "service": change.service,
-        "summary": change.summary,
-        "at": change.at.isoformat(),
-        "who": change.who,
-        "version": change.version,
-        "links": [{"href": href, "text": text} for href, text in change.links],
-        "received_at": change.received_at.isoformat() if change.received_at else None,
-    }
-
-
 def record_change(change: Change, config: Config, state: State, now: datetime) -> Decision:
     """Store a change, send it to its service's technical lead as a PagerDuty Change Event
     and note it on related open incidents; a change whose id is known changes nothing."""
@@ -300,29 +292,5 @@ def _notes(change: Change, graph: ServiceGraph, state: State, now: datetime) -> 
     return notes
 
 
-def rollback_candidates(  # noqa: PLR0917 - the engine's call (decide/engine.py) is positional
-        changes: Sequence[Change], services: Iterable[str], graph: ServiceGraph,
-        started_at: datetime, now: datetime, window: timedelta, limit: int = 10,
-) -> list[dict[str, Any]]:
-    """The changes within `window` before `now` on `services` (an incident's probable root
-    causes) and on everything they depend on, newest first, at most `limit`. The last change
-    at or before `started_at` (the last known stable configuration to go back to) is flagged
-    `last_before_incident` and always kept."""
-    roots = {service.name for name in services if (service := graph.resolve(name))}
-    dependencies = graph.dependencies(sorted(roots))
-    found = sorted(
-        (c for c in changes
-         if now - window <= c.at <= now and (c.service in roots or c.service in dependencies)),
-        key=lambda c: (c.at, c.received_at or c.at, c.id), reverse=True,
-    )
-    last_before = next((c for c in found if c.at <= started_at), None)
-    chosen = found[:limit]
-    if last_before is not None and last_before not in chosen and limit > 0:
-        chosen = [*chosen[: limit - 1], last_before]
-    return [
-        {**change_json(c),
-         "relation": ROOT_CAUSE if c.service in roots
-         else f"dependency of {dependencies[c.service]}",
-         "last_before_incident": c is last_before}
-        for c in chosen
-    ]
+__all__ = ["FAILING", "ROOT_CAUSE", "change_json", "parse_change", "record_change",
+           "rollback_candidates"]

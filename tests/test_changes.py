@@ -316,6 +316,29 @@ class TestRollbackCandidates:
             ("network", "dependency of payments", False),
         ]
 
+    def test_the_change_on_a_failing_service_stays_a_suspect_when_the_fire_spreads(
+        self, graph: ServiceGraph
+    ) -> None:
+        """The database changed, its alert opened the incident, then the core network failed
+        and became the root cause: the database change (and the checkout deploy, also
+        failing) stay candidates, marked failing, next to the network's."""
+        changes = [
+            change("postgres-payments", self.STARTED - timedelta(minutes=8), "db-config"),
+            change("checkout", NOW - timedelta(minutes=2), "checkout-deploy"),
+            change("core-network", NOW - HOUR, "network"),
+            change("search", NOW - timedelta(minutes=1), "unrelated"),
+        ]
+
+        found = rollback_candidates(changes, ["core-network"], graph, self.STARTED, NOW,
+                                    timedelta(hours=24),
+                                    failing=["postgres-payments", "checkout", "core-network"])
+
+        assert [(c["id"], c["relation"], c["last_before_incident"]) for c in found] == [
+            ("checkout-deploy", "failing", False),
+            ("db-config", "failing", True),
+            ("network", "root cause", False),
+        ]
+
     def test_candidate_is_json_ready(self, graph: ServiceGraph) -> None:
         """Each candidate is the change as the API shows it, with its relation and flag."""
         found = change("postgres-payments", NOW - HOUR, "db", who="dba", version="16.2",

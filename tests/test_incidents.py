@@ -134,6 +134,12 @@ class TestCorrelation:
         assert [e.routing_key for e in joined.events] == [routing_key("shop-app-oncall")]
         assert list(state.open) == [incident.id]
         assert only(state).services == ("postgres-payments", "checkout")
+        # Checkout is failing now, no longer merely hit: the title counts it either way.
+        assert incident.title.startswith("[CRITICAL] PostgresReplicationLag on "
+                                         "postgres-payments — impacts 2 service(s), tier 1")
+        assert only(state).title.startswith(
+            "[CRITICAL] PostgresReplicationLag on postgres-payments and 1 more alert(s) — "
+            "2 services failing, impacts ")
         assert {e.alertname: e.incident_id for e in joined.explanations} == {
             "PostgresReplicationLag": incident.id, "CheckoutErrors": incident.id}
 

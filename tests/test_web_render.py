@@ -245,7 +245,7 @@ class TestBoard:
         assert "postgres-payments" in html
         assert "✔ acknowledged" in html
         assert "✖ not acknowledged" in html
-        assert "1 of 2 acknowledged" in html
+        assert "1 of 2 targets acknowledged" in html
         assert 'data-title="(2) CRITICAL — Firehouse"' in html
 
     def test_resolved_are_listed_below(self) -> None:
@@ -363,3 +363,164 @@ class TestWording:
 
         assert found is not None
         assert found[0] == "resolve"
+
+
+def page_json(target: str, roles: list[str], minutes_ago: int, **changes: Any) -> dict[str, Any]:
+    """A page as the API lists it, `minutes_ago` before NOW."""
+    page: dict[str, Any] = {
+        "target": target, "roles": roles, "dedup_key": f"{target}-{minutes_ago}",
+        "severity": "error", "status": "triggered", "reason": "opened",
+        "at": (NOW - timedelta(minutes=minutes_ago)).isoformat(), "acknowledged_by": "",
+        "delivery": None}
+    page.update(changes)
+    return page
+
+
+class TestBoardPages:
+    """After merges, severity rises and missed deadlines an incident holds several pages
+    per target: the board shows one line per target and counts targets."""
+
+    @staticmethod
+    def board_pages(html: str) -> list[str]:
+        return re.findall(r'<li class="page [^"]*">(.*?)</li>', html)
+
+    def test_one_line_per_target_acknowledged_by_any_page(self, config: Config) -> None:
+        """An ack of the older page acknowledges the target; the incident page keeps
+        every page."""
+        pages = [
+            page_json("dba-oncall", ["technical_lead"], 4, status="acknowledged",
+                      acknowledged_by="Ann"),
+            page_json("dba-oncall", ["technical_lead"], 1, severity="critical",
+                      reason="severity rose"),
+            page_json("execs", ["senior_management"], 4, reason="summary"),
+            page_json("execs", ["senior_management"], 3, reason="ack deadline missed"),
+            page_json("execs", ["senior_management"], 2, reason="resolve deadline missed",
+                      status="resolved in PagerDuty", acknowledged_by="Bob"),
+            page_json("command-center", ["incident_lead"], 4),
+        ]
+        data = incident_json(pages=pages)
+        html = render.board([data], [], {}, NOW)
+
+        lines = self.board_pages(html)
+        assert len(lines) == 3
+        assert "2 of 3 targets acknowledged" in html
+        dba = next(line for line in lines if "dba-oncall" in line)
+        assert "✔ acknowledged" in dba
+        assert "by Ann" in dba
+        assert "CRITICAL" in dba  # the newest page's severity
+        assert "(2 pages)" in dba
+        execs = next(line for line in lines if "execs" in line)
+        assert "✔ resolved in PagerDuty" in execs
+        assert "(3 pages)" in execs
+        lead = next(line for line in lines if "command-center" in line)
+        assert "✖ not acknowledged" in lead
+
+        full = render_incident(config, data)
+        assert full.count('<tr class="page ') == 6
+        assert "severity rose" in full
+
+    def test_separate_role_sets_are_separate_lines(self) -> None:
+        pages = [page_json("ops", ["technical_lead"], 2),
+                 page_json("ops", ["incident_lead"], 1)]
+        html = render.board([incident_json(pages=pages)], [], {}, NOW)
+
+        assert len(self.board_pages(html)) == 2
+        assert "0 of 2 targets acknowledged" in html
+
+    def test_newest_dead_or_pending_page_decides(self) -> None:
+        """Unacknowledged, a target reads as its newest page: not delivered, waiting or
+        not acknowledged; an older dead page does not count once a newer one went out."""
+        dead = {"state": "dead", "event_id": 9, "attempts": 1, "last_error": "refused"}
+        pending = {"state": "pending", "event_id": 10, "attempts": 0}
+        pages = [
+            page_json("a", ["technical_lead"], 3),
+            page_json("a", ["technical_lead"], 1, delivery=dead),
+            page_json("b", ["incident_lead"], 3),
+            page_json("b", ["incident_lead"], 1, delivery=pending),
+            page_json("c", ["service_lead"], 3, delivery=dead),
+            page_json("c", ["service_lead"], 1),
+        ]
+        html = render.board([incident_json(pages=pages)], [], {}, NOW)
+
+        assert "0 of 3 targets acknowledged" in html
+        assert "1 not delivered" in html
+        a, b, c = (next(v for v in self.board_pages(html) if f"<small>{t}</small>" in v)
+                   for t in "abc")
+        assert "✖ not delivered" in a
+        assert "waiting to be sent" in b
+        assert "✖ not acknowledged" in c
+        assert "not delivered" not in c
+
+    def test_a_single_target_says_target(self) -> None:
+        pages = [page_json("a", ["technical_lead"], 1, status="acknowledged")]
+        html = render.board([incident_json(pages=pages)], [], {}, NOW)
+
+        assert "1 of 1 target acknowledged" in html
+
+
+class TestMerged:
+    @staticmethod
+    def merged() -> dict[str, Any]:
+        return incident_json(id="old1", status="merged", phase="merged",
+                             merged_into="keep2", resolved_at=NOW.isoformat())
+
+    def test_incident_page_says_merged_into_with_a_link(self, config: Config) -> None:
+        html = render_incident(config, self.merged())
+
+        assert 'Merged into incident <a href="/incidents/keep2">keep2</a>' in html
+        assert "Lasted" not in html
+        assert "<dt>Resolved</dt>" not in html
+        assert "/incidents/keep2" in tags(html).hrefs
+
+    def test_merged_into_is_escaped(self, config: Config) -> None:
+        html = render_incident(config, {**self.merged(), "merged_into": EVIL})
+
+        assert "<script" not in html
+
+    def test_board_recent_list_says_merged(self) -> None:
+        html = render.board([], [self.merged()], {}, NOW)
+
+        assert 'merged into <a href="/incidents/keep2">keep2</a>' in html
+        assert "4m 00s" not in html  # no "lasted" for a merged incident
+
+    def test_a_resolved_incident_still_says_lasted(self, config: Config) -> None:
+        done = incident_json(status="resolved", phase="resolved", resolved_at=NOW.isoformat())
+        html = render_incident(config, done)
+
+        assert "Lasted" in html
+        assert "Merged into" not in html
+
+
+class _Nesting(HTMLParser):
+    """Fails on a `<time>` inside a `<time>`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.depth = 0
+        self.nested = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "time":
+            self.nested |= self.depth > 0
+            self.depth += 1
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "time":
+            self.depth -= 1
+
+
+def test_no_time_inside_a_time(config: Config) -> None:
+    """The timeline and rollback candidates hold one `<time>` each, not one in another."""
+    rollback = [{"at": NOW.isoformat(), "service": "postgres-payments",
+                 "relation": "root cause", "summary": "deploy", "links": []}]
+    data = incident_json()
+    html = render.incident(data, blast_radius(config.graph, data["services"]), rollback,
+                           render.started_at(data), NOW)
+    html += render.board([data], [incident_json(id="r", status="resolved",
+                                                resolved_at=NOW.isoformat())], {}, NOW)
+    parser = _Nesting()
+    parser.feed(html)
+
+    assert html.count("<time") == html.count("</time>") > 0
+    assert not parser.nested
+    assert parser.depth == 0

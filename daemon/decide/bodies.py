@@ -82,12 +82,19 @@ def title(incident: Incident, severity: str, graph_business: Sequence[str] = ())
     others = len(incident.alerts) - 1
     if others:
         text += f" and {others} more alert(s)"
+    hit = incident.impact.get("impacted_total", 0)
+    failing = incident.impact.get("failing", ())
     if not incident.mapped:
         text += " (UNMAPPED: not in any dependency map)"
-    elif incident.impact.get("impacted_total"):
+    elif hit or len(failing) > 1:
         business = ", ".join(incident.impact.get("business_services", ())) \
             or "no business service"
-        text += (f" — impacts {incident.impact['impacted_total']} service(s), tier "
+        # The failing services are not counted among those they hit: with several failing,
+        # both are said, so the count never shrinks as the fire spreads.
+        spread = [f"{len(failing)} services failing"] if len(failing) > 1 else []
+        if hit:
+            spread.append(f"impacts {hit} {'more' if spread else 'service(s)'}")
+        text += (f" — {', '.join(spread)}, tier "
                  f"{incident.impact.get('most_critical_tier')}, {business}")
     detail = record.annotations.get("summary") or record.annotations.get("description")
     if detail:

@@ -17,7 +17,6 @@ from types import MappingProxyType
 from typing import Any
 
 from daemon.alerts import Alert, Webhook
-from daemon.changes import rollback_candidates
 from daemon.config import Config
 from daemon.decide.bodies import business_summary, impact_summary, resolve_body, title, trigger_body
 from daemon.decide.model import (
@@ -48,6 +47,7 @@ from daemon.decide.model import (
     map_severity,
     trigger_priority,
 )
+from daemon.decide.rollback import rollback_candidates
 from daemon.graph import Impact, Service, ServiceGraph, higher, severity_rank
 from daemon.rules import Outcome, Subject, evaluate
 
@@ -583,14 +583,16 @@ class Work:
             replace(p, status=RESOLVED) if p.dedup_key in done else p for p in incident.pages))
 
     def rollback(self, incident: Incident) -> list[dict[str, Any]]:
-        """Recent changes on the incident's root causes and their dependencies."""
+        """Recent changes on the incident's root causes, their dependencies and its other
+        failing services."""
         if not self.state.changes:
             return []
         causes = [s for c in incident.impact.get("root_causes", ())
                   for s in c.get("services", ())] or list(incident.services)
         window = timedelta(hours=self.settings.changes_window_hours)
         return rollback_candidates(self.state.changes, causes, self.graph,
-                                   incident.started_at, self.now, window)
+                                   incident.started_at, self.now, window,
+                                   failing=incident.services)
 
     def business_update(self, incident: Incident, *, loud: bool = False) -> Incident:
         """Tell the business line where things stand: a fresh PagerDuty alert on its own

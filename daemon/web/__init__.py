@@ -84,8 +84,12 @@ async def board(request: web.Request) -> web.StreamResponse:
     try:
         current = await firehouse.store.list_incidents("open", OPEN_LIMIT)
         resolved = await firehouse.store.list_incidents("resolved", RESOLVED_SHOWN)
+        merged = await firehouse.store.list_incidents("merged", RESOLVED_SHOWN)
     except StoreError:
         return _unavailable()
+    # The recently closed, resolved or merged into another, newest first as the store lists.
+    resolved = sorted([*resolved, *merged], key=lambda i: str(i["opened_at"]),
+                      reverse=True)[:RESOLVED_SHOWN]
     # When each fire started (its earliest alert) is known to the engine's state; the
     # list does not carry the alerts.
     started = {i: found.started_at for i, found in firehouse.dispatcher.state.open.items()}
@@ -168,7 +172,7 @@ def _rollback(firehouse: Firehouse, data: dict[str, Any], start: datetime, now: 
     window = timedelta(hours=firehouse.config.settings.changes_window_hours)
     return rollback_candidates(firehouse.dispatcher.state.changes,
                                causes or data.get("services", ()), firehouse.config.graph,
-                               start, until, window)
+                               start, until, window, failing=data.get("services", ()))
 
 
 def _page(request: web.Request, title: str, fragment: str, current: str) -> web.Response:

@@ -12,15 +12,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from html import escape
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from daemon.graph import DEGRADED, DOWN, SEVERITIES
 from daemon.web.blast import FAILING, HEALTHY, ROOT, Picture, edge_swatch, svg
 from daemon.web.blast import swatch as state_swatch
 
+# A page's status once a responder resolved it in PagerDuty (daemon.decide.model).
+RESOLVED_IN_PAGERDUTY = "resolved in PagerDuty"
 BOARD, BUSINESS, INCIDENT = "board", "business", "incident"
 _NAV = ((BOARD, "/", "Board"), (BUSINESS, "/business", "Business"))
 _ROLE_NAMES = {"technical_lead": "technical lead", "service_lead": "service lead",
@@ -127,7 +129,8 @@ def _card(incident: Mapping[str, Any], start: datetime, now: datetime) -> str:
 
 
 def _resolved_table(resolved: Sequence[Mapping[str, Any]], now: datetime) -> str:
-    head = '<section aria-labelledby="resolved-h"><h2 id="resolved-h">Recently resolved</h2>'
+    head = ('<section aria-labelledby="resolved-h"><h2 id="resolved-h">Recently resolved'
+            "</h2>")
     if not resolved:
         return head + '<p class="quiet">Nothing resolved recently.</p></section>'
     rows = []
@@ -135,11 +138,15 @@ def _resolved_table(resolved: Sequence[Mapping[str, Any]], now: datetime) -> str
         opened = _need_time(item["opened_at"])
         closed = parse_time(item.get("resolved_at")) or opened
         ident = escape(str(item["id"]))
+        merged = _merged_into(item)
+        # A merged incident was not resolved: its alerts live on in the other one.
+        ended = (f'<span class="merged-into">merged into {_incident_link(merged)}</span>'
+                 if merged is not None else _time(closed, now))
         rows.append(
             f'<tr data-incident="{ident}"><td>{_severity(str(item["severity"]))}</td>'
             f'<td><a href="/incidents/{ident}">{escape(_what(item))}</a></td>'
-            f"<td>{_time(opened, now)}</td><td>{_time(closed, now)}</td>"
-            f"<td>{_span(closed - opened)}</td></tr>")
+            f"<td>{_time(opened, now)}</td><td>{ended}</td>"
+            f"<td>{'' if merged is not None else _span(closed - opened)}</td></tr>")
     return (head + '<div class="scroll"><table class="resolved"><thead><tr>'
             '<th scope="col">Severity</th><th scope="col">What</th><th scope="col">Opened</th>'
             '<th scope="col">Resolved</th><th scope="col">Lasted</th></tr></thead>'
@@ -160,13 +167,18 @@ def incident(data: Mapping[str, Any], picture: Picture | None,
     timeline."""
     severity = str(data["severity"])
     is_open = data.get("status") == "open"
-    facts = [_fact("Burning for" if is_open else "Lasted",
-                   (_since(start, now) if is_open else
-                    _span((parse_time(data.get("resolved_at")) or now) - start))
-                   + f" <small>since {_time(start, now)}</small>", "clock")]
-    if is_open:
-        facts.append(_fact("Next deadline", _deadline(data, now)))
+    merged = _merged_into(data)
+    if merged is not None:
+        # Not resolved: its alerts live on in the incident it was merged into.
+        facts = [_fact("Opened", _time(start, now), "clock")]
     else:
+        facts = [_fact("Burning for" if is_open else "Lasted",
+                       (_since(start, now) if is_open else
+                        _span((parse_time(data.get("resolved_at")) or now) - start))
+                       + f" <small>since {_time(start, now)}</small>", "clock")]
+    if merged is None and is_open:
+        facts.append(_fact("Next deadline", _deadline(data, now)))
+    elif merged is None:
         facts.append(_fact("Resolved", _time(parse_time(data.get("resolved_at")) or now, now)))
     facts.append(_fact("Probable root cause", _roots(data)))
     external = _link(str(data.get("external_url") or ""), "Open in Alertmanager")
@@ -174,7 +186,9 @@ def incident(data: Mapping[str, Any], picture: Picture | None,
         '<nav class="crumbs" aria-label="Back"><a href="/">← Board</a></nav>'
         f'<header class="incident-head sev-{_token(severity)}">'
         f'<p class="badges">{_badges(data)}</p><h1>{escape(_what(data))}</h1>'
-        f'<p class="title">{escape(str(data.get("title", "")))}</p>'
+        + (f'<p class="merged-into"><strong>Merged into incident {_incident_link(merged)}'
+           "</strong></p>" if merged is not None else "")
+        + f'<p class="title">{escape(str(data.get("title", "")))}</p>'
         f'<dl class="facts">{"".join(facts)}</dl>'
         + (f'<p class="links">{external}</p>' if external else "") + "</header>"
     )
@@ -250,8 +264,7 @@ def _rollback_section(rollback: Sequence[Mapping[str, Any]], now: datetime) -> s
         flag = ('<strong class="flag">last change before the incident started</strong> '
                 if change.get("last_before_incident") else "")
         items.append(
-            f'<li class="change">{flag}<time datetime="{escape(str(change["at"]))}">'
-            f"{_time(parse_time(change['at']), now)}</time> "
+            f'<li class="change">{flag}{_time(parse_time(change["at"]), now)} '
             f"<b>{escape(str(change['service']))}</b> "
             f"<small>({escape(str(change.get('relation', '')))})</small>: "
             f"{escape(str(change.get('summary', '')))}"
@@ -292,8 +305,8 @@ def _timeline_section(data: Mapping[str, Any], now: datetime) -> str:
     entries = data.get("timeline", ())
     items = "".join(
         f'<li class="entry entry-{_token(str(e.get("kind", "")))}">'
-        f'<time datetime="{escape(str(e["at"]))}">{_time(parse_time(e["at"]), now, seconds=True)}'
-        f'</time> <span class="kind">{escape(str(e.get("kind", "")))}</span> '
+        f'{_time(parse_time(e["at"]), now, seconds=True)} '
+        f'<span class="kind">{escape(str(e.get("kind", "")))}</span> '
         f'<span class="text">{escape(str(e.get("message", "")))}</span></li>'
         for e in reversed(entries))
     return ('<section aria-labelledby="timeline-h"><h2 id="timeline-h">Timeline '
@@ -412,18 +425,60 @@ def _roots(data: Mapping[str, Any]) -> str:
 
 
 def _pages_list(pages: Iterable[Mapping[str, Any]]) -> str:
+    """One line per target and role set: an incident holds several pages per target after
+    merges, severity rises and missed deadlines (the incident page lists them all)."""
     pages = list(pages)
-    current = [p for p in pages if p.get("status") != "resolved"] or pages
-    if not current:
+    # Pages Firehouse resolved itself (a superseded business update) are history.
+    pages = [p for p in pages if p.get("status") != "resolved"] or pages
+    if not pages:
         return "nobody"
-    acked = sum(1 for p in current if p.get("status") == "acknowledged")
-    dead = sum(1 for p in current if _delivery(p) == "dead")
+    groups: dict[tuple[str, tuple[str, ...]], list[Mapping[str, Any]]] = {}
+    for page in pages:
+        key = (str(page["target"]), tuple(str(r) for r in page.get("roles", ())))
+        groups.setdefault(key, []).append(page)
+    lines = []
+    acked = dead = 0
+    for (target, roles), group in groups.items():
+        newest = _newest(group)
+        answered = _answered(group)
+        if answered is not None:
+            acked += 1
+        elif _delivery(newest) == "dead":
+            dead += 1
+        shown = answered or newest
+        status = str(shown.get("status", ""))
+        state = _ack(shown)
+        more = f" <small>({len(group)} pages)</small>" if len(group) > 1 else ""
+        lines.append(
+            f'<li class="page page-{_token(status)}">{state} '
+            f"{escape(_roles(roles))} <small>{escape(target)}</small> "
+            f"{_severity(str(newest.get('severity', '')))}{more}</li>")
     lost = f' <span class="ack dead">{dead} not delivered</span>' if dead else ""
-    return (f'<p class="ack-count">{acked} of {len(current)} acknowledged{lost}</p>'
-            '<ul class="paged">') + "".join(
-        f'<li class="page page-{_token(str(p.get("status", "")))}">{_ack(p)} '
-        f"{escape(_roles(p.get('roles', ())))} <small>{escape(str(p['target']))}</small></li>"
-        for p in current) + "</ul>"
+    noun = "target" if len(groups) == 1 else "targets"
+    return (f'<p class="ack-count">{acked} of {len(groups)} {noun} acknowledged{lost}</p>'
+            f'<ul class="paged">{"".join(lines)}</ul>')
+
+
+def _newest(group: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
+    """The latest page of a target (the last listed among equal or missing times)."""
+    floor = datetime.min.isoformat()
+    order = max(range(len(group)),
+                key=lambda i: (_sortable_time(group[i].get("at")) or floor, i))
+    return group[order]
+
+
+def _sortable_time(value: Any) -> str | None:
+    found = parse_time(value)
+    return found.astimezone(UTC).replace(tzinfo=None).isoformat() if found else None
+
+
+def _answered(group: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """A page of the target someone acknowledged, else one resolved in PagerDuty."""
+    for status in ("acknowledged", RESOLVED_IN_PAGERDUTY):
+        found = [p for p in group if p.get("status") == status]
+        if found:
+            return _newest(found)
+    return None
 
 
 def _delivery(page: Mapping[str, Any]) -> str:
@@ -440,6 +495,10 @@ def _ack(page: Mapping[str, Any]) -> str:
     error = str(delivery.get("last_error") or "")
     if delivery.get("last_status"):
         error += f" (HTTP {int(delivery['last_status'])})"
+    if status == RESOLVED_IN_PAGERDUTY:
+        who = page.get("acknowledged_by")
+        return ('<span class="ack yes">✔ resolved in PagerDuty</span>'
+                + (f" <small>by {escape(str(who))}</small>" if who else ""))
     if status == "acknowledged":
         who = page.get("acknowledged_by")
         return ('<span class="ack yes">✔ acknowledged</span>'
@@ -457,6 +516,19 @@ def _ack(page: Mapping[str, Any]) -> str:
         dry = " <small>(dry-run: logged, not sent)</small>" if state == "dry_run" else ""
         return f'<span class="ack no">✖ not acknowledged</span>{dry}'
     return f'<span class="ack done">{escape(status)}</span>'
+
+
+def _merged_into(data: Mapping[str, Any]) -> str | None:
+    """The id of the incident a merged incident was merged into; None when not merged."""
+    if data.get("status") != "merged":
+        return None
+    return str(data.get("merged_into") or "")
+
+
+def _incident_link(ident: str) -> str:
+    if not ident:
+        return "another incident"
+    return f'<a href="/incidents/{escape(quote(ident, safe=""))}">{escape(ident)}</a>'
 
 
 def _badges(data: Mapping[str, Any]) -> str:

@@ -70,7 +70,7 @@ async def one_run(workdir: Path, maps: Path, args: argparse.Namespace) -> dict[s
     config = load_config(settings, env)
     store = SqliteStore(config.settings.state)
     await store.open()
-    dispatcher = Dispatcher(store, config, Metrics(), utcnow, lambda: None)
+    dispatcher = Dispatcher(store, config, Metrics(), utcnow, lambda _: None)
     await dispatcher.load()
     nonce = f"{os.getpid() % 65536:04x}"
     starts_at = rfc3339(time.time() - 60)

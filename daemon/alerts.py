@@ -107,14 +107,27 @@ def parse_time(text: str) -> datetime | None:
     return parsed.astimezone(UTC)
 
 
-def parse_body(body: bytes) -> Webhook:
-    """Decode and parse a webhook body; raises `PayloadError` naming what is wrong."""
+def decode_json(body: bytes) -> Any:
+    """A request body decoded as JSON; raises `PayloadError` saying why it is not."""
     try:
-        data = json.loads(body)
+        return json.loads(body)
     except (ValueError, RecursionError) as exc:
         # ValueError covers JSONDecodeError, UnicodeDecodeError and integers longer than
         # Python's digit limit; RecursionError is a body nested too deeply to decode.
         raise PayloadError(f"body is not valid JSON: {exc}") from exc
+
+
+def json_object(body: bytes) -> dict[str, Any]:
+    """A request body that must be one JSON object; raises `PayloadError` otherwise."""
+    data = decode_json(body)
+    if not isinstance(data, dict):
+        raise PayloadError(f"body must be a JSON object, got {kind(data)}")
+    return data
+
+
+def parse_body(body: bytes) -> Webhook:
+    """Decode and parse a webhook body; raises `PayloadError` naming what is wrong."""
+    data = decode_json(body)
     # json also decodes UTF-16 and UTF-32 bodies, where the byte pattern does not apply.
     if not json.detect_encoding(body).startswith("utf-8") or _SURROGATE_IN_BODY.search(body):
         data = _without_lone_surrogates(data)
@@ -158,12 +171,12 @@ def _repair(text: str) -> str:
 def parse_webhook(data: Any) -> Webhook:
     """Turn decoded webhook JSON into a `Webhook`; raises `PayloadError` naming the field."""
     if not isinstance(data, dict):
-        raise PayloadError(f"body must be a JSON object, got {_kind(data)}")
+        raise PayloadError(f"body must be a JSON object, got {kind(data)}")
     raw_alerts = data.get("alerts")
     if raw_alerts is None:
         raise PayloadError("field 'alerts' is missing")
     if not isinstance(raw_alerts, list):
-        raise PayloadError(f"field 'alerts' must be a list, got {_kind(raw_alerts)}")
+        raise PayloadError(f"field 'alerts' must be a list, got {kind(raw_alerts)}")
     truncated = data.get("truncatedAlerts", 0)
     if truncated is None:
         truncated = 0
@@ -194,14 +207,14 @@ def parse_webhook(data: Any) -> Webhook:
 def parse_alert(raw: Any) -> Alert:
     """Parse one alert object; raises `PayloadError` naming the bad field."""
     if not isinstance(raw, dict):
-        raise PayloadError(f"must be an object, got {_kind(raw)}")
+        raise PayloadError(f"must be an object, got {kind(raw)}")
     status = raw.get("status")
     if status not in (FIRING, RESOLVED):
         raise PayloadError(f"field 'status' must be 'firing' or 'resolved', got {status!r:.60}")
     labels = _labels(raw, "labels")
     fp = raw.get("fingerprint")
     if fp is not None and not isinstance(fp, str):
-        raise PayloadError(f"field 'fingerprint' must be a string, got {_kind(fp)}")
+        raise PayloadError(f"field 'fingerprint' must be a string, got {kind(fp)}")
     return Alert(
         status=status,
         labels=labels,
@@ -213,7 +226,8 @@ def parse_alert(raw: Any) -> Alert:
     )
 
 
-def _kind(value: Any) -> str:
+def kind(value: Any) -> str:
+    """How an error message names the JSON type of a value."""
     return "null" if value is None else type(value).__name__
 
 
@@ -225,7 +239,7 @@ def _text(obj: dict[str, Any], key: str) -> str:
         # Old senders (webhook version 3) send e.g. a numeric groupKey.
         return str(value)
     if not isinstance(value, str):
-        raise PayloadError(f"field {key!r} must be a string, got {_kind(value)}")
+        raise PayloadError(f"field {key!r} must be a string, got {kind(value)}")
     return value
 
 
@@ -234,10 +248,10 @@ def _labels(obj: dict[str, Any], key: str) -> Labels:
     if value is None:
         return _EMPTY
     if not isinstance(value, dict):
-        raise PayloadError(f"field {key!r} must be an object of strings, got {_kind(value)}")
+        raise PayloadError(f"field {key!r} must be an object of strings, got {kind(value)}")
     for name, item in value.items():
         if not isinstance(item, str):
-            raise PayloadError(f"field {key}.{name!s:.60} must be a string, got {_kind(item)}")
+            raise PayloadError(f"field {key}.{name!s:.60} must be a string, got {kind(item)}")
     return MappingProxyType(dict(value))
 
 
@@ -246,7 +260,7 @@ def _time(obj: dict[str, Any], key: str) -> datetime | None:
     if value is None or value == "":
         return None
     if not isinstance(value, str):
-        raise PayloadError(f"field {key!r} must be an RFC 3339 string, got {_kind(value)}")
+        raise PayloadError(f"field {key!r} must be an RFC 3339 string, got {kind(value)}")
     try:
         return parse_time(value)
     except (ValueError, OverflowError) as exc:

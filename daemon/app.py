@@ -18,6 +18,7 @@ from aiohttp import web
 
 from daemon.clock import Timekeeper
 from daemon.config import Config, load_config
+from daemon.decide import Decision
 from daemon.dispatch import Dispatcher
 from daemon.errors import ConfigError
 from daemon.metrics import Metrics
@@ -59,14 +60,14 @@ class Firehouse:
         self._reloads: set[asyncio.Task[None]] = set()
         self.runner: web.AppRunner | None = None
         # The engine's `now`: a test may drive it (the workers' own pacing stays real).
-        self.dispatcher = Dispatcher(self.store, config, self.metrics, clock, self._wake)
+        self.dispatcher = Dispatcher(self.store, config, self.metrics, clock, self._committed)
         self.port = 0
 
-    def _wake(self) -> None:
-        if self.deliverer is not None:
+    def _committed(self, decision: Decision) -> None:
+        if self.deliverer is not None and decision.events:
             self.deliverer.wake()
         if self.timekeeper is not None:
-            self.timekeeper.wake()
+            self.timekeeper.consider(decision.incidents)
 
     async def reload(self, trigger: str) -> Config:
         """Build and validate the new configuration completely, then swap it in.

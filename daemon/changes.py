@@ -21,7 +21,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from daemon.alerts import parse_time
+from daemon.alerts import json_object, kind, parse_time
 from daemon.config import Config
 from daemon.decide.model import (
     SUMMARY_LIMIT,
@@ -61,13 +61,7 @@ _SHOWN = 60
 
 def parse_change(body: bytes, graph: ServiceGraph, now: datetime) -> Change:
     """Parse a change posted by a deploy tool; raises `PayloadError` naming every bad field."""
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError) as exc:
-        raise PayloadError(f"body is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise PayloadError(f"body must be a JSON object, got {_kind(data)}")
-    return _Parser(data, graph, now).change()
+    return _Parser(json_object(body), graph, now).change()
 
 
 class _Parser:
@@ -133,7 +127,7 @@ class _Parser:
                 self._bad(field, "is missing")
             return ""
         if not isinstance(value, str):
-            self._bad(field, f"must be a string, got {_kind(value)}")
+            self._bad(field, f"must be a string, got {kind(value)}")
             return ""
         problem = _text_problem(value, limit, nonempty=required or nonempty,
                                 multiline=multiline)
@@ -147,7 +141,7 @@ class _Parser:
         if value is None:
             return self.now
         if not isinstance(value, str):
-            self._bad("'timestamp'", f"must be an RFC 3339 string, got {_kind(value)}")
+            self._bad("'timestamp'", f"must be an RFC 3339 string, got {kind(value)}")
             return None
         try:
             at = parse_time(value) if _RFC3339.match(value) else None
@@ -168,7 +162,7 @@ class _Parser:
         if value is None:
             return ()
         if not isinstance(value, list):
-            self._bad("'links'", f"must be a list of {{href, text}} objects, got {_kind(value)}")
+            self._bad("'links'", f"must be a list of {{href, text}} objects, got {kind(value)}")
             return ()
         if len(value) > LINKS_LIMIT:
             self._bad("'links'", f"has {len(value)} links, more than {LINKS_LIMIT}")
@@ -178,7 +172,7 @@ class _Parser:
             field = f"links[{index}]"
             if not isinstance(item, dict):
                 self._bad(f"'{field}'", f"must be an object with href and text, got "
-                          f"{_kind(item)}")
+                          f"{kind(item)}")
                 continue
             for key in item:
                 if key not in _LINK_FIELDS:
@@ -208,10 +202,6 @@ def _text_problem(value: str, limit: int, *, nonempty: bool, multiline: bool) ->
     if not multiline and _CONTROL.search(value):
         return f"must be one line without control characters: {_shown(value)}"
     return None
-
-
-def _kind(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
 
 
 def _shown(value: str) -> str:

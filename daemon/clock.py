@@ -2,18 +2,20 @@
 
 Deadlines live on the incidents in the store, so they survive restarts; each fires once
 because the engine records it as fired in the same decision that pages. The worker sleeps
-until the earliest deadline, or until a commit or a reload may have brought an earlier one.
+until the earliest deadline it knows. A commit tells it the deadlines of the incidents it
+changed (what the decision changed, not a scan of every open incident on the webhook
+path); every open incident is scanned only when something fell due, on a reload, and
+every MAX_SLEEP at most.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 
-from daemon.decide import next_deadline, tick
+from daemon.decide import Incident, earliest_deadline, next_deadline, tick
 from daemon.dispatch import Dispatcher
 from daemon.errors import StoreError
 from daemon.metrics import Metrics
@@ -37,10 +39,23 @@ class Timekeeper:
         self.clock = clock
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
+        # The earliest deadline known, and whether every open incident must be looked at.
+        self._next: datetime | None = None
+        self._rescan = True
 
     def wake(self) -> None:
-        """Look at the deadlines again (after a commit or a reload)."""
+        """Look at every open incident's deadlines again (a reload, a clock moved by hand)."""
+        self._rescan = True
         self._wake.set()
+
+    def consider(self, incidents: Iterable[Incident]) -> None:
+        """After a commit: wake earlier if the incidents it changed owe something earlier.
+        A deadline that moved later (an acknowledgement) only makes a wake-up find nothing
+        due, and rescan."""
+        due = earliest_deadline(self.dispatcher.config, incidents)
+        if due is not None and (self._next is None or due < self._next):
+            self._next = due
+            self._wake.set()
 
     def stop(self) -> None:
         """Ask the loop to return."""
@@ -64,12 +79,18 @@ class Timekeeper:
             if self._stop.is_set():
                 return
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(self._wake.wait(), max(delay, 0.0))
+            except TimeoutError:
+                # A deadline's time, or the safety net: look at everything.
+                self._rescan = True
 
     async def step(self) -> float:
         """Tick if something is due; how long to sleep until the next deadline."""
-        due = next_deadline(self.dispatcher.config, self.dispatcher.state)
+        if self._rescan:
+            self._rescan = False
+            self._next = next_deadline(self.dispatcher.config, self.dispatcher.state)
+        due = self._next
         if due is not None and due <= self.clock():
             decision = await self.dispatcher.run(tick)
             if decision.timeline:
@@ -78,7 +99,7 @@ class Timekeeper:
                     log.info("clock: %s", note.message,
                              extra={"fields": {"incident": note.incident_id,
                                                "kind": note.kind}})
-            due = next_deadline(self.dispatcher.config, self.dispatcher.state)
+            due = self._next = next_deadline(self.dispatcher.config, self.dispatcher.state)
             if due is not None and due <= self.clock():
                 log.error("clock: a deadline at %s is still due after a tick", due.isoformat())
                 return RETRY_AFTER

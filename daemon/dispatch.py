@@ -44,7 +44,7 @@ class Dispatcher:
     """Serialises decisions, commits them, and wakes the outbox worker."""
 
     def __init__(self, store: Store, config: Config, metrics: Metrics,
-                 clock: Callable[[], datetime], on_commit: Callable[[], None]) -> None:
+                 clock: Callable[[], datetime], on_commit: Callable[[Decision], None]) -> None:
         self.store = store
         self.config = config
         self.metrics = metrics
@@ -131,7 +131,7 @@ class Dispatcher:
             finally:
                 await self._settle()
             if decision.events or decision.incidents:
-                self.on_commit()
+                self.on_commit(decision)
         self._count(decision)
         return decision
 

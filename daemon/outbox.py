@@ -48,6 +48,22 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+async def every(interval: Callable[[], float], round_: Callable[[], Awaitable[object]],
+                stop: asyncio.Event, failed: Callable[[], None]) -> None:
+    """The loop of a periodic worker: a round every `interval()` seconds (asked each time: a
+    reload may change it) until `stop` is set. A round that raises is reported by `failed`,
+    called inside the handler so that it may log the exception, and the loop goes on."""
+    while not stop.is_set():
+        try:
+            await round_()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            failed()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval())
+
+
 def backoff(attempts: int, base: float, cap: float, rng: random.Random) -> float:
     """Seconds to wait before attempt `attempts + 1`: exponential, capped, jittered by half."""
     ceiling = min(cap, base * (2 ** min(attempts, 30)))
@@ -399,15 +415,8 @@ class Housekeeper:
 
     async def run(self) -> None:
         """Check every `interval` seconds until stopped; errors are logged, never fatal."""
-        while not self._stop.is_set():
-            try:
-                await self.check()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("outbox housekeeping failed; trying again later")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.interval)
+        await every(lambda: self.interval, self.check, self._stop, lambda: log.exception(
+            "outbox housekeeping failed; trying again later"))
 
     async def check(self) -> None:
         """One round: count and log overdue events, then delete what is past keeping."""

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from daemon.alerts import parse_time
+from daemon.alerts import json_object, kind, parse_time
 from daemon.decide import PagerDutyUpdate
 from daemon.errors import PayloadError
 
@@ -64,12 +63,7 @@ def verify(body: bytes, header: str | None, secrets: Sequence[str]) -> bool:
 def parse(body: bytes) -> PagerDutyUpdate | None:
     """The update a webhook body carries, or None for an event type Firehouse does not act
     on; raises `PayloadError` naming the field when the body is malformed."""
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError) as exc:
-        raise PayloadError(f"body is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise PayloadError(f"body must be a JSON object, got {_kind(data)}")
+    data = json_object(body)
     event = _object(data, "event", "event")
     event_type = _string(event, "event_type", "event.event_type")
     if event_type not in HANDLED_EVENT_TYPES:
@@ -93,7 +87,7 @@ def _detail(event_type: str, incident: dict[str, Any]) -> str:
         assignees = incident.get("assignees")
         if assignees is not None and not isinstance(assignees, list):
             raise PayloadError(f"field 'event.data.assignees' must be a list, got "
-                               f"{_kind(assignees)}")
+                               f"{kind(assignees)}")
         names = [_reference_name(a, f"event.data.assignees[{i}]")
                  for i, a in enumerate(assignees or [])]
         detail = "assigned to " + (", ".join(n for n in names if n) or "nobody")
@@ -120,7 +114,7 @@ def _reference_name(value: Any, path: str) -> str:
     if value is None:
         return ""
     if not isinstance(value, dict):
-        raise PayloadError(f"field {path!r} must be an object or null, got {_kind(value)}")
+        raise PayloadError(f"field {path!r} must be an object or null, got {kind(value)}")
     return (_optional_string(value, "summary", f"{path}.summary")
             or _optional_string(value, "id", f"{path}.id"))
 
@@ -130,7 +124,7 @@ def _object(obj: dict[str, Any], key: str, path: str) -> dict[str, Any]:
     if value is None:
         raise PayloadError(f"field {path!r} is missing")
     if not isinstance(value, dict):
-        raise PayloadError(f"field {path!r} must be an object, got {_kind(value)}")
+        raise PayloadError(f"field {path!r} must be an object, got {kind(value)}")
     return value
 
 
@@ -146,7 +140,7 @@ def _optional_string(obj: dict[str, Any], key: str, path: str) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise PayloadError(f"field {path!r} must be a string, got {_kind(value)}")
+        raise PayloadError(f"field {path!r} must be a string, got {kind(value)}")
     # A lone surrogate (a `\ud800` escape) is valid JSON but cannot be stored as UTF-8:
     # replaced by U+FFFD, as daemon.alerts does.
     return value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
@@ -164,5 +158,3 @@ def _time(obj: dict[str, Any], key: str, path: str) -> datetime:
     return parsed
 
 
-def _kind(value: Any) -> str:
-    return "null" if value is None else type(value).__name__

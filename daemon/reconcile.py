@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -26,7 +25,7 @@ from daemon.config import Config, Settings
 from daemon.decide import RESOLVED, Decision, State, reconcile, stale_fingerprints
 from daemon.errors import ReconcileError
 from daemon.metrics import Metrics
-from daemon.outbox import Clock, utcnow
+from daemon.outbox import Clock, every, utcnow
 
 log = logging.getLogger("firehouse.reconcile")
 
@@ -183,18 +182,12 @@ class Reconciler:
 
     async def run(self) -> None:
         """Check until stopped; a failed round is logged and counted, never fatal."""
-        while not self._stop.is_set():
-            try:
-                await self.check()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                self.metrics.stale_checks.labels(ERROR).inc()
-                log.exception("stale check failed; trying again later")
-            # Read every round: a reload may change it.
-            interval = self.dispatcher.config.settings.stale_check_interval
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), interval)
+        def failed() -> None:
+            self.metrics.stale_checks.labels(ERROR).inc()
+            log.exception("stale check failed; trying again later")
+
+        await every(lambda: self.dispatcher.config.settings.stale_check_interval, self.check,
+                    self._stop, failed)
 
     async def check(self) -> str | None:
         """One round; returns its outcome, or None when no alert was stale (or the worker was

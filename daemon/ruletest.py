@@ -23,7 +23,7 @@ from typing import Any
 
 from daemon.alerts import FIRING, RESOLVED, Webhook, parse_time, parse_webhook
 from daemon.config import Config
-from daemon.decide import RESOLVE, TRIGGER, Decision, State, apply, decide, tick
+from daemon.decide import RESOLVE, TRIGGER, Decision, State, apply, decide, tick, zulu
 from daemon.errors import Problem, did_you_mean
 from daemon.graph import OWNER_ROLES, SEVERITIES
 from daemon.rules import (
@@ -569,7 +569,7 @@ def format_report(results: Sequence[RuleTestResult]) -> list[str]:
                 continue
             indent = "      "
             if len(test.steps) > 1:
-                at = report.step.at.isoformat().replace("+00:00", "Z")
+                at = zulu(report.step.at)
                 lines.append(f"      step {report.index + 1} at {at} (line {report.step.line})")
                 indent = "        "
             lines.extend(indent + line for line in (*report.differences, *report.handled))

@@ -54,7 +54,7 @@ class TestDispatcher:
         self, store: GatedStore, config: Config
     ) -> None:
         """After a failed commit the engine forgets that decision, so Alertmanager's retry pages."""
-        dispatcher = Dispatcher(store, config, Metrics(), lambda: NOW, lambda: None)
+        dispatcher = Dispatcher(store, config, Metrics(), lambda: NOW, lambda _: None)
         store.failing.add("PaymentsDown")
 
         with pytest.raises(StoreError):
@@ -70,7 +70,7 @@ class TestDispatcher:
         self, store: GatedStore, config: Config
     ) -> None:
         """A failed commit does not make the engine forget another decision committed meanwhile."""
-        dispatcher = Dispatcher(store, config, Metrics(), lambda: NOW, lambda: None)
+        dispatcher = Dispatcher(store, config, Metrics(), lambda: NOW, lambda _: None)
         store.gates = {"CartDown": asyncio.Event(), "OrdersDown": asyncio.Event()}
         store.failing.add("CartDown")
         cart = webhook(on("cart", "CartDown"))
@@ -98,7 +98,7 @@ class TestDispatcher:
         from datetime import timedelta  # noqa: PLC0415
 
         now = [NOW]
-        dispatcher = Dispatcher(store, config, Metrics(), lambda: now[0], lambda: None)
+        dispatcher = Dispatcher(store, config, Metrics(), lambda: now[0], lambda _: None)
         for n in range(5):
             await dispatcher.handle(webhook(resolved_alert(f"Gone{n}")))
         assert len(dispatcher.state.resolved) == 5
@@ -117,7 +117,7 @@ class TestTruncationMetric:
     ) -> None:
         """Each event cut to fit PagerDuty counts once per part cut; an uncut one not at all."""
         metrics = Metrics()
-        dispatcher = Dispatcher(store, config, metrics, lambda: NOW, lambda: None)
+        dispatcher = Dispatcher(store, config, metrics, lambda: NOW, lambda _: None)
         huge = alert({"alertname": "HugeAnn", "service": "checkout", "severity": "warning"},
                      annotations={"description": "trace\n" * 120_000, "summary": "x" * 2000})
 

@@ -15,6 +15,7 @@ from daemon.decide import (
     MERGED,
     RESOLVE,
     TRIGGER,
+    Change,
     Decision,
     Incident,
     OutboundEvent,
@@ -542,3 +543,24 @@ class TestRepeats:
                      for fp, a in incident.alerts.items()}
         assert changed == dataclasses.replace(incident, alerts=unchanged)
         assert len(first.events) == 5
+
+
+class TestRollbackCandidates:
+    def test_every_technical_page_carries_the_recent_changes(self, config: Config) -> None:
+        """A change on the failing database before the fire rides on every technical
+        trigger as the last known stable point; the summary pages carry none."""
+        change = Change(id="db-1", service="postgres-payments", summary="raise max_wal_size",
+                        at=STARTED - timedelta(minutes=8), who="dba")
+        state = State(changes=(change,))
+
+        decision, _ = run(config, state, payments_lag())
+
+        details = {e.target: e.body["payload"]["custom_details"]
+                   for e in decision.events if e.action == TRIGGER}
+        assert set(details) == {"dba-oncall", "checkout-owner", "command-center",
+                                "business-line"}
+        for target in ("dba-oncall", "checkout-owner", "command-center"):
+            (candidate,) = details[target]["rollback_candidates"]
+            assert (candidate["id"], candidate["relation"], candidate["last_before_incident"]
+                    ) == ("db-1", "root cause", True)
+        assert "rollback_candidates" not in details["business-line"]

@@ -19,6 +19,7 @@ from daemon.decide import (
     State,
     apply,
     decide,
+    earliest_deadline,
     next_deadline,
     on_pagerduty,
     reconcile,
@@ -294,3 +295,16 @@ class TestRepeatedInOnePayload:
         (incident,) = decision.incidents
         assert incident.title.startswith("[CRITICAL] PostgresReplicationLag")
         assert len([e for e in decision.events if e.action == "trigger"]) == 4
+
+
+class TestEarliestDeadline:
+    def test_only_the_given_open_incidents_count(self, config: Config) -> None:
+        """The earliest deadline of some incidents (what the clock learns after a commit):
+        an open one owes its acknowledgement; the same incident closed owes nothing."""
+        state, incident = opened(config)
+
+        assert earliest_deadline(config, [incident]) == NOW + ACK_WITHIN
+        assert earliest_deadline(config, [incident]) == next_deadline(config, state)
+        closed = dataclasses.replace(incident, status=RESOLVED)
+        assert earliest_deadline(config, [closed]) is None
+        assert earliest_deadline(config, []) is None

@@ -46,6 +46,7 @@ from daemon.decide.model import (
     locate,
     map_severity,
     trigger_priority,
+    zulu,
 )
 from daemon.decide.rollback import rollback_candidates
 from daemon.graph import Impact, Service, ServiceGraph, higher, severity_rank
@@ -176,6 +177,8 @@ class Work:
         self.resolutions: dict[str, datetime | None] = {}
         # Incident -> fingerprints to (re-)assess at the end of the decision.
         self.touched: dict[str, set[str]] = {}
+        self._rollback: dict[tuple[str, tuple[str, ...], tuple[str, ...]],
+                             list[dict[str, Any]]] = {}
         # Incidents whose last business update no longer says where things stand: it said
         # "Recovering" and an alert fired again, or it was about one of two merged fires.
         self.business_stale: set[str] = set()
@@ -587,12 +590,17 @@ class Work:
         failing services."""
         if not self.state.changes:
             return []
-        causes = [s for c in incident.impact.get("root_causes", ())
-                  for s in c.get("services", ())] or list(incident.services)
-        window = timedelta(hours=self.settings.changes_window_hours)
-        return rollback_candidates(self.state.changes, causes, self.graph,
-                                   incident.started_at, self.now, window,
-                                   failing=incident.services)
+        causes = tuple(s for c in incident.impact.get("root_causes", ())
+                       for s in c.get("services", ())) or incident.services
+        # The same for every page an incident sends in this step: walked once.
+        key = (incident.id, causes, incident.services)
+        found = self._rollback.get(key)
+        if found is None:
+            window = timedelta(hours=self.settings.changes_window_hours)
+            found = self._rollback[key] = rollback_candidates(
+                self.state.changes, causes, self.graph, incident.started_at, self.now, window,
+                failing=incident.services)
+        return found
 
     def business_update(self, incident: Incident, *, loud: bool = False) -> Incident:
         """Tell the business line where things stand: a fresh PagerDuty alert on its own
@@ -681,7 +689,7 @@ class Work:
             return
         self.put(replace(incident, quiet_since=self.now))
         self.note(incident, "quiet", "all alerts resolved; the incident resolves at "
-                  f"{_at(self.now + timedelta(seconds=damping))} unless one fires again")
+                  f"{zulu(self.now + timedelta(seconds=damping))} unless one fires again")
         if any(p.reason == BUSINESS_UPDATE for p in incident.pages):
             self.business_update(self.incident(incident.id))
 
@@ -742,10 +750,6 @@ class _Assessment:
         roles = [r for r in outcome.roles if r != BUSINESS_LINE]
         for target, held in work.resolve_roles(roles, service, impact).items():
             self._add(target, held)
-
-
-def _at(value: datetime) -> str:
-    return value.isoformat().replace("+00:00", "Z")
 
 
 def _growth(before: Any, after: Any) -> list[str]:

@@ -155,10 +155,10 @@ class Deadlines:
         """One line for the timeline and `firehouse explain`; "" when there is nothing."""
         parts = []
         if self.ack_by is not None:
-            parts.append(f"ack by {_time(self.ack_by)} "
+            parts.append(f"ack by {zulu(self.ack_by)} "
                          f"({format_duration(self.ack_by - opened_at)})")
         if self.resolve_by is not None:
-            parts.append(f"resolve by {_time(self.resolve_by)} "
+            parts.append(f"resolve by {zulu(self.resolve_by)} "
                          f"({format_duration(self.resolve_by - opened_at)})")
         if self.escalate_to:
             parts.append(f"if missed escalate to {', '.join(self.escalate_to)}")
@@ -206,7 +206,8 @@ def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:
     return min(a, b)
 
 
-def _time(value: datetime) -> str:
+def zulu(value: datetime) -> str:
+    """A UTC time as the timeline and the tools write it: ISO 8601 with a Z."""
     return value.isoformat().replace("+00:00", "Z")
 
 

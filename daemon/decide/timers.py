@@ -4,6 +4,7 @@ Alertmanager no longer has."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
 from datetime import datetime, timedelta
 
@@ -24,6 +25,7 @@ from daemon.decide.model import (
     State,
     clean,
     dedup_key,
+    zulu,
 )
 
 _PAGERDUTY_EVENTS_KEPT = 50
@@ -59,9 +61,14 @@ def _due(incident: Incident, damping: timedelta) -> list[tuple[datetime, str]]:
 
 def next_deadline(config: Config, state: State) -> datetime | None:
     """When `tick` next has something to do; None when nothing is pending."""
+    return earliest_deadline(config, state.open.values())
+
+
+def earliest_deadline(config: Config, incidents: Iterable[Incident]) -> datetime | None:
+    """The earliest thing `tick` owes any of these incidents (closed ones owe nothing)."""
     damping = timedelta(seconds=config.settings.flap_damping)
-    return min((at for incident in state.open.values() for at, _ in _due(incident, damping)),
-               default=None)
+    return min((at for incident in incidents if incident.status == OPEN
+                for at, _ in _due(incident, damping)), default=None)
 
 
 def tick(config: Config, state: State, now: datetime) -> Decision:
@@ -80,10 +87,10 @@ def tick(config: Config, state: State, now: datetime) -> Decision:
                 work.close(current)
             elif what == "ack":
                 _escalate(work, current, "ack", ACK_MISSED,
-                          f"not acknowledged by {_at(at)}")
+                          f"not acknowledged by {zulu(at)}")
             elif what == "resolve_by":
                 _escalate(work, current, "resolve", RESOLVE_MISSED,
-                          f"not resolved by {_at(at)}")
+                          f"not resolved by {zulu(at)}")
             else:
                 work.business_update(current)
     return work.decision()
@@ -123,10 +130,6 @@ def _escalate(work: Work, incident: Incident, timer: str, reason: str, said: str
     work.note(incident, "deadline", f"{said}: escalated to {whom}")
     for page in pages:
         work.send_trigger(incident, page)
-
-
-def _at(value: datetime) -> str:
-    return value.isoformat().replace("+00:00", "Z")
 
 
 def on_pagerduty(update: PagerDutyUpdate, config: Config, state: State, now: datetime
@@ -223,7 +226,7 @@ def reconcile(checked: tuple[str, ...], present: frozenset[str] | None, config: 
             if incident.stale_since is None:
                 work.put(replace(incident, stale_since=now, updated_at=now))
                 work.note(incident, "stale", f"{clean(record.name)} not refreshed since "
-                          f"{_at(record.last_seen)} and Alertmanager could not be asked; the "
+                          f"{zulu(record.last_seen)} and Alertmanager could not be asked; the "
                           "incident stays open until it can be")
         elif fingerprint in present:
             work.seen.append((ident, fingerprint))

@@ -17,7 +17,7 @@ import aiohttp
 from aiohttp import web
 
 from daemon.clock import Timekeeper
-from daemon.config import Config, load_config
+from daemon.config import Config, Settings, load_config
 from daemon.decide import Decision
 from daemon.dispatch import Dispatcher
 from daemon.errors import ConfigError
@@ -26,13 +26,32 @@ from daemon.outbox import Deliverer, Housekeeper, utcnow
 from daemon.pagerduty import PagerDutyClient
 from daemon.reconcile import Reconciler
 from daemon.server import make_app
-from daemon.store import Store
+from daemon.store import Store, is_shared
 from daemon.store.sqlite import SqliteStore
 
 log = logging.getLogger("firehouse")
 # Settings built into the store, the socket, the HTTP app or the PagerDuty client at start.
-RESTART_ONLY = ("state", "listen_host", "listen_port", "max_body_bytes", "pagerduty_url",
-                "pagerduty_timeout")
+RESTART_ONLY = ("state", "database_url", "database_lease", "listen_host", "listen_port",
+                "max_body_bytes", "pagerduty_url", "pagerduty_timeout")
+
+
+def make_store(settings: Settings) -> Store:
+    """The store the settings name: PostgreSQL, shared by replicas, when `database.url` is
+    set; else the SQLite file `state`, owned by this process."""
+    if settings.database_url:
+        from daemon.store.postgres import PostgresStore  # noqa: PLC0415 - only when used
+
+        return PostgresStore(settings.database_url, lease_seconds=settings.database_lease)
+    return SqliteStore(settings.state)
+
+
+def describe_store(settings: Settings) -> str:
+    """Where the state is kept, for the log (never a password)."""
+    if settings.database_url:
+        from daemon.store.transfer import describe_dsn  # noqa: PLC0415 - only when used
+
+        return f"PostgreSQL {describe_dsn(settings.database_url)} (shared by replicas)"
+    return f"SQLite {settings.state}"
 
 
 class Firehouse:
@@ -45,7 +64,7 @@ class Firehouse:
         self.config_path = config_path
         self.env = env  # what reloads read instead of os.environ, when given
         self.metrics = metrics or Metrics()
-        self.store: Store = store or SqliteStore(config.settings.state)
+        self.store: Store = store or make_store(config.settings)
         self.accepting = False
         self.last_auth_warning = 0.0
         self.last_store_probe = float("-inf")  # monotonic; see server.ready
@@ -61,7 +80,15 @@ class Firehouse:
         self.runner: web.AppRunner | None = None
         # The engine's `now`: a test may drive it (the workers' own pacing stays real).
         self.dispatcher = Dispatcher(self.store, config, self.metrics, clock, self._committed)
+        if is_shared(self.store):
+            self.store.listen(self._notified)
         self.port = 0
+
+    def _notified(self, version: int) -> None:
+        """Another replica (or this one) committed: catch up, and look for events to send."""
+        self.dispatcher.notified(version)
+        if self.deliverer is not None:
+            self.deliverer.wake()
 
     def _committed(self, decision: Decision) -> None:
         if self.deliverer is not None and decision.events:
@@ -167,9 +194,9 @@ class Firehouse:
         self.accepting = True
         mode = "DRY-RUN (no routing keys: events are logged, not sent)" if settings.dry_run \
             else f"sending to {settings.pagerduty_url}"
-        log.info("listening on http://%s:%d, %d services, %d rules, %s, state %s",
+        log.info("listening on http://%s:%d, %d services, %d rules, %s, state in %s",
                  settings.listen_host, self.port, len(self.config.graph.services),
-                 len(self.config.rules), mode, settings.state)
+                 len(self.config.rules), mode, describe_store(settings))
 
     async def stop(self) -> None:
         """Stop in stages, each with its own timeout: intake, reloads, requests, workers,

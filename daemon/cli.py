@@ -321,6 +321,55 @@ def cmd_test(args: argparse.Namespace) -> int:
     return 0 if all(r.passed for r in results) else 1
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Bring the PostgreSQL schema up to date; with --from-sqlite, also copy a SQLite
+    state file into it (open incidents, their pages, the outbox, timelines, changes)."""
+    config = _load_or_report(args)
+    if config is None:
+        return 2
+    settings = config.settings
+    if not settings.database_url:
+        print("firehouse: migrate needs a PostgreSQL database: set database.url in the "
+              "settings or FIREHOUSE_DATABASE_URL (the SQLite file migrates itself on "
+              "start)", file=sys.stderr)
+        return 2
+    source = Path(args.from_sqlite) if args.from_sqlite else None
+    if source is not None and not source.is_file():
+        print(f"firehouse: --from-sqlite {source}: no such file", file=sys.stderr)
+        return 2
+    _setup_logging(settings.log_level)
+    try:
+        applied, copied = asyncio.run(_migrate(settings.database_url, source))
+    except StoreError as exc:
+        print(f"firehouse: {exc}", file=sys.stderr)
+        return 1
+    from daemon.store.transfer import describe_dsn  # noqa: PLC0415 - keeps `check` light
+
+    where = describe_dsn(settings.database_url)
+    print(f"{where}: " + (f"applied migration(s) {', '.join(map(str, applied))}"
+                          if applied else "schema already up to date"))
+    if copied is not None:
+        print(f"copied from {source}: " + ", ".join(f"{n} {table}"
+                                                   for table, n in copied.items()))
+    return 0
+
+
+async def _migrate(dsn: str, source: Path | None) -> tuple[list[int], dict[str, int] | None]:
+    from daemon.store.postgres import PostgresStore  # noqa: PLC0415 - keeps `check` light
+    from daemon.store.transfer import import_sqlite  # noqa: PLC0415
+
+    store = PostgresStore(dsn)
+    try:
+        # `open` applies what is missing too; `migrate` first says which.
+        applied = await store.migrate()
+        if source is None:
+            return applied, None
+        await store.open()
+        return applied, await import_sqlite(source, store)
+    finally:
+        await store.close()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `firehouse` command."""
     parser = argparse.ArgumentParser(
@@ -351,6 +400,12 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("files", nargs="+", metavar="FILE",
                       help="test file, or a directory of them (*.yaml, *.yml)")
     test.set_defaults(func=cmd_test)
+    migrate = add("migrate", "create or update the PostgreSQL schema (database.url); "
+                  "optionally move a SQLite state file into it")
+    migrate.add_argument("--from-sqlite", metavar="FILE",
+                         help="copy this SQLite state file (Firehouse stopped) into the "
+                              "database, which must hold no incidents yet")
+    migrate.set_defaults(func=cmd_migrate)
     return parser
 
 

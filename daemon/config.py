@@ -58,7 +58,11 @@ ENV_VARS = {
     "FIREHOUSE_ALERTMANAGER_URL": "alertmanager.url",
     "FIREHOUSE_ALERTMANAGER_TOKEN_FILE": "alertmanager.bearer_token_file",
     "FIREHOUSE_WEB_OPEN": "web.open",
+    "FIREHOUSE_DATABASE_URL": "database.url",
+    "FIREHOUSE_DATABASE_URL_FILE": "database.url_file",
 }
+# A shared store: several replicas on one PostgreSQL (daemon/store/postgres.py).
+DATABASE_SCHEMES = ("postgresql://", "postgres://")
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +110,11 @@ class Settings:
     listen_host: str = "127.0.0.1"
     listen_port: int = 9095
     state: Path = Path("data/firehouse.db")
+    # PostgreSQL instead of the SQLite file `state`, for several replicas; may hold a password.
+    database_url: str = field(default="", repr=False)
+    # How long a replica's claim on an outbox event lasts: after a crash, another replica
+    # sends the event once this has passed.
+    database_lease: float = 30.0
     rules: tuple[Path, ...] = (Path("rules"),)
     dependency_maps: tuple[Path, ...] = (Path("dependency_maps"),)
     pagerduty_url: str = DEFAULT_PAGERDUTY_URL
@@ -247,7 +256,7 @@ class _Reader:
         "listen", "state", "rules", "dependency_maps", "pagerduty", "service_labels",
         "severity_labels", "roles", "targets", "tier_severity", "dry_run", "auth",
         "max_body_bytes", "resolved_retention_hours", "log_level", "backstage_owners",
-        "map_defaults", "incidents", "alertmanager", "changes", "web",
+        "map_defaults", "incidents", "alertmanager", "changes", "web", "database",
     })
 
     def __init__(self, raw: LocatedDict, file: str, problems: list[Problem]) -> None:
@@ -321,6 +330,7 @@ class _Reader:
             listen_host=host,
             listen_port=port,
             state=self._path(base, "state", defaults.state),
+            **self._database(base),
             rules=self._paths(base, "rules", defaults.rules),
             dependency_maps=self._paths(base, "dependency_maps", defaults.dependency_maps),
             pagerduty_url=url,
@@ -371,6 +381,23 @@ class _Reader:
             self.bad(key, "must be a whole number of events from 0 (no limit) to 100000", value)
             return default
         return value
+
+    def _database(self, base: Path) -> dict[str, Any]:
+        """The `database` mapping: a PostgreSQL URL (or a file holding it) shared by several
+        replicas, and the lease of an outbox claim; none keeps the SQLite file `state`."""
+        raw = self.get("database") or {}
+        if not isinstance(raw, dict):
+            self.bad("database", "must be a mapping", raw)
+            return {}
+        self.only("database", raw, ("url", "url_file", "lease_seconds"))
+        url = self._secret(base, "database.url", "database.url_file").strip()
+        if url and not url.startswith(DATABASE_SCHEMES):
+            # Not shown: the URL may hold a password.
+            self.bad("database.url", "must be a postgresql:// URL (leave it out to keep the "
+                     "SQLite file `state`)")
+            url = ""
+        lease = self._number("database.lease_seconds", 30.0, 5.0, 3600.0)
+        return {"database_url": url, "database_lease": lease}
 
     def _web(self) -> bool:
         """The `web` mapping: whether the command-center pages are open without credentials."""

@@ -4,6 +4,13 @@ Decisions are made one at a time against the in-memory state (fast, pure), then 
 commits of concurrent webhooks are grouped by the store. The state only advances once its
 decision is durable: if a commit fails, the state is reloaded from the store, so memory
 never holds what the disk does not.
+
+On a store several replicas share (PostgreSQL), decisions are made under the store's
+cluster-wide lock, in batches: the replica holding it first catches its state up with
+what the others committed since its version, then decides every input waiting for it and
+writes them in the same transaction. Two webhooks for one fire at two replicas are thus
+decided one after the other, on the same state. Between batches, notifications from the
+database keep the state (and so the clock's deadlines) current.
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from types import MappingProxyType
 
@@ -30,14 +37,26 @@ from daemon.decide import (
     decide,
 )
 from daemon.decide.bodies import truncations
-from daemon.errors import StoreError
+from daemon.errors import StoreError, StoreUnreachable
 from daemon.metrics import Metrics
-from daemon.store import Store
+from daemon.store import Delta, SharedStore, Store, is_shared
 
 log = logging.getLogger("firehouse.dispatch")
 # Notifications with this many alerts are decided off the event loop (seconds for 10,000);
 # smaller ones cost less than the hand-over to a thread.
 BIG_WEBHOOK = 500
+Step = Callable[[Config, State, datetime], Decision]
+
+
+@dataclass(slots=True)
+class _Job:
+    """An input waiting for the shared store's lock, and the caller waiting for it."""
+
+    step: Step
+    in_thread: bool
+    alone: bool = False  # retried in a transaction of its own after its batch failed
+    done: asyncio.Future[Decision] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 class Dispatcher:
@@ -56,6 +75,12 @@ class Dispatcher:
         self._in_flight = 0
         self._stale = False
         self._refresh_wanted = False
+        # Shared store: the decision version the state is current to, and the inputs
+        # waiting for the next batch.
+        self.version = 0
+        self._jobs: list[_Job] = []
+        self._drainer: asyncio.Task[None] | None = None
+        self._catching_up: asyncio.Task[None] | None = None
 
     @property
     def retention_seconds(self) -> float:
@@ -64,9 +89,14 @@ class Dispatcher:
 
     async def load(self) -> None:
         """Load the engine state from the store (at start, and after a failed commit)."""
-        self._live(await self.store.load_state(
-            self.clock(), self.retention_seconds,
-            changes_seconds=self.config.settings.changes_window_hours * 3600))
+        changes_seconds = self.config.settings.changes_window_hours * 3600
+        if is_shared(self.store):
+            state, self.version = await self.store.load_versioned(
+                self.clock(), self.retention_seconds, changes_seconds=changes_seconds)
+            self._live(state)
+        else:
+            self._live(await self.store.load_state(
+                self.clock(), self.retention_seconds, changes_seconds=changes_seconds))
         self.metrics.incidents_open.set(len(self.state.open))
 
     def _live(self, state: State) -> None:
@@ -99,15 +129,19 @@ class Dispatcher:
         return await self.run(lambda config, state, now: decide(webhook, config, state, now),
                               in_thread=len(webhook.alerts) >= BIG_WEBHOOK)
 
-    async def run(self, step: Callable[[Config, State, datetime], Decision], *,
-                  in_thread: bool = False) -> Decision:
+    async def run(self, step: Step, *, in_thread: bool = False) -> Decision:
         """Run one pure engine step (a webhook, a PagerDuty update, a clock tick, a change...)
         on the current state and return once its decision is durable.
 
         `in_thread`: decide on a worker thread, so that the event loop keeps answering
         (health checks, metrics) meanwhile. The lock still serialises decisions, and nothing
         changes the state while one is made: `advance` runs after it, under the lock.
+
+        On a shared store the step waits for the cluster-wide lock, batched with the other
+        inputs waiting for it (see `_drain`).
         """
+        if is_shared(self.store):
+            return await self._run_shared(self.store, step, in_thread)
         async with self._lock:
             now = self.clock()
             if in_thread:
@@ -154,6 +188,122 @@ class Dispatcher:
                 log.exception("could not reload state; will retry after the next commit")
             else:
                 self._stale = False
+
+    # -- a store several replicas share ----------------------------------------------------
+
+    async def _run_shared(self, store: SharedStore, step: Step, in_thread: bool) -> Decision:
+        job = _Job(step, in_thread)
+        self._jobs.append(job)
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.create_task(self._drain(store), name="decisions")
+        return await job.done
+
+    async def _drain(self, store: SharedStore) -> None:
+        """Decide and commit the waiting inputs, a batch per hold of the store's lock."""
+        while self._jobs:
+            if self._jobs[0].alone:
+                jobs = [self._jobs.pop(0)]
+            else:
+                jobs, self._jobs = self._jobs, []
+            async with self._lock:
+                try:
+                    decided = await self._decide_locked(store, jobs)
+                except Exception as exc:  # every waiting caller is answered; none is lost
+                    self._stale = True
+                    waiting = [job for job in jobs if not job.done.done()]
+                    if len(waiting) > 1 and not isinstance(exc, StoreUnreachable):
+                        # One input the database refuses must not fail those that shared
+                        # its transaction (nothing of it was committed): each is decided
+                        # again, on the reloaded state, in a transaction of its own.
+                        for job in waiting:
+                            job.alone = True
+                        self._jobs[:0] = waiting
+                        continue
+                    error = exc if isinstance(exc, StoreError) else StoreError(
+                        f"could not decide and store: {exc!r}")
+                    if not isinstance(exc, StoreError):
+                        log.exception("unexpected error deciding under the shared lock")
+                    for job in waiting:
+                        job.done.set_exception(error)
+                    continue
+            for job, decision in decided:
+                if decision.changes_anything and (decision.events or decision.incidents):
+                    self.on_commit(decision)
+                self._count(decision)
+                if not job.done.done():
+                    job.done.set_result(decision)
+
+    async def _decide_locked(self, store: SharedStore, jobs: list[_Job]
+                             ) -> list[tuple[_Job, Decision]]:
+        """One transaction under the cluster-wide lock: catch up, decide, write. A step that
+        raises fails only its own caller."""
+        if self._stale or self._refresh_wanted:
+            await self.load()
+            self._stale = self._refresh_wanted = False
+        decided: list[tuple[_Job, Decision]] = []
+        async with store.exclusive() as txn:
+            if txn.version != self.version:
+                self._catch_up(await txn.delta(self.version))
+            writes: list[Decision] = []
+            for job in jobs:
+                now = self.clock()
+                try:
+                    if job.in_thread:
+                        decision = await asyncio.to_thread(job.step, self.config, self.state,
+                                                           now)
+                    else:
+                        decision = job.step(self.config, self.state, now)
+                except Exception as exc:
+                    job.done.set_exception(exc)
+                    continue
+                if decision.changes_anything:
+                    self._advance(decision)
+                    writes.append(decision)
+                decided.append((job, decision))
+            if writes:
+                self.version = await txn.write(writes)
+        return decided
+
+    def notified(self, version: int) -> None:
+        """The shared store says a decision of `version` was committed (by any replica):
+        catch up in the background unless the state is current already."""
+        if version <= self.version or not is_shared(self.store):
+            return
+        if self._catching_up is None or self._catching_up.done():
+            self._catching_up = asyncio.create_task(self._catch_up_now(self.store),
+                                                    name="catch-up")
+
+    async def _catch_up_now(self, store: SharedStore) -> None:
+        async with self._lock:
+            try:
+                delta = await store.delta(self.version)
+            except StoreError as exc:
+                # The next decision catches up under the lock anyway.
+                log.warning("could not catch up with other replicas: %s", exc)
+                return
+            if delta.version > self.version:
+                self._catch_up(delta)
+
+    def _catch_up(self, delta: Delta) -> None:
+        """Apply what other replicas committed, so that the next decision and the clock
+        see it; the incidents go to `on_commit` like this replica's own."""
+        remote = Decision(incidents=delta.incidents, resolutions=delta.resolutions,
+                          changes=delta.changes)
+        self._advance(remote)
+        self.version = delta.version
+        self.metrics.incidents_open.set(len(self.state.open))
+        if delta.incidents:
+            self.on_commit(remote)
+
+    def _advance(self, decision: Decision) -> None:
+        advance(self._open, self._by_fp, self._by_service, self._resolved, decision)
+        if decision.changes:
+            known = {c.id for c in self.state.changes}
+            added = tuple(c for c in decision.changes if c.id not in known)
+            if added:
+                self.state = replace(self.state, changes=tuple(sorted(
+                    self.state.changes + added,
+                    key=lambda c: (c.at, c.received_at or c.at, c.id))))
 
     def _count(self, decision: Decision) -> None:
         for incident in decision.incidents:

@@ -52,6 +52,11 @@ class StoreError(FirehouseError):
     """The store could not read or write durably."""
 
 
+class StoreUnreachable(StoreError):
+    """The store's server could not be reached or went away (not a refused write): retrying
+    at once, or each part of a batch alone, would only wait for the outage again."""
+
+
 class OutboxConflict(FirehouseError):
     """An outbox event cannot be retried as asked; the message says why."""
 

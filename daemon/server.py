@@ -234,11 +234,14 @@ async def ready(request: web.Request) -> web.Response:
 
     A store that failed a write is probed with a small committed write, at most every
     STORE_PROBE_SECONDS: a load balancer that waits for readiness sends no webhook whose
-    write would show that the disk is fixed."""
+    write would show that the disk is fixed. A shared store (PostgreSQL) is probed so even
+    while healthy: the database can go away while this replica has nothing to write, and
+    Alertmanager must then be sent to a replica that can store its webhooks."""
     firehouse = request.app[APP_KEY]
     store = firehouse.store
     now = time.monotonic()
-    if not store.healthy and now - firehouse.last_store_probe >= STORE_PROBE_SECONDS:
+    if ((not store.healthy or store.shared)
+            and now - firehouse.last_store_probe >= STORE_PROBE_SECONDS):
         firehouse.last_store_probe = now
         try:
             await store.probe(utcnow())

@@ -8,13 +8,14 @@ leaks into a test.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import hmac
 import json
 import socket
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import yaml
 
 from daemon.alerts import Webhook, parse_webhook
 from daemon.config import Config, load_config
+from daemon.decide import Decision
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = ROOT / "firehouse.yml"
@@ -56,8 +58,10 @@ def config_env(
     state: Path | None = None,
     listen: str | None = None,
     token: str | None = None,
+    database_url: str | None = None,
 ) -> dict[str, str]:
-    """An explicit environment: routing keys for every target (unless dry-run) and overrides."""
+    """An explicit environment: routing keys for every target (unless dry-run) and overrides;
+    a non-empty `database_url` keeps the state in PostgreSQL instead of the file `state`."""
     env = {"FIREHOUSE_DRY_RUN": "true" if dry_run else "false"}
     if not dry_run:
         env.update({env_var(t): routing_key(t, salt) for t in target_names()})
@@ -65,6 +69,8 @@ def config_env(
         env["FIREHOUSE_PAGERDUTY_URL"] = pagerduty_url
     if state is not None:
         env["FIREHOUSE_STATE"] = str(state)
+    if database_url:
+        env["FIREHOUSE_DATABASE_URL"] = database_url
     if listen is not None:
         env["FIREHOUSE_LISTEN"] = listen
     if token is not None:
@@ -231,3 +237,43 @@ async def wait_until(
                 await asyncio.sleep(0.01)
     except TimeoutError:
         raise AssertionError(f"{what} not reached within {timeout}s") from None
+
+
+class BeforeWrite:
+    """In front of a store class (conftest's ``new_store(BeforeWriteSubclass)``): runs
+    `before_write` before every decision is written, on either backend -- in `commit` on a
+    store of its own (SQLite), in the writes under `exclusive()` on a shared one
+    (PostgreSQL) -- which may wait, or fail the write by raising."""
+
+    async def before_write(self, decision: Decision) -> None:
+        """Called before `decision` is written; raise to fail the write."""
+
+    async def commit(self, decision: Decision) -> None:
+        await self.before_write(decision)
+        await super().commit(decision)  # type: ignore[misc]
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[Any]:
+        async with super().exclusive() as txn:  # type: ignore[misc]
+            yield _HookedWrites(txn, self)
+
+
+class _HookedWrites:
+    """A shared store's `Exclusive` whose `write` passes each decision to `before_write`."""
+
+    def __init__(self, txn: Any, store: BeforeWrite) -> None:
+        self._txn, self._store = txn, store
+
+    @property
+    def version(self) -> int:
+        version: int = self._txn.version
+        return version
+
+    async def delta(self, since: int) -> Any:
+        return await self._txn.delta(since)
+
+    async def write(self, decisions: Sequence[Decision]) -> int:
+        for decision in decisions:
+            await self._store.before_write(decision)
+        version: int = await self._txn.write(decisions)
+        return version

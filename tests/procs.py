@@ -315,7 +315,9 @@ class FirehouseProcess(ManagedProcess):
     """``python -m daemon run --config <tmp settings>`` against the repo's rules and maps.
 
     Every target of the repository's firehouse.yml gets a distinct 32-character routing key
-    through ``FIREHOUSE_ROUTING_KEY_<NAME>``; ``routing_keys`` maps target -> key.
+    through ``FIREHOUSE_ROUTING_KEY_<NAME>``; ``routing_keys`` maps target -> key. The state
+    is the SQLite file ``state_path``, or with ``database_url`` that PostgreSQL database
+    (``database: {url: ...}`` in the settings).
     """
 
     name = "firehouse"
@@ -329,10 +331,12 @@ class FirehouseProcess(ManagedProcess):
         port: int | None = None,
         settings: Mapping[str, Any] | None = None,
         env: Mapping[str, str] | None = None,
+        database_url: str = "",
     ) -> None:
         super().__init__(workdir, port)
         self.pagerduty_url = pagerduty_url
         self.token = token
+        self.database_url = database_url
         self.state_path = workdir / "firehouse.db"
         self.settings_path = workdir / "firehouse.yml"
         self._base = repo_settings()
@@ -362,6 +366,8 @@ class FirehouseProcess(ManagedProcess):
         }
         if self.token:
             document["auth"] = {"bearer_token": self.token}
+        if self.database_url:
+            document["database"] = {"url": self.database_url}
         document.update(self._overrides)
         self.settings_document = document
         self.settings_path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")

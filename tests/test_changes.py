@@ -25,8 +25,8 @@ from daemon.config import Config, load_config
 from daemon.decide import Change, Decision, State, apply, decide
 from daemon.errors import PayloadError
 from daemon.graph import ServiceGraph
-from daemon.store.sqlite import SqliteStore
-from tests.conftest import FirehouseFactory
+from daemon.store import Store
+from tests.conftest import FirehouseFactory, NewStore
 from tests.helpers import NOW, SETTINGS, alert, config_env, make_config, routing_key, webhook
 from tests.pagerduty_standin import CHANGE_PATH, PagerDutyStandIn, validate
 
@@ -396,21 +396,20 @@ class TestRollbackCandidates:
 
 
 class TestStore:
-    async def test_round_trip(self, tmp_path: Path, config: Config) -> None:
+    async def test_round_trip(self, new_store: NewStore, config: Config) -> None:
         """A recorded change is in the engine state after a restart, oldest first, and only
         while it is inside the window."""
-        path = tmp_path / "state.db"
         early = parse(config.graph, service="payments", summary="deploy 1.3", id="b1",
                       timestamp=(NOW - 3 * HOUR).isoformat(), who="ci", version="1.3",
                       links=[{"href": "https://ci/1", "text": "build"}])
         late = parse(config.graph, service="cart", summary="deploy cart", id="b2")
-        before = SqliteStore(path)
+        before = new_store()
         await before.open()
         await before.commit(record_change(late, config, State(), NOW))
         await before.commit(record_change(early, config, State(), NOW))
         await before.close()
 
-        after = SqliteStore(path)
+        after = new_store()
         await after.open()
         try:
             loaded = await after.load_state(NOW, DAY)
@@ -421,7 +420,7 @@ class TestStore:
         assert loaded.changes == (early, late)
         assert recent.changes == (late,)
 
-    async def test_a_repeated_id_keeps_the_first(self, store: SqliteStore, config: Config
+    async def test_a_repeated_id_keeps_the_first(self, store: Store, config: Config
                                                  ) -> None:
         """Storing a change id twice keeps the first version of it."""
         first = parse(config.graph, service="payments", summary="first", id="same")
@@ -431,7 +430,7 @@ class TestStore:
 
         assert (await store.load_state(NOW, DAY)).changes == (first,)
 
-    async def test_list_changes_newest_first_by_service(self, store: SqliteStore,
+    async def test_list_changes_newest_first_by_service(self, store: Store,
                                                         config: Config) -> None:
         """The API lists changes newest first, all or those of one service."""
         made = [change("payments", NOW - 2 * HOUR, "a"), change("cart", NOW - HOUR, "b"),
@@ -442,7 +441,7 @@ class TestStore:
         assert await store.list_changes("payments", 1) == [change_json(made[2])]
         assert await store.list_changes("checkout", 10) == []
 
-    async def test_notes_reach_the_incident_timeline(self, store: SqliteStore,
+    async def test_notes_reach_the_incident_timeline(self, store: Store,
                                                      config: Config) -> None:
         """The note on a related incident is stored in the change's transaction."""
         fire = decide(webhook(alert({"alertname": "PaymentsErrors", "service": "payments"})),
@@ -458,7 +457,7 @@ class TestStore:
         assert [(t["kind"], t["message"]) for t in incident["timeline"]
                 if t["kind"] == "change"] == [("change", "change on payments: deploy 1.4")]
 
-    async def test_cleanup_forgets_changes_past_the_retention(self, store: SqliteStore
+    async def test_cleanup_forgets_changes_past_the_retention(self, store: Store
                                                               ) -> None:
         """Cleanup deletes changes made before the delivered-event cutoff, keeps the rest."""
         await store.commit(Decision(now=NOW, changes=(
@@ -471,11 +470,12 @@ class TestStore:
 
 
 @asynccontextmanager
-async def serving(tmp_path: Path, pd: PagerDutyStandIn, token: str = ""
+async def serving(tmp_path: Path, database_url: str, pd: PagerDutyStandIn, token: str = ""
                   ) -> AsyncIterator[tuple[Firehouse, str]]:
-    """An in-process Firehouse on a free port, paging the stand-in; with its base URL."""
+    """An in-process Firehouse on a free port, paging the stand-in; with its base URL. Its
+    state: `database_url` (PostgreSQL), or when that is empty a file in `tmp_path`."""
     env = config_env(pagerduty_url=pd.url, state=tmp_path / "state.db", listen="127.0.0.1:0",
-                     token=token or None)
+                     token=token or None, database_url=database_url)
     firehouse = Firehouse(load_config(SETTINGS, env=env), SETTINGS, env=env)
     await firehouse.start()
     try:
@@ -493,11 +493,11 @@ def counted(firehouse: Firehouse, outcome: str) -> float:
 
 
 class TestRoutes:
-    async def test_post_then_list(self, tmp_path: Path, pd: PagerDutyStandIn,
+    async def test_post_then_list(self, tmp_path: Path, database_url: str, pd: PagerDutyStandIn,
                                   session: aiohttp.ClientSession) -> None:
         """A posted change is answered 201 with the change, a repeat 200 `duplicate`, and
         both are counted; the list shows it once."""
-        async with serving(tmp_path, pd) as (firehouse, url):
+        async with serving(tmp_path, database_url, pd) as (firehouse, url):
             body = {"service": "checkout-api", "summary": "deploy 2.0", "id": "b-20"}
             async with session.post(f"{url}/api/v1/changes", json=body) as response:
                 assert response.status == 201
@@ -517,10 +517,11 @@ class TestRoutes:
         assert (accepted, duplicate) == (1.0, 1.0)
 
     async def test_bad_change_is_400_and_stores_nothing(
-        self, tmp_path: Path, pd: PagerDutyStandIn, session: aiohttp.ClientSession
+        self, tmp_path: Path, database_url: str, pd: PagerDutyStandIn,
+        session: aiohttp.ClientSession
     ) -> None:
         """A bad change is refused naming the problem, counted invalid, and leaves no trace."""
-        async with serving(tmp_path, pd) as (firehouse, url):
+        async with serving(tmp_path, database_url, pd) as (firehouse, url):
             async with session.post(f"{url}/api/v1/changes",
                                     json={"service": "paymnets", "summary": "x"}) as response:
                 status, answer = response.status, await response.json()
@@ -538,10 +539,11 @@ class TestRoutes:
         assert invalid == 2.0
 
     async def test_credentials_are_required_when_configured(
-        self, tmp_path: Path, pd: PagerDutyStandIn, session: aiohttp.ClientSession
+        self, tmp_path: Path, database_url: str, pd: PagerDutyStandIn,
+        session: aiohttp.ClientSession
     ) -> None:
         """With a bearer token set, posting or listing changes without it is 401."""
-        async with serving(tmp_path, pd, token=TOKEN) as (firehouse, url):
+        async with serving(tmp_path, database_url, pd, token=TOKEN) as (firehouse, url):
             body = {"service": "payments", "summary": "x"}
             async with session.post(f"{url}/api/v1/changes", json=body) as response:
                 anonymous = response.status

@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from pathlib import Path
 
 from daemon.clock import MAX_SLEEP, Timekeeper
 from daemon.decide import State, apply, decide
 from daemon.dispatch import Dispatcher
 from daemon.metrics import Metrics
-from daemon.store.sqlite import SqliteStore
+from tests.conftest import NewStore
 from tests.helpers import NOW, alert, make_config, webhook
 
 
-async def test_a_commit_brings_an_earlier_deadline_without_a_scan(tmp_path: Path) -> None:
+async def test_a_commit_brings_an_earlier_deadline_without_a_scan(new_store: NewStore) -> None:
     """After a commit the worker takes the changed incidents' deadlines (an earlier one
     replaces what it knew, a later one does not); a rescan reads every open incident."""
     config = make_config()
-    store = SqliteStore(tmp_path / "state.db")
+    store = new_store()
     dispatcher = Dispatcher(store, config, Metrics(), lambda: NOW, lambda _: None)
     keeper = Timekeeper(dispatcher, Metrics(), lambda: NOW)
     decision = decide(webhook(alert({"alertname": "PostgresDown", "service": "postgres-payments",

@@ -1019,3 +1019,44 @@ class TestAlertmanagerSettings:
         path = write(tmp_path)
         first = load_config(path, {"FIREHOUSE_ALERTMANAGER_URL": "http://a:9093"}).digest
         assert load_config(path, {"FIREHOUSE_ALERTMANAGER_URL": "http://b:9093"}).digest != first
+
+
+class TestDatabase:
+    """`database`: PostgreSQL shared by replicas instead of the SQLite file."""
+
+    URL = "postgresql://firehouse:hunter2-secret@db.internal:5432/firehouse"
+
+    def test_default_is_the_sqlite_file(self, tmp_path: Path) -> None:
+        settings = load_config(write(tmp_path), {}).settings
+        assert settings.database_url == ""
+        assert settings.database_lease == 30.0
+
+    def test_url_and_lease_from_the_file(self, tmp_path: Path) -> None:
+        path = write(tmp_path, SETTINGS + f"database:\n  url: {self.URL}\n  lease_seconds: 12\n")
+        settings = load_config(path, {}).settings
+        assert (settings.database_url, settings.database_lease) == (self.URL, 12.0)
+        assert "hunter2" not in repr(settings)
+
+    def test_url_from_the_environment_wins(self, tmp_path: Path) -> None:
+        path = write(tmp_path, SETTINGS + "database:\n  url: postgresql://other/db\n")
+        settings = load_config(path, {"FIREHOUSE_DATABASE_URL": self.URL}).settings
+        assert settings.database_url == self.URL
+
+    def test_url_from_a_file_is_trimmed(self, tmp_path: Path) -> None:
+        (tmp_path / "db-url").write_text(self.URL + "\n", encoding="utf-8")
+        path = write(tmp_path, SETTINGS + "database:\n  url_file: db-url\n")
+        assert load_config(path, {}).settings.database_url == self.URL
+
+    def test_not_postgresql_is_refused_without_showing_it(self, tmp_path: Path) -> None:
+        path = write(tmp_path, SETTINGS + "database:\n  url: mysql://root:hunter2@db/x\n")
+        lines = problems_of(path)
+        assert any("database.url" in line and "postgresql://" in line for line in lines)
+        assert not any("hunter2" in line for line in lines)
+
+    def test_unknown_key_and_bad_lease_are_named(self, tmp_path: Path) -> None:
+        path = write(tmp_path, SETTINGS + "database:\n  urll: x\n  lease_seconds: 1\n")
+        text = "\n".join(problems_of(path))
+        assert "database.urll" in text
+        assert "did you mean 'url'" in text
+        assert "database.lease_seconds" in text
+        assert "from 5 to 3600" in text

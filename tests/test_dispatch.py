@@ -1,10 +1,10 @@
-"""The dispatcher: decisions on in-memory state, committed to a real SQLite store."""
+"""The dispatcher: decisions on in-memory state, committed to a real store (each backend)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,32 +13,32 @@ from daemon.decide import Decision
 from daemon.dispatch import Dispatcher
 from daemon.errors import StoreError
 from daemon.metrics import Metrics
-from daemon.store.sqlite import SqliteStore
-from tests.helpers import NOW, alert, webhook
+from tests.conftest import NewStore
+from tests.helpers import NOW, BeforeWrite, alert, webhook
 
 
-class GatedStore(SqliteStore):
-    """A SQLite store whose commits wait for the test, and may then fail like a bad disk."""
+class GatedStore(BeforeWrite):
+    """In front of a store class: writes wait for the test, and may then fail like a bad
+    disk."""
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(path)
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
         self.gates: dict[str, asyncio.Event] = {}
         self.failing: set[str] = set()
 
-    async def commit(self, decision: Decision) -> None:
-        """Wait for the alert's gate, then fail or commit for real."""
+    async def before_write(self, decision: Decision) -> None:
+        """Wait for the alert's gate, then fail or let it be written."""
         name = decision.explanations[0].alertname
         if name in self.gates:
             await self.gates[name].wait()
         if name in self.failing:
-            raise StoreError(f"could not write to {self.path}: disk I/O error")
-        await super().commit(decision)
+            raise StoreError(f"could not write {name} to {type(self).__name__}: disk I/O error")
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[GatedStore]:
-    """An open gated store on a fresh database file."""
-    opened = GatedStore(tmp_path / "state.db")
+async def store(new_store: NewStore) -> AsyncIterator[GatedStore]:
+    """An open gated store of the test's backend on a fresh database."""
+    opened: GatedStore = new_store(GatedStore)
     await opened.open()
     yield opened
     await opened.close()

@@ -43,6 +43,7 @@ from daemon.alerts import parse_body
 from daemon.app import Firehouse
 from daemon.config import load_config
 from daemon.errors import PayloadError
+from tests.conftest import BACKENDS, PostgresDatabase
 from tests.helpers import config_env, fixture_files, write_settings
 
 WEBHOOK = "/webhook/alertmanager"
@@ -97,11 +98,12 @@ class ErrorLog(logging.Handler):
 class Server:
     """Firehouse on 127.0.0.1:0, on an event loop of its own in a daemon thread."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, database_url: str = "") -> None:
         # Without flap damping, so that the final check sees incidents resolve at once.
         settings = write_settings(tmp, auth={"bearer_token": TOKEN, "basic_auth": {
             "username": USER, "password": PASSWORD}}, incidents={"flap_damping_seconds": 0})
-        env = config_env(dry_run=True, state=tmp / "state.db", listen="127.0.0.1:0")
+        env = config_env(dry_run=True, state=tmp / "state.db", listen="127.0.0.1:0",
+                         database_url=database_url)
         self.firehouse = Firehouse(load_config(settings, env=env), settings, env=env)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="firehouse",
@@ -201,10 +203,17 @@ def warm_up(server: Server) -> None:
     assert server.post(b"[" * (limit // 2))[0] == 400
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """One Firehouse for the module, warmed up, its RSS noted after the warm-up."""
-    running = Server(tmp_path_factory.mktemp("fuzz"))
+@pytest.fixture(scope="module", params=BACKENDS)
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+           ) -> Iterator[Server]:
+    """One Firehouse per store backend for the module (its state in a SQLite file, or in a
+    fresh PostgreSQL schema), warmed up, its RSS noted after the warm-up."""
+    database: PostgresDatabase | None = None
+    database_url = ""
+    if request.param == "postgres":
+        database = request.getfixturevalue("postgres_database")
+        database_url = database.new_schema()
+    running = Server(tmp_path_factory.mktemp("fuzz"), database_url)
     logger = logging.getLogger("firehouse")
     level, propagate = logger.level, logger.propagate
     # Thousands of rejected bodies are logged at WARNING: keep them out of pytest's capture
@@ -224,6 +233,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         logger.removeHandler(running.errors)
         logger.setLevel(level)
         logger.propagate = propagate
+        if database is not None:
+            database.drop_schema(database_url)
 
 
 def expect_parser_verdict(server: Server, body: bytes, content_type: str | None) -> None:

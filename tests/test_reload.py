@@ -187,7 +187,7 @@ class TestReloadInProcess:
     """Firehouse.reload on an in-process daemon, with webhooks arriving all along."""
 
     async def test_broken_rules_keep_the_old_config_while_webhooks_flow(
-        self, tmp_path: Path, pagerduty: PagerDutyStandIn, gated: GatedLoad,
+        self, tmp_path: Path, database_url: str, pagerduty: PagerDutyStandIn, gated: GatedLoad,
         caplog: pytest.LogCaptureFixture,
     ) -> None:
         """A refused reload loses no webhook and no page; the fixed file takes effect next."""
@@ -196,7 +196,7 @@ class TestReloadInProcess:
         settings = write_settings(tmp_path, rules=[str(rules)],
                                   incidents={"flap_damping_seconds": 0})
         databases = rules / DATABASES
-        async with serving(tmp_path, pagerduty, settings) as running:
+        async with serving(tmp_path, database_url, pagerduty, settings) as running:
             firehouse = running.firehouse
             old = firehouse.config
             poster = Poster(running)
@@ -262,12 +262,12 @@ class TestReloadInProcess:
                 assert paged[incident] in (OLD_TARGETS, NEW_TARGETS)
 
     async def test_concurrent_reloads_run_one_after_the_other(
-        self, tmp_path: Path, pagerduty: PagerDutyStandIn, gated: GatedLoad,
+        self, tmp_path: Path, database_url: str, pagerduty: PagerDutyStandIn, gated: GatedLoad,
     ) -> None:
         """A reload asked for during another waits for it, then reads the files again."""
         rules = shipped_rules_in(tmp_path / "rules")
         settings = write_settings(tmp_path, rules=[str(rules)])
-        async with serving(tmp_path, pagerduty, settings) as running:
+        async with serving(tmp_path, database_url, pagerduty, settings) as running:
             first = asyncio.create_task(running.post(b"", path="/-/reload"))
             await gated.held()
             (rules / DATABASES).write_text(FIXED_RULE, encoding="utf-8")
@@ -283,13 +283,14 @@ class TestReloadInProcess:
         assert one["config_digest"] != two["config_digest"] == final
 
     async def test_sighup_path_logs_and_keeps_a_bad_file_out(
-        self, tmp_path: Path, pagerduty: PagerDutyStandIn, caplog: pytest.LogCaptureFixture,
+        self, tmp_path: Path, database_url: str,
+        pagerduty: PagerDutyStandIn, caplog: pytest.LogCaptureFixture,
     ) -> None:
         """request_reload (what SIGHUP calls) reloads in the background; a bad file is logged."""
         caplog.set_level(logging.INFO, logger="firehouse")
         rules = shipped_rules_in(tmp_path / "rules")
         settings = write_settings(tmp_path, rules=[str(rules)])
-        async with serving(tmp_path, pagerduty, settings) as running:
+        async with serving(tmp_path, database_url, pagerduty, settings) as running:
             firehouse = running.firehouse
             old = firehouse.config
             (rules / DATABASES).write_text(BROKEN_RULE, encoding="utf-8")
@@ -306,14 +307,15 @@ class TestReloadInProcess:
         assert reloaded_message("SIGHUP", new, old, rules / DATABASES) in caplog.messages
 
     async def test_an_unexpected_failure_counts_as_failed(
-        self, tmp_path: Path, pagerduty: PagerDutyStandIn, monkeypatch: pytest.MonkeyPatch,
+        self, tmp_path: Path, database_url: str,
+        pagerduty: PagerDutyStandIn, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture,
     ) -> None:
         """A reload that crashes (a bug, not a bad file) keeps the old config and sets 0."""
         def crash(path: Path | None, env: Mapping[str, str] | None = None) -> Config:
             raise RuntimeError("boom")
 
-        async with serving(tmp_path, pagerduty, write_settings(tmp_path)) as running:
+        async with serving(tmp_path, database_url, pagerduty, write_settings(tmp_path)) as running:
             old = running.firehouse.config
             monkeypatch.setattr("daemon.app.load_config", crash)
             await running.firehouse.request_reload("SIGHUP")
@@ -328,11 +330,11 @@ class TestReloadInProcess:
         assert record.exc_info is not None
 
     async def test_stop_abandons_a_reload_in_progress(
-        self, tmp_path: Path, pagerduty: PagerDutyStandIn, gated: GatedLoad,
+        self, tmp_path: Path, database_url: str, pagerduty: PagerDutyStandIn, gated: GatedLoad,
     ) -> None:
         """Stopping does not wait for a reload still being built; nothing is swapped in."""
         settings = write_settings(tmp_path)
-        async with serving(tmp_path, pagerduty, settings) as running:
+        async with serving(tmp_path, database_url, pagerduty, settings) as running:
             firehouse = running.firehouse
             old = firehouse.config
             task = firehouse.request_reload("SIGHUP")
@@ -342,7 +344,7 @@ class TestReloadInProcess:
         assert firehouse.config is old
 
     async def test_health_answers_while_a_large_map_loads(
-        self, tmp_path: Path, pagerduty: PagerDutyStandIn,
+        self, tmp_path: Path, database_url: str, pagerduty: PagerDutyStandIn,
     ) -> None:
         """While a 5000-service map is parsed and checked, /-/healthy keeps answering."""
         maps = tmp_path / "maps"
@@ -355,7 +357,7 @@ class TestReloadInProcess:
         targets["app-oncall"] = {"routing_key_env": env_var("shop-app-oncall")}
         settings = write_settings(tmp_path, dependency_maps=[str(maps)], rules=[str(rules)],
                                   targets=targets)
-        async with serving(tmp_path, pagerduty, settings) as running:
+        async with serving(tmp_path, database_url, pagerduty, settings) as running:
             reload = asyncio.create_task(running.post(b"", path="/-/reload"))
             answered_during: list[float] = []
             while not reload.done():

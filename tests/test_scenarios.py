@@ -154,13 +154,14 @@ class Station:
 
 
 @asynccontextmanager
-async def running(tmp_path: Path, pd: PagerDutyStandIn, clock: FakeClock
+async def running(tmp_path: Path, database_url: str, pd: PagerDutyStandIn, clock: FakeClock
                   ) -> AsyncIterator[Station]:
     """Firehouse on 127.0.0.1:0 with routing keys, a bearer token, a PagerDuty webhook
-    secret and 300 s of flap damping; its state in `tmp_path` (a second call restarts it)."""
+    secret and 300 s of flap damping; its state in PostgreSQL at `database_url`, or when
+    that is empty in `tmp_path` (a second call restarts it)."""
     settings = write_settings(tmp_path, incidents={"flap_damping_seconds": DAMPING})
     env = {**config_env(pagerduty_url=pd.url, state=tmp_path / "state.db",
-                        listen="127.0.0.1:0", token=TOKEN),
+                        listen="127.0.0.1:0", token=TOKEN, database_url=database_url),
            "FIREHOUSE_PAGERDUTY_WEBHOOK_SECRET": SECRET}
     firehouse = Firehouse(load_config(settings, env=env), settings, env=env, clock=clock)
     await firehouse.start()
@@ -209,13 +210,13 @@ def only_incident(incidents: list[dict[str, Any]]) -> dict[str, Any]:
 
 class TestOneFire:
     async def test_database_warning_pages_checkout_at_critical_grows_and_resolves_once(
-        self, tmp_path: Path, pd: PagerDutyStandIn
+        self, tmp_path: Path, database_url: str, pd: PagerDutyStandIn
     ) -> None:
         """A warning on the payments database pages checkout's whole response at critical at
         once, grows with the fire, and resolves each triggered key once after flap damping."""
         clock = FakeClock()
         t0 = clock.now
-        async with running(tmp_path, pd, clock) as station:
+        async with running(tmp_path, database_url, pd, clock) as station:
             answer = await station.notify(firing(DB_WARNING, t0 - timedelta(minutes=1)))
             [ident] = answer["incidents_opened"]
             assert answer["events"] == 4  # one decision pages every role at once
@@ -308,12 +309,12 @@ class TestOneFire:
 
 class TestSeverity:
     async def test_critical_alert_on_a_warned_service_repages_every_target_at_critical(
-        self, tmp_path: Path, pd: PagerDutyStandIn
+        self, tmp_path: Path, database_url: str, pd: PagerDutyStandIn
     ) -> None:
         """A critical alert on a service already warned about joins its incident and pages
         every target again under a new dedup key at critical."""
         clock = FakeClock()
-        async with running(tmp_path, pd, clock) as station:
+        async with running(tmp_path, database_url, pd, clock) as station:
             warning = firing(REPORT_LATE, clock.now - timedelta(minutes=1))
             [ident] = (await station.notify(warning))["incidents_opened"]
             assert triggers(station.sent()) == [
@@ -333,12 +334,12 @@ class TestSeverity:
             assert "escalated" in kinds(await station.incident(ident))
 
     async def test_warning_turned_critical_on_one_fingerprint_repages_at_critical(
-        self, tmp_path: Path, pd: PagerDutyStandIn
+        self, tmp_path: Path, database_url: str, pd: PagerDutyStandIn
     ) -> None:
         """An alert whose severity label rises on the same fingerprint stays one incident
         and pages every target again under a new dedup key at critical."""
         clock = FakeClock()
-        async with running(tmp_path, pd, clock) as station:
+        async with running(tmp_path, database_url, pd, clock) as station:
             starts = clock.now - timedelta(minutes=1)
             warning = firing(REPORT_LATE, starts)
             [ident] = (await station.notify(warning))["incidents_opened"]
@@ -358,12 +359,12 @@ class TestSeverity:
 
 class TestDelivery:
     async def test_same_notification_twice_pages_once(
-        self, tmp_path: Path, pd: PagerDutyStandIn
+        self, tmp_path: Path, database_url: str, pd: PagerDutyStandIn
     ) -> None:
         """A notification delivered twice (an HA pair, a retry) sends nothing the second
         time: each key opens one PagerDuty alert."""
         clock = FakeClock()
-        async with running(tmp_path, pd, clock) as station:
+        async with running(tmp_path, database_url, pd, clock) as station:
             database = firing(DB_WARNING, clock.now - timedelta(minutes=1))
             first = await station.notify(database)
             second = await station.notify(database)
@@ -376,12 +377,12 @@ class TestDelivery:
         assert set(pd.incidents_opened.values()) == {1}
 
     async def test_mixed_group_resolves_only_its_resolved_alert(
-        self, tmp_path: Path, pd: PagerDutyStandIn
+        self, tmp_path: Path, database_url: str, pd: PagerDutyStandIn
     ) -> None:
         """A notification with one firing and one resolved alert of the same fire resolves
         that alert only: the incident stays open and no page is stood down."""
         clock = FakeClock()
-        async with running(tmp_path, pd, clock) as station:
+        async with running(tmp_path, database_url, pd, clock) as station:
             lag = firing(INDEXER_LAG, clock.now - timedelta(minutes=2))
             errors = firing(INDEXER_ERRORS, clock.now - timedelta(minutes=1))
             [ident] = (await station.notify(lag, errors))["incidents_opened"]
@@ -402,12 +403,12 @@ class TestDelivery:
             assert (await station.incident(ident))["status"] == "open"
 
     async def test_truncated_group_resolves_nothing(
-        self, tmp_path: Path, pd: PagerDutyStandIn
+        self, tmp_path: Path, database_url: str, pd: PagerDutyStandIn
     ) -> None:
         """Resolved alerts in a notification Alertmanager truncated resolve nothing, even past
         the damping; the full group's resolution later does."""
         clock = FakeClock()
-        async with running(tmp_path, pd, clock) as station:
+        async with running(tmp_path, database_url, pd, clock) as station:
             lag = firing(INDEXER_LAG, clock.now - timedelta(minutes=2))
             errors = firing(INDEXER_ERRORS, clock.now - timedelta(minutes=1))
             [ident] = (await station.notify(lag, errors))["incidents_opened"]
@@ -434,12 +435,12 @@ class TestDelivery:
 
 class TestFlapping:
     async def test_alert_firing_again_inside_damping_is_the_same_fire(
-        self, tmp_path: Path, pd: PagerDutyStandIn
+        self, tmp_path: Path, database_url: str, pd: PagerDutyStandIn
     ) -> None:
         """An alert that resolves and fires again within the damping continues its incident
         without a page; once it stays resolved past the damping, each page resolves once."""
         clock = FakeClock()
-        async with running(tmp_path, pd, clock) as station:
+        async with running(tmp_path, database_url, pd, clock) as station:
             first = firing(INDEXER_LAG, clock.now - timedelta(minutes=1))
             [ident] = (await station.notify(first))["incidents_opened"]
             opened = triggers(station.sent())
@@ -469,12 +470,12 @@ class TestFlapping:
         assert set(pd.incidents_opened.values()) == {1}
 
     async def test_business_line_hears_when_a_recovering_fire_flares_up_again(
-        self, tmp_path: Path, pd: PagerDutyStandIn
+        self, tmp_path: Path, database_url: str, pd: PagerDutyStandIn
     ) -> None:
         """When a tier-1 fire that the business line was told is recovering fires again
         within the damping, the business line gets a fresh update saying it is disrupted."""
         clock = FakeClock()
-        async with running(tmp_path, pd, clock) as station:
+        async with running(tmp_path, database_url, pd, clock) as station:
             first = firing(DB_WARNING, clock.now - timedelta(minutes=1))
             [ident] = (await station.notify(first))["incidents_opened"]
             station.sent()
@@ -500,12 +501,12 @@ class TestFlapping:
 
 class TestClock:
     async def test_unacknowledged_incident_escalates_once_across_a_restart(
-        self, tmp_path: Path, pd: PagerDutyStandIn
+        self, tmp_path: Path, database_url: str, pd: PagerDutyStandIn
     ) -> None:
         """An incident nobody acknowledged within ack_within pages senior management once:
         not again later, nor after a restart on the same state."""
         clock = FakeClock()
-        async with running(tmp_path, pd, clock) as station:
+        async with running(tmp_path, database_url, pd, clock) as station:
             database = firing(DB_WARNING, clock.now - timedelta(minutes=1))
             [ident] = (await station.notify(database))["incidents_opened"]
             station.sent()
@@ -522,7 +523,7 @@ class TestClock:
             assert station.sent() == []
             assert (await station.incident(ident))["clock"]["fired"] == ["ack"]
 
-        async with running(tmp_path, pd, clock) as station:
+        async with running(tmp_path, database_url, pd, clock) as station:
             await station.advance(minutes=1)
             assert station.sent() == []
             shown = await station.incident(ident)
@@ -532,12 +533,12 @@ class TestClock:
                                     f"firehouse/{ident}/ops-management/critical/ack-missed")] == 1
 
     async def test_acknowledged_incident_does_not_escalate(
-        self, tmp_path: Path, pd: PagerDutyStandIn
+        self, tmp_path: Path, database_url: str, pd: PagerDutyStandIn
     ) -> None:
         """An acknowledgement from PagerDuty marks the page acknowledged, and the incident's
         acknowledgement deadline then passes without escalation."""
         clock = FakeClock()
-        async with running(tmp_path, pd, clock) as station:
+        async with running(tmp_path, database_url, pd, clock) as station:
             database = firing(DB_WARNING, clock.now - timedelta(minutes=1))
             [ident] = (await station.notify(database))["incidents_opened"]
             station.sent()
@@ -558,12 +559,12 @@ class TestClock:
             assert "pagerduty_acknowledged" in kinds(shown)
 
     async def test_forged_acknowledgement_is_refused_and_changes_nothing(
-        self, tmp_path: Path, pd: PagerDutyStandIn
+        self, tmp_path: Path, database_url: str, pd: PagerDutyStandIn
     ) -> None:
         """An acknowledgement signed with another secret is refused with 401: the page stays
         unacknowledged and the deadline still escalates."""
         clock = FakeClock()
-        async with running(tmp_path, pd, clock) as station:
+        async with running(tmp_path, database_url, pd, clock) as station:
             database = firing(DB_WARNING, clock.now - timedelta(minutes=1))
             [ident] = (await station.notify(database))["incidents_opened"]
             station.sent()
@@ -584,12 +585,12 @@ class TestClock:
                                                      "senior_management")]
 
     async def test_business_line_is_updated_every_interval(
-        self, tmp_path: Path, pd: PagerDutyStandIn
+        self, tmp_path: Path, database_url: str, pd: PagerDutyStandIn
     ) -> None:
         """After the tier-1 rule's 30-minute interval the business line gets a new update
         under a new dedup key, and the previous update is resolved."""
         clock = FakeClock()
-        async with running(tmp_path, pd, clock) as station:
+        async with running(tmp_path, database_url, pd, clock) as station:
             database = firing(DB_WARNING, clock.now - timedelta(minutes=1))
             [ident] = (await station.notify(database))["incidents_opened"]
             station.sent()

@@ -9,8 +9,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
+import asyncpg
 import pytest
 
 from daemon.alerts import parse_body
@@ -20,10 +22,12 @@ from daemon.decide import OPEN, Decision, State, decide
 from daemon.errors import StoreError
 from daemon.store import Store
 from daemon.store.sqlite import SqliteStore
+from tests.conftest import NewStore
 from tests.helpers import (
     NOW,
     PAGERDUTY_FIXTURES,
     SETTINGS,
+    BeforeWrite,
     alert,
     body,
     config_env,
@@ -44,16 +48,15 @@ TOKEN = "s3cret-bearer-token"
 USER, PASSWORD = "alertmanager", "hunter2"
 
 
-class FlakyStore(SqliteStore):
-    """A SQLite store whose commits fail while `failing` is set, as a full disk would."""
+class FlakyStore(BeforeWrite):
+    """In front of a store class: writes fail while `failing` is set, as a full disk would."""
 
     failing = False
 
-    async def commit(self, decision: Decision) -> None:
-        """Fail like a broken disk, or commit for real."""
+    async def before_write(self, decision: Decision) -> None:
+        """Fail like a broken disk, or let the decision be written."""
         if self.failing:
-            raise StoreError(f"could not write to {self.path}: disk I/O error")
-        await super().commit(decision)
+            raise StoreError(f"could not write to {type(self).__name__}: disk I/O error")
 
 
 class Running:
@@ -84,11 +87,13 @@ class Running:
 
 
 @asynccontextmanager
-async def serving(tmp_path: Path, pd: PagerDutyStandIn, settings: Path = SETTINGS,
-                  store: Store | None = None) -> AsyncIterator[Running]:
-    """Firehouse started on 127.0.0.1:0 with routing keys, paging the stand-in."""
+async def serving(tmp_path: Path, database_url: str, pd: PagerDutyStandIn,
+                  settings: Path = SETTINGS, store: Store | None = None
+                  ) -> AsyncIterator[Running]:
+    """Firehouse started on 127.0.0.1:0 with routing keys, paging the stand-in; its state in
+    PostgreSQL at `database_url`, or when that is empty in a file in `tmp_path`."""
     env = config_env(pagerduty_url=pd.url, state=tmp_path / "state.db",
-                     listen="127.0.0.1:0")
+                     listen="127.0.0.1:0", database_url=database_url)
     firehouse = Firehouse(load_config(settings, env=env), settings, store=store, env=env)
     await firehouse.start()
     try:
@@ -112,7 +117,7 @@ def basic(user: str, password: str) -> str:
 class TestWebhook:
     @pytest.mark.parametrize("path", fixture_files(), ids=lambda p: p.name)
     async def test_every_real_payload_is_accepted_and_paged_validly(
-        self, tmp_path: Path, pd: PagerDutyStandIn, path: Path
+        self, tmp_path: Path, database_url: str, pd: PagerDutyStandIn, path: Path
     ) -> None:
         """Each real payload is accepted and pages each firing alert's targets with valid events."""
         raw = path.read_bytes()
@@ -125,7 +130,7 @@ class TestWebhook:
                                           if a.firing})
         assert all(len(i.alerts) == 1 for i in opened if not i.mapped)
 
-        async with serving(tmp_path, pd) as firehouse:
+        async with serving(tmp_path, database_url, pd) as firehouse:
             status, answer = await firehouse.post(raw)
             await firehouse.drained()
 
@@ -147,30 +152,32 @@ class TestWebhook:
         ids=["not-json", "no-alerts", "bad-truncated"],
     )
     async def test_malformed_body_is_400_naming_the_field(
-        self, tmp_path: Path, pd: PagerDutyStandIn, data: bytes, field: str
+        self, tmp_path: Path, database_url: str, pd: PagerDutyStandIn, data: bytes, field: str
     ) -> None:
         """A body that can never be processed is answered 400 with a message naming the problem."""
-        async with serving(tmp_path, pd) as firehouse:
+        async with serving(tmp_path, database_url, pd) as firehouse:
             status, answer = await firehouse.post(data)
 
         assert status == 400
         assert field in answer["error"]
 
-    async def test_plain_text_is_415(self, tmp_path: Path, pd: PagerDutyStandIn) -> None:
+    async def test_plain_text_is_415(self, tmp_path: Path, database_url: str,
+                                     pd: PagerDutyStandIn) -> None:
         """A body sent as text/plain is refused with 415."""
-        async with serving(tmp_path, pd) as firehouse:
+        async with serving(tmp_path, database_url, pd) as firehouse:
             status, answer = await firehouse.post(pg_down(), {"Content-Type": "text/plain"})
 
         assert status == 415
         assert "application/json" in answer["error"]
 
-    async def test_body_above_the_limit_is_413(self, tmp_path: Path, pd: PagerDutyStandIn) -> None:
+    async def test_body_above_the_limit_is_413(self, tmp_path: Path, database_url: str,
+                                               pd: PagerDutyStandIn) -> None:
         """A body larger than max_body_bytes is refused with 413; a smaller one is accepted."""
         settings = write_settings(tmp_path, max_body_bytes=2048)
         huge = body(alert({"alertname": "Big", "service": "cart"},
                           annotations={"description": "x" * 4096}))
 
-        async with serving(tmp_path, pd, settings) as firehouse:
+        async with serving(tmp_path, database_url, pd, settings) as firehouse:
             too_big, answer = await firehouse.post(huge)
             fine, _ = await firehouse.post(pg_down())
 
@@ -185,7 +192,8 @@ class TestWebhook:
         ids=["none", "bearer", "bad-bearer", "basic", "bad-basic", "garbled-basic"],
     )
     async def test_credentials_are_required(
-        self, tmp_path: Path, pd: PagerDutyStandIn, authorization: str | None, expected: int
+        self, tmp_path: Path, database_url: str,
+        pd: PagerDutyStandIn, authorization: str | None, expected: int
     ) -> None:
         """With auth configured, a webhook needs the bearer token or the basic credentials."""
         settings = write_settings(tmp_path, auth={
@@ -194,7 +202,7 @@ class TestWebhook:
         if authorization is not None:
             headers["Authorization"] = authorization
 
-        async with serving(tmp_path, pd, settings) as firehouse:
+        async with serving(tmp_path, database_url, pd, settings) as firehouse:
             status, _ = await firehouse.post(pg_down(), headers)
             api_status, _ = await firehouse.get("/api/v1/incidents", headers)
 
@@ -202,12 +210,13 @@ class TestWebhook:
         assert api_status == expected
 
     async def test_rejected_credentials_are_counted_and_logged(
-        self, tmp_path: Path, pd: PagerDutyStandIn, caplog: pytest.LogCaptureFixture
+        self, tmp_path: Path, database_url: str,
+        pd: PagerDutyStandIn, caplog: pytest.LogCaptureFixture
     ) -> None:
         """A webhook refused for its credentials is counted and logged, since Alertmanager
         drops it."""
         settings = write_settings(tmp_path, auth={"bearer_token": TOKEN})
-        async with serving(tmp_path, pd, settings) as firehouse:
+        async with serving(tmp_path, database_url, pd, settings) as firehouse:
             with caplog.at_level(logging.WARNING, logger="firehouse.server"):
                 for _ in range(3):
                     status, _ = await firehouse.post(
@@ -223,13 +232,13 @@ class TestWebhook:
 
     @pytest.mark.parametrize("protect", [False, True])
     async def test_metrics_are_open_unless_protected(
-        self, tmp_path: Path, pd: PagerDutyStandIn, protect: bool
+        self, tmp_path: Path, database_url: str, pd: PagerDutyStandIn, protect: bool
     ) -> None:
         """/metrics is open by default, like health and readiness; `auth.protect_metrics`
         puts it behind the webhook's credentials, never the health endpoints."""
         settings = write_settings(tmp_path, auth={"bearer_token": TOKEN,
                                                   "protect_metrics": protect})
-        async with serving(tmp_path, pd, settings) as firehouse:
+        async with serving(tmp_path, database_url, pd, settings) as firehouse:
             bare, _ = await firehouse.get("/metrics")
             with_token, text = await firehouse.get(
                 "/metrics", {"Authorization": f"Bearer {TOKEN}"})
@@ -240,9 +249,10 @@ class TestWebhook:
         assert "firehouse_incidents_open" in text
         assert health == [200, 200]
 
-    async def test_replayed_body_pages_once(self, tmp_path: Path, pd: PagerDutyStandIn) -> None:
+    async def test_replayed_body_pages_once(self, tmp_path: Path, database_url: str,
+                                            pd: PagerDutyStandIn) -> None:
         """The same notification sent twice (an HA pair) opens each PagerDuty alert once."""
-        async with serving(tmp_path, pd) as firehouse:
+        async with serving(tmp_path, database_url, pd) as firehouse:
             first, one = await firehouse.post(pg_down())
             second, two = await firehouse.post(pg_down())
             await firehouse.drained()
@@ -256,11 +266,11 @@ class TestWebhook:
                    and e["payload"]["custom_details"]["reason"] == "business update") == 1
 
     async def test_store_failure_is_503_and_the_retry_pages(
-        self, tmp_path: Path, pd: PagerDutyStandIn
+        self, tmp_path: Path, database_url: str, new_store: NewStore, pd: PagerDutyStandIn
     ) -> None:
         """A failed commit is answered 503, and the retry, once the disk is back, pages."""
-        store = FlakyStore(tmp_path / "state.db")
-        async with serving(tmp_path, pd, store=store) as firehouse:
+        store = new_store(FlakyStore)
+        async with serving(tmp_path, database_url, pd, store=store) as firehouse:
             store.failing = True
             refused, answer = await firehouse.post(pg_down())
             store.failing = False
@@ -276,10 +286,10 @@ class TestWebhook:
         assert 'firehouse_webhooks_total{outcome="store_error"} 1.0' in metrics
 
     async def test_not_accepting_is_503_and_not_ready(
-        self, tmp_path: Path, pd: PagerDutyStandIn
+        self, tmp_path: Path, database_url: str, pd: PagerDutyStandIn
     ) -> None:
         """While not accepting (starting or stopping) webhooks get 503 and readiness fails."""
-        async with serving(tmp_path, pd) as firehouse:
+        async with serving(tmp_path, database_url, pd) as firehouse:
             firehouse.firehouse.accepting = False
             status, _ = await firehouse.post(pg_down())
             ready, _ = await firehouse.get("/-/ready")
@@ -288,21 +298,56 @@ class TestWebhook:
         assert (status, ready, healthy) == (503, 503, 200)
 
 
-class BrokenDiskStore(SqliteStore):
-    """A SQLite store that refuses every write while broken, as a full disk would."""
+class BrokenDiskStore:
+    """In front of a store class: a store whose database refuses every write while broken,
+    as a full disk would. SQLite: the store's own connection turns query-only. PostgreSQL:
+    the store's schema is renamed away (reads fail too), and back."""
+
+    def __init__(self, where: Any) -> None:
+        super().__init__(where)
+        self.where = where
+        self.broken = False
 
     async def set_broken(self, broken: bool) -> None:
-        """Refuse (or allow again) every write, on the store's own connection."""
-        await self._run(lambda: self.conn.execute(f"PRAGMA query_only={int(broken)}"))
+        """Refuse (or allow again) every write."""
+        if isinstance(self, SqliteStore):
+            await self._run(lambda: self.conn.execute(f"PRAGMA query_only={int(broken)}"))
+        elif broken != self.broken:
+            dsn = urlsplit(self.where)
+            schema = dsn.query.removeprefix("search_path=")
+            renames = (schema, f"{schema}_broken")
+            old, new = renames if broken else reversed(renames)
+            conn = await asyncpg.connect(urlunsplit(dsn._replace(query="")))
+            try:
+                await conn.execute(f'ALTER SCHEMA "{old}" RENAME TO "{new}"')
+            finally:
+                await conn.close()
+        self.broken = broken
+
+    async def probed_at(self) -> Any:
+        """The time of the store's last committed probe (`meta.probed_at`), or None."""
+        if isinstance(self, SqliteStore):
+            return await self._run(lambda: self.conn.execute(
+                "SELECT value FROM meta WHERE key = 'probed_at'").fetchone())
+        conn = await asyncpg.connect(self.where)
+        try:
+            return await conn.fetchval("SELECT value FROM meta WHERE key = 'probed_at'")
+        finally:
+            await conn.close()
+
+    async def close(self) -> None:
+        if self.broken:
+            await self.set_broken(False)  # the schema is dropped by its name after the test
+        await super().close()  # type: ignore[misc]
 
 
 class TestStoreHealth:
     async def test_failed_write_makes_readiness_fail_until_a_write_succeeds(
-        self, tmp_path: Path, pd: PagerDutyStandIn
+        self, tmp_path: Path, database_url: str, new_store: NewStore, pd: PagerDutyStandIn
     ) -> None:
         """After a write to the store fails, /-/ready says so until a write succeeds again."""
-        store = BrokenDiskStore(tmp_path / "state.db")
-        async with serving(tmp_path, pd, store=store) as firehouse:
+        store = new_store(BrokenDiskStore)
+        async with serving(tmp_path, database_url, pd, store=store) as firehouse:
             await store.set_broken(True)
             refused, _ = await firehouse.post(pg_down())
             not_ready, _ = await firehouse.get("/-/ready")
@@ -313,31 +358,31 @@ class TestStoreHealth:
         assert (refused, not_ready, accepted, ready) == (503, 503, 200, 200)
 
     async def test_readiness_comes_back_without_a_webhook_once_the_disk_is_fixed(
-        self, tmp_path: Path, pd: PagerDutyStandIn, monkeypatch: pytest.MonkeyPatch
+        self, tmp_path: Path, database_url: str, new_store: NewStore,
+        pd: PagerDutyStandIn, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """While the store is unhealthy, /-/ready probes it with a committed write: fixing
         the disk makes the daemon ready again though no webhook gets through (a load
         balancer gated on readiness would send none)."""
         monkeypatch.setattr("daemon.server.STORE_PROBE_SECONDS", 0.0)
-        store = BrokenDiskStore(tmp_path / "state.db")
-        async with serving(tmp_path, pd, store=store) as firehouse:
+        store = new_store(BrokenDiskStore)
+        async with serving(tmp_path, database_url, pd, store=store) as firehouse:
             await store.set_broken(True)
             refused, _ = await firehouse.post(pg_down())
             still_broken, _ = await firehouse.get("/-/ready")
             await store.set_broken(False)
             fixed, _ = await firehouse.get("/-/ready")
-            probed = await store._run(lambda: store.conn.execute(
-                "SELECT value FROM meta WHERE key = 'probed_at'").fetchone())
+            probed = await store.probed_at()
 
         assert (refused, still_broken, fixed) == (503, 503, 200)
         assert probed is not None
 
     async def test_the_store_is_probed_at_most_every_few_seconds(
-        self, tmp_path: Path, pd: PagerDutyStandIn
+        self, tmp_path: Path, database_url: str, new_store: NewStore, pd: PagerDutyStandIn
     ) -> None:
         """A burst of readiness checks on a broken store probes it once, not per request."""
-        store = BrokenDiskStore(tmp_path / "state.db")
-        async with serving(tmp_path, pd, store=store) as firehouse:
+        store = new_store(BrokenDiskStore)
+        async with serving(tmp_path, database_url, pd, store=store) as firehouse:
             await store.set_broken(True)
             await firehouse.post(pg_down())
             first, _ = await firehouse.get("/-/ready")
@@ -350,12 +395,12 @@ class TestStoreHealth:
 
 class TestDeadLetters:
     async def test_a_refused_page_shows_and_is_sent_again_with_the_rotated_key(
-        self, tmp_path: Path, pd: PagerDutyStandIn
+        self, tmp_path: Path, database_url: str, pd: PagerDutyStandIn
     ) -> None:
         """Pages PagerDuty refused read "not delivered" in the API, the timeline and the
         board; once the routing key is rotated, POST /api/v1/outbox/{id}/retry sends one
         with the new key; retrying it again is a 409, an unknown event a 404."""
-        async with serving(tmp_path, pd) as firehouse:
+        async with serving(tmp_path, database_url, pd) as firehouse:
             pd.set_mode(400)
             _, answer = await firehouse.post(pg_down())
             (incident_id,) = answer["incidents_opened"]
@@ -402,11 +447,11 @@ class TestDeadLetters:
         assert rotated not in after
 
     async def test_retry_needs_the_api_credentials(
-        self, tmp_path: Path, pd: PagerDutyStandIn
+        self, tmp_path: Path, database_url: str, pd: PagerDutyStandIn
     ) -> None:
         """POST /api/v1/outbox/{id}/retry is behind the API's authentication."""
         settings = write_settings(tmp_path, auth={"bearer_token": TOKEN})
-        async with serving(tmp_path, pd, settings) as firehouse:
+        async with serving(tmp_path, database_url, pd, settings) as firehouse:
             denied, _ = await firehouse.post(b"", path="/api/v1/outbox/1/retry")
             allowed, _ = await firehouse.post(b"", {"Authorization": f"Bearer {TOKEN}"},
                                               path="/api/v1/outbox/1/retry")
@@ -425,19 +470,20 @@ class TestListLimits:
                                       "/api/v1/changes"])
     @pytest.mark.parametrize("limit", ["abc", "-1", "0", "1001", "2.5", ""])
     async def test_a_bad_limit_is_400_naming_the_range(
-        self, tmp_path: Path, pd: PagerDutyStandIn, path: str, limit: str
+        self, tmp_path: Path, database_url: str, pd: PagerDutyStandIn, path: str, limit: str
     ) -> None:
         """A limit that is not a whole number from 1 to 1000 is refused, never replaced."""
-        async with serving(tmp_path, pd) as firehouse:
+        async with serving(tmp_path, database_url, pd) as firehouse:
             status, text = await firehouse.get(f"{path}?limit={limit}")
 
         assert status == 400
         assert json.loads(text)["error"] == (
             f"limit must be a whole number from 1 to 1000, got {json.dumps(limit)}")
 
-    async def test_a_good_limit_is_used(self, tmp_path: Path, pd: PagerDutyStandIn) -> None:
+    async def test_a_good_limit_is_used(self, tmp_path: Path, database_url: str,
+                                        pd: PagerDutyStandIn) -> None:
         """limit=1 lists one incident; the bounds 1 and 1000 are accepted."""
-        async with serving(tmp_path, pd) as firehouse:
+        async with serving(tmp_path, database_url, pd) as firehouse:
             await firehouse.post(pg_down())
             await firehouse.post(body(alert({"alertname": "Down", "service": "legacy-x",
                                              "severity": "critical"})))
@@ -450,9 +496,10 @@ class TestListLimits:
 
 
 class TestEndpoints:
-    async def test_health_metrics_and_api(self, tmp_path: Path, pd: PagerDutyStandIn) -> None:
+    async def test_health_metrics_and_api(self, tmp_path: Path, database_url: str,
+                                          pd: PagerDutyStandIn) -> None:
         """Health, readiness, metrics, incidents and outbox answer, never showing a routing key."""
-        async with serving(tmp_path, pd) as firehouse:
+        async with serving(tmp_path, database_url, pd) as firehouse:
             healthy = await firehouse.get("/-/healthy")
             ready = await firehouse.get("/-/ready")
             _, answer = await firehouse.post(pg_down())
@@ -479,11 +526,11 @@ class TestEndpoints:
                 assert routing_key(target) not in text
 
     async def test_reload_keeps_the_old_config_when_the_new_one_is_bad(
-        self, tmp_path: Path, pd: PagerDutyStandIn
+        self, tmp_path: Path, database_url: str, pd: PagerDutyStandIn
     ) -> None:
         """POST /-/reload applies a valid file and refuses a broken one, keeping the old config."""
         settings = write_settings(tmp_path)
-        async with serving(tmp_path, pd, settings) as firehouse:
+        async with serving(tmp_path, database_url, pd, settings) as firehouse:
             good, reloaded = await firehouse.post(b"", path="/-/reload")
             digest = firehouse.firehouse.config.digest
             settings.write_text(settings.read_text() + "\nno_such_setting: 1\n")
@@ -500,11 +547,12 @@ class TestEndpoints:
         assert "firehouse_config_last_reload_successful 0.0" in metrics
 
     async def test_reload_warns_about_settings_that_need_a_restart(
-        self, tmp_path: Path, pd: PagerDutyStandIn, caplog: pytest.LogCaptureFixture
+        self, tmp_path: Path, database_url: str,
+        pd: PagerDutyStandIn, caplog: pytest.LogCaptureFixture
     ) -> None:
         """A reload that changes a restart-only setting warns that the old value stays in force."""
         settings = write_settings(tmp_path, max_body_bytes=2048)
-        async with serving(tmp_path, pd, settings) as firehouse:
+        async with serving(tmp_path, database_url, pd, settings) as firehouse:
             write_settings(tmp_path, max_body_bytes=1 << 20)
             status, _ = await firehouse.post(b"", path="/-/reload")
             big = body(alert({"alertname": "Big"}, annotations={"description": "x" * 4096}))
@@ -546,12 +594,12 @@ async def open_incident(firehouse: Running) -> str:
 
 class TestPagerDutyWebhook:
     async def test_signed_acknowledgement_of_a_page_is_accepted_and_matched(
-        self, tmp_path: Path, pd: PagerDutyStandIn
+        self, tmp_path: Path, database_url: str, pd: PagerDutyStandIn
     ) -> None:
         """A signed incident.acknowledged for one of Firehouse's pages is decided and answered
         200, saying that it matched; one for a key Firehouse never sent matches nothing."""
         settings = with_pagerduty_webhook(tmp_path, [PD_SECRET])
-        async with serving(tmp_path, pd, settings) as firehouse:
+        async with serving(tmp_path, database_url, pd, settings) as firehouse:
             key = await open_incident(firehouse)
             ack = pagerduty_webhook("incident.acknowledged", key, agent="Ann Oncall")
             status, answer = await firehouse.post(ack, signed(ack), path=PD_PATH)
@@ -567,14 +615,14 @@ class TestPagerDutyWebhook:
         assert 'firehouse_pagerduty_webhooks_total{outcome="accepted"} 2.0' in metrics
 
     async def test_real_pagerduty_delivery_with_its_own_signature(
-        self, tmp_path: Path, pd: PagerDutyStandIn
+        self, tmp_path: Path, database_url: str, pd: PagerDutyStandIn
     ) -> None:
         """Bodies and signatures a PagerDuty account sent are accepted under its secret: the
         test ping is ignored, the acknowledgement decided (no page of ours: unmatched)."""
         signatures = json.loads((PAGERDUTY_FIXTURES / "signatures.json").read_text())
         settings = with_pagerduty_webhook(tmp_path, ["an-old-secret", signatures["secret"]])
         answers = {}
-        async with serving(tmp_path, pd, settings) as firehouse:
+        async with serving(tmp_path, database_url, pd, settings) as firehouse:
             for name in ("aldaviva_pagey.ping.json", "aldaviva_incident.acknowledged.json"):
                 headers = {**JSON, "X-PagerDuty-Signature":
                            signatures["x-pagerduty-signature"][name]}
@@ -591,7 +639,8 @@ class TestPagerDutyWebhook:
         None, "", "v1=" + "0" * 64, "garbage", "v1=\u00e9", "sha256=abc",
     ], ids=["unsigned", "empty", "forged", "garbage", "non-ascii", "other-scheme"])
     async def test_bad_signature_is_401_and_decides_nothing(
-        self, tmp_path: Path, pd: PagerDutyStandIn, monkeypatch: pytest.MonkeyPatch,
+        self, tmp_path: Path, database_url: str,
+        pd: PagerDutyStandIn, monkeypatch: pytest.MonkeyPatch,
         signature: str | None
     ) -> None:
         """Without a signature made with a configured secret, the webhook is refused with 401
@@ -605,7 +654,7 @@ class TestPagerDutyWebhook:
         headers = dict(JSON)
         if signature is not None:
             headers["X-PagerDuty-Signature"] = signature
-        async with serving(tmp_path, pd, settings) as firehouse:
+        async with serving(tmp_path, database_url, pd, settings) as firehouse:
             status, answer = await firehouse.post(ack, headers, path=PD_PATH)
             wrong_secret, _ = await firehouse.post(ack, signed(ack, "not-the-secret"),
                                                    path=PD_PATH)
@@ -616,12 +665,13 @@ class TestPagerDutyWebhook:
         assert 'firehouse_pagerduty_webhooks_total{outcome="unauthorized"} 2.0' in metrics
 
     async def test_rejections_are_logged_at_most_every_10s(
-        self, tmp_path: Path, pd: PagerDutyStandIn, caplog: pytest.LogCaptureFixture
+        self, tmp_path: Path, database_url: str,
+        pd: PagerDutyStandIn, caplog: pytest.LogCaptureFixture
     ) -> None:
         """A burst of forged webhooks is counted, and logged once."""
         settings = with_pagerduty_webhook(tmp_path, [PD_SECRET])
         ack = pagerduty_webhook("incident.acknowledged", "firehouse/x/dba-oncall")
-        async with serving(tmp_path, pd, settings) as firehouse:
+        async with serving(tmp_path, database_url, pd, settings) as firehouse:
             with caplog.at_level(logging.WARNING, logger="firehouse.server"):
                 for _ in range(3):
                     await firehouse.post(ack, signed(ack, "forged"), path=PD_PATH)
@@ -632,13 +682,13 @@ class TestPagerDutyWebhook:
         assert "path=/webhook/pagerduty" in warnings[0]
 
     async def test_not_configured_is_403_saying_how(
-        self, tmp_path: Path, pd: PagerDutyStandIn
+        self, tmp_path: Path, database_url: str, pd: PagerDutyStandIn
     ) -> None:
         """Without a webhook secret the route refuses everything with 403, naming the setting
         and the variable to set."""
         settings = with_pagerduty_webhook(tmp_path, None)
         ack = pagerduty_webhook("incident.acknowledged", "firehouse/x/dba-oncall")
-        async with serving(tmp_path, pd, settings) as firehouse:
+        async with serving(tmp_path, database_url, pd, settings) as firehouse:
             status, answer = await firehouse.post(ack, signed(ack), path=PD_PATH)
             _, metrics = await firehouse.get("/metrics")
 
@@ -647,13 +697,14 @@ class TestPagerDutyWebhook:
         assert "$FIREHOUSE_PAGERDUTY_WEBHOOK_SECRET" in answer["error"]
         assert 'firehouse_pagerduty_webhooks_total{outcome="unconfigured"} 1.0' in metrics
 
-    async def test_body_above_the_limit_is_413(self, tmp_path: Path, pd: PagerDutyStandIn
+    async def test_body_above_the_limit_is_413(self, tmp_path: Path, database_url: str,
+                                               pd: PagerDutyStandIn
                                                ) -> None:
         """A webhook larger than max_body_bytes is refused with 413, signed or not."""
         settings = with_pagerduty_webhook(tmp_path, [PD_SECRET], max_body_bytes=2048)
         huge = pagerduty_webhook("incident.reassigned", "firehouse/x/dba-oncall",
                                  assignees=["x" * 4096])
-        async with serving(tmp_path, pd, settings) as firehouse:
+        async with serving(tmp_path, database_url, pd, settings) as firehouse:
             status, answer = await firehouse.post(huge, signed(huge), path=PD_PATH)
             _, metrics = await firehouse.get("/metrics")
 
@@ -662,25 +713,25 @@ class TestPagerDutyWebhook:
         assert 'firehouse_pagerduty_webhooks_total{outcome="invalid"} 1.0' in metrics
 
     async def test_signed_malformed_body_is_400_naming_the_field(
-        self, tmp_path: Path, pd: PagerDutyStandIn
+        self, tmp_path: Path, database_url: str, pd: PagerDutyStandIn
     ) -> None:
         """A correctly signed body that is not a usable event is refused with 400 and the
         parser's message."""
         settings = with_pagerduty_webhook(tmp_path, [PD_SECRET])
         broken = b'{"event": {"event_type": "incident.resolved", "id": "E1"}}'
-        async with serving(tmp_path, pd, settings) as firehouse:
+        async with serving(tmp_path, database_url, pd, settings) as firehouse:
             status, answer = await firehouse.post(broken, signed(broken), path=PD_PATH)
 
         assert (status, answer["error"]) == (400, "field 'event.data' is missing")
 
     async def test_incident_without_incident_key_is_ignored(
-        self, tmp_path: Path, pd: PagerDutyStandIn
+        self, tmp_path: Path, database_url: str, pd: PagerDutyStandIn
     ) -> None:
         """An incident event without an incident_key cannot be one of Firehouse's pages: it is
         answered 200, ignored, and counted as such."""
         settings = with_pagerduty_webhook(tmp_path, [PD_SECRET])
         keyless = pagerduty_webhook("incident.resolved", None)
-        async with serving(tmp_path, pd, settings) as firehouse:
+        async with serving(tmp_path, database_url, pd, settings) as firehouse:
             status, answer = await firehouse.post(keyless, signed(keyless), path=PD_PATH)
             _, metrics = await firehouse.get("/metrics")
 
@@ -688,24 +739,25 @@ class TestPagerDutyWebhook:
         assert "incident_key" in answer["reason"]
         assert 'firehouse_pagerduty_webhooks_total{outcome="ignored"} 1.0' in metrics
 
-    async def test_webhook_credentials_do_not_apply(self, tmp_path: Path, pd: PagerDutyStandIn
+    async def test_webhook_credentials_do_not_apply(self, tmp_path: Path, database_url: str,
+                                                    pd: PagerDutyStandIn
                                                     ) -> None:
         """With a bearer token configured for Alertmanager, a signed PagerDuty webhook without
         it is still accepted: the signature is its authentication."""
         settings = with_pagerduty_webhook(tmp_path, [PD_SECRET], auth={"bearer_token": TOKEN})
         ack = pagerduty_webhook("incident.acknowledged", "firehouse/x/dba-oncall")
-        async with serving(tmp_path, pd, settings) as firehouse:
+        async with serving(tmp_path, database_url, pd, settings) as firehouse:
             status, answer = await firehouse.post(ack, signed(ack), path=PD_PATH)
 
         assert (status, answer["status"]) == (200, "success")
 
     async def test_store_failure_is_503_so_pagerduty_retries(
-        self, tmp_path: Path, pd: PagerDutyStandIn
+        self, tmp_path: Path, database_url: str, new_store: NewStore, pd: PagerDutyStandIn
     ) -> None:
         """When the decision on an acknowledgement cannot be stored, the answer is 503."""
-        store = FlakyStore(tmp_path / "state.db")
+        store = new_store(FlakyStore)
         settings = with_pagerduty_webhook(tmp_path, [PD_SECRET])
-        async with serving(tmp_path, pd, settings, store=store) as firehouse:
+        async with serving(tmp_path, database_url, pd, settings, store=store) as firehouse:
             key = await open_incident(firehouse)
             ack = pagerduty_webhook("incident.acknowledged", key)
             store.failing = True

@@ -1,4 +1,6 @@
-"""The SQLite store, on real database files in a temporary directory."""
+"""The stores, each test on both backends (see `backend` in conftest): SQLite on real
+database files in a temporary directory, PostgreSQL in a fresh schema; the tests of the
+SQLite file itself on SQLite only."""
 
 from __future__ import annotations
 
@@ -25,8 +27,10 @@ from daemon.store import (
     DRY_RUN,
     PENDING,
     Attempt,
+    Store,
 )
 from daemon.store.sqlite import SqliteStore
+from tests.conftest import NewStore, sqlite_only
 from tests.helpers import NOW, alert, resolved, routing_key, target_names, undamped, webhook
 
 DAY = 24 * 3600.0
@@ -67,21 +71,20 @@ def unrelated_alerts(count: int) -> list[dict[str, Any]]:
 
 
 class TestCommitAndLoad:
-    async def test_state_survives_a_restart(self, tmp_path: Path, config: Config) -> None:
+    async def test_state_survives_a_restart(self, new_store: NewStore, config: Config) -> None:
         """What was committed is the engine state after close and reopen of the same file."""
-        path = tmp_path / "state.db"
         one, two = db_alert(), db_alert(service="cart", name="CartSlow", severity="warning")
         first = decide(webhook(one, two), config, State(), NOW)
         state = apply(State(), first)
         second = decide(webhook(resolved(two), one), config, state, NOW + timedelta(minutes=1))
         state = apply(state, second)
-        before = SqliteStore(path)
+        before = new_store()
         await before.open()
         await before.commit(first)
         await before.commit(second)
         await before.close()
 
-        after = SqliteStore(path)
+        after = new_store()
         await after.open()
         try:
             loaded = await after.load_state(NOW + timedelta(minutes=2), DAY)
@@ -95,7 +98,7 @@ class TestCommitAndLoad:
         assert repeat.events == ()
 
     async def test_resolutions_older_than_retention_are_not_loaded(
-        self, store: SqliteStore, config: Config
+        self, store: Store, config: Config
     ) -> None:
         """A resolution is forgotten by the engine once it is older than the retention."""
         await store.commit(decide(webhook(resolved(db_alert())), config, State(), NOW))
@@ -104,7 +107,7 @@ class TestCommitAndLoad:
         assert (await store.load_state(NOW + timedelta(days=2), DAY)).resolved == {}
 
     async def test_concurrent_commits_share_transactions(
-        self, store: SqliteStore, config: Config
+        self, store: Store, config: Config
     ) -> None:
         """Many decisions committed concurrently are all stored, in fewer transactions."""
         decisions = []
@@ -114,11 +117,21 @@ class TestCommitAndLoad:
             state = apply(state, decision)
             decisions.append(decision)
         statements: list[str] = []
-        store.conn.set_trace_callback(statements.append)
+        if isinstance(store, SqliteStore):
+            store.conn.set_trace_callback(statements.append)
+        else:  # a shared store writes each transaction under its decision lock
+            take_lock = store.exclusive
+
+            def exclusive() -> Any:
+                statements.append("COMMIT")
+                return take_lock()
+
+            store.exclusive = exclusive  # type: ignore[method-assign]
 
         await asyncio.gather(*(store.commit(d) for d in decisions))
 
-        store.conn.set_trace_callback(None)
+        if isinstance(store, SqliteStore):
+            store.conn.set_trace_callback(None)
         transactions = statements.count("COMMIT")
         assert 1 <= transactions < len(decisions)
         loaded = await store.load_state(NOW, DAY)
@@ -127,7 +140,7 @@ class TestCommitAndLoad:
 
 
     async def test_one_bad_decision_fails_only_its_own_commit(
-        self, store: SqliteStore, config: Config
+        self, store: Store, config: Config
     ) -> None:
         """A decision that cannot be written fails alone; its batch mates are stored."""
         decisions = []
@@ -150,7 +163,7 @@ class TestCommitAndLoad:
         assert len((await store.load_state(NOW, DAY)).open) == 9
 
     async def test_unwritable_decision_fails_its_commit_instead_of_hanging(
-        self, store: SqliteStore, config: Config
+        self, store: Store, config: Config
     ) -> None:
         """A decision that cannot be written fails with StoreError, and the store stays usable."""
         good = decide(webhook(db_alert()), config, State(), NOW)
@@ -164,7 +177,8 @@ class TestCommitAndLoad:
 
 
 class TestOpen:
-    async def test_wal_and_full_synchronous(self, store: SqliteStore) -> None:
+    @sqlite_only
+    async def test_wal_and_full_synchronous(self, store: Store) -> None:
         """The database runs in WAL mode with synchronous=FULL."""
         other = sqlite3.connect(store.path)
         try:
@@ -221,7 +235,7 @@ class TestOpen:
 
 class TestOutbox:
     async def test_due_events_hold_a_resolve_behind_its_pending_trigger(
-        self, store: SqliteStore, config: Config
+        self, store: Store, config: Config
     ) -> None:
         """due_events gives one event per dedup key and never a resolve before its trigger."""
         opened, closed = open_and_resolve(config)
@@ -241,7 +255,7 @@ class TestOutbox:
         assert (resolve.action, resolve.dedup_key) == (RESOLVE, first[0].dedup_key)
 
     async def test_next_attempt_ignores_events_held_behind_their_key(
-        self, store: SqliteStore, config: Config
+        self, store: Store, config: Config
     ) -> None:
         """A resolve held behind a trigger that waits for a retry does not count as due."""
         opened, closed = open_and_resolve(config)
@@ -254,7 +268,7 @@ class TestOutbox:
         assert await store.due_events(NOW, 100) == []
         assert await store.next_attempt_at() == retry_at
 
-    async def test_most_urgent_event_comes_first(self, store: SqliteStore, config: Config) -> None:
+    async def test_most_urgent_event_comes_first(self, store: Store, config: Config) -> None:
         """With a backlog, a critical page is handed out before an earlier info page."""
         quiet = alert({"alertname": "Lonely", "service": "nowhere", "severity": "info"})
         loud = alert({"alertname": "Fire", "service": "nowhere-else", "severity": "critical"})
@@ -265,7 +279,7 @@ class TestOutbox:
 
         assert event.body["payload"]["severity"] == "critical"
 
-    async def test_delivery_state_transitions(self, store: SqliteStore, config: Config) -> None:
+    async def test_delivery_state_transitions(self, store: Store, config: Config) -> None:
         """mark_retry keeps an event pending until its time, mark_dead and mark_delivered end it."""
         opened, _ = open_and_resolve(config)
         await store.commit(dataclasses.replace(opened, events=opened.events[:3]))
@@ -293,7 +307,7 @@ class TestOutbox:
         assert [e.id for e in await store.list_events(DELIVERED, 10)] == [a.id]
 
     async def test_a_dead_trigger_does_not_block_its_resolve(
-        self, store: SqliteStore, config: Config
+        self, store: Store, config: Config
     ) -> None:
         """Once a trigger is dead, the resolve queued behind it becomes due."""
         opened, closed = open_and_resolve(config)
@@ -308,7 +322,7 @@ class TestOutbox:
 
 
     async def test_record_writes_many_outcomes_at_once(
-        self, store: SqliteStore, config: Config
+        self, store: Store, config: Config
     ) -> None:
         """record() ends, retries and kills several events in one call."""
         opened, _ = open_and_resolve(config)
@@ -330,7 +344,7 @@ class TestOutbox:
         assert store.healthy
 
     async def test_resolves_rank_with_critical_triggers(
-        self, store: SqliteStore, config: Config
+        self, store: Store, config: Config
     ) -> None:
         """A resolve is handed out before an earlier warning page, and beside critical ones."""
         opened, closed = open_and_resolve(config)
@@ -345,7 +359,7 @@ class TestOutbox:
 
         assert [e.action for e in due] == [RESOLVE] * len(closed.events)
 
-    async def test_skipped_keys_are_left_out(self, store: SqliteStore, config: Config) -> None:
+    async def test_skipped_keys_are_left_out(self, store: Store, config: Config) -> None:
         """Events of skipped routing keys or dedup keys are neither handed out nor awaited."""
         opened, _ = open_and_resolve(config)
         await store.commit(opened)
@@ -389,7 +403,7 @@ class TestOutbox:
 
 class TestIncidentApi:
     async def test_incident_json_never_contains_routing_keys(
-        self, store: SqliteStore, config: Config
+        self, store: Store, config: Config
     ) -> None:
         """list_incidents and get_incident return JSON without any routing key."""
         opened, closed = open_and_resolve(config)
@@ -416,7 +430,7 @@ class TestDelivery:
     timeline when refused, and retried on request."""
 
     async def test_each_page_carries_the_delivery_of_its_trigger(
-        self, store: SqliteStore, config: Config
+        self, store: Store, config: Config
     ) -> None:
         """A page's `delivery` is its trigger's outbox state, with the error while it is
         dead or being retried; None once the row is cleaned up."""
@@ -451,7 +465,7 @@ class TestDelivery:
         assert after[b.dedup_key]["state"] == DEAD  # dead letters stay
 
     async def test_a_dead_letter_note_is_written_with_the_dead_mark(
-        self, store: SqliteStore, config: Config
+        self, store: Store, config: Config
     ) -> None:
         """An attempt's note lands on its incident's timeline (kind delivery_failed) in the
         transaction that marks the event dead."""
@@ -468,7 +482,7 @@ class TestDelivery:
                                        "message": "PagerDuty refused the page to dba-oncall"}
 
     async def test_the_note_follows_a_merge_to_the_incident_holding_the_page(
-        self, store: SqliteStore, config: Config
+        self, store: Store, config: Config
     ) -> None:
         """A dead page of a merged incident is noted on the incident it was merged into,
         which holds its pages now."""
@@ -490,7 +504,7 @@ class TestDelivery:
 
 class TestRequeue:
     async def test_a_dead_letter_goes_back_with_the_new_routing_key_and_its_resolve(
-        self, store: SqliteStore, config: Config
+        self, store: Store, config: Config
     ) -> None:
         """requeue puts a dead trigger back to pending, due now, attempts and error reset,
         with the target's current routing key, the dead resolve after it too, and notes it."""
@@ -527,7 +541,7 @@ class TestRequeue:
         assert await store.requeue(10_000, {trigger.target: rotated}, retried_at) is None
 
     async def test_a_trigger_whose_resolve_went_out_is_not_requeued(
-        self, store: SqliteStore, config: Config
+        self, store: Store, config: Config
     ) -> None:
         """A dead trigger whose resolve PagerDuty accepted stays dead: sent now, it would
         open an alert that nothing resolves."""
@@ -546,7 +560,7 @@ class TestRequeue:
         assert (await store.list_events(DEAD, 10))[0].id == trigger.id
 
     async def test_a_target_no_longer_configured_is_a_conflict(
-        self, store: SqliteStore, config: Config
+        self, store: Store, config: Config
     ) -> None:
         """Without the target in the settings there is no routing key to send with."""
         opened, _ = open_and_resolve(config)
@@ -559,8 +573,9 @@ class TestRequeue:
 
 
 class TestProbe:
+    @sqlite_only
     async def test_a_probe_that_commits_makes_the_store_healthy(
-        self, store: SqliteStore
+        self, store: Store
     ) -> None:
         """probe() commits a small write and sets healthy by its outcome."""
         await store._run(lambda: store.conn.execute("PRAGMA query_only=1"))
@@ -577,18 +592,17 @@ class TestProbe:
 class TestDeadlinesStored:
     """An incident's deadlines are stored in its document, loaded back, and shown by the API."""
 
-    async def test_round_trip(self, tmp_path: Path, config: Config) -> None:
+    async def test_round_trip(self, new_store: NewStore, config: Config) -> None:
         """Deadlines committed are the deadlines loaded after a reopen of the file."""
-        path = tmp_path / "state.db"
         opened = decide(webhook(db_alert()), config, State(), NOW)
         (incident,) = opened.incidents
         assert incident.deadlines.ack_by is not None
-        before = SqliteStore(path)
+        before = new_store()
         await before.open()
         await before.commit(opened)
         await before.close()
 
-        after = SqliteStore(path)
+        after = new_store()
         await after.open()
         try:
             loaded = await after.load_state(NOW, DAY)
@@ -597,7 +611,7 @@ class TestDeadlinesStored:
 
         assert loaded.open[incident.id].deadlines == incident.deadlines
 
-    async def test_api_json(self, store: SqliteStore, config: Config) -> None:
+    async def test_api_json(self, store: Store, config: Config) -> None:
         """get_incident and list_incidents show the deadlines as RFC 3339 times and seconds."""
         opened = decide(webhook(db_alert()), config, State(), NOW)
         await store.commit(opened)

@@ -45,9 +45,10 @@ class Running:
 
 
 @asynccontextmanager
-async def serving(tmp_path: Path, pd: PagerDutyStandIn, settings: Path = SETTINGS
-                  ) -> AsyncIterator[Running]:
-    env = config_env(pagerduty_url=pd.url, state=tmp_path / "state.db", listen="127.0.0.1:0")
+async def serving(tmp_path: Path, database_url: str, pd: PagerDutyStandIn,
+                  settings: Path = SETTINGS) -> AsyncIterator[Running]:
+    env = config_env(pagerduty_url=pd.url, state=tmp_path / "state.db", listen="127.0.0.1:0",
+                     database_url=database_url)
     firehouse = Firehouse(load_config(settings, env=env), settings, env=env)
     await firehouse.start()
     try:
@@ -68,11 +69,11 @@ def pg_down(**labels: str) -> bytes:
 
 
 class TestPages:
-    async def test_board_incident_and_business_pages(self, tmp_path: Path,
+    async def test_board_incident_and_business_pages(self, tmp_path: Path, database_url: str,
                                                      pd: PagerDutyStandIn) -> None:
         """After a webhook, the board lists the incident, its page draws the blast radius,
         and the business view names the business service without hosts or labels."""
-        async with serving(tmp_path, pd) as running:
+        async with serving(tmp_path, database_url, pd) as running:
             answer = await running.post(pg_down(team=EVIL))
             ident = answer["incidents_opened"][0]
             board = await running.get("/")
@@ -101,17 +102,19 @@ class TestPages:
                         "script"):
             assert private not in html.split('<main id="live"', 1)[1]
 
-    async def test_unknown_incident_is_404(self, tmp_path: Path, pd: PagerDutyStandIn) -> None:
+    async def test_unknown_incident_is_404(self, tmp_path: Path, database_url: str,
+                                           pd: PagerDutyStandIn) -> None:
         """An incident id nobody knows is a 404 page."""
-        async with serving(tmp_path, pd) as running:
+        async with serving(tmp_path, database_url, pd) as running:
             status, html, _ = await running.get("/incidents/nope")
 
         assert status == 404
         assert "No such incident" in html
 
-    async def test_static_files_are_shipped(self, tmp_path: Path, pd: PagerDutyStandIn) -> None:
+    async def test_static_files_are_shipped(self, tmp_path: Path, database_url: str,
+                                            pd: PagerDutyStandIn) -> None:
         """The script and stylesheet come from the package; other names are 404."""
-        async with serving(tmp_path, pd) as running:
+        async with serving(tmp_path, database_url, pd) as running:
             script = await running.get("/static/app.js")
             style = await running.get("/static/style.css")
             missing = await running.get("/static/..%2Fserver.py")
@@ -129,14 +132,15 @@ class TestAuth:
         (None, 401), (basic(USER, PASSWORD), 200), (basic(USER, "wrong"), 401),
         (f"Bearer {TOKEN}", 200)], ids=["none", "basic", "bad-basic", "bearer"])
     async def test_pages_take_the_api_credentials(
-        self, tmp_path: Path, pd: PagerDutyStandIn, authorization: str | None, expected: int
+        self, tmp_path: Path, database_url: str,
+        pd: PagerDutyStandIn, authorization: str | None, expected: int
     ) -> None:
         """With auth configured, every page and its static files need the API's credentials;
         a browser is challenged for basic auth."""
         settings = write_settings(tmp_path, auth={
             "bearer_token": TOKEN, "basic_auth": {"username": USER, "password": PASSWORD}})
         headers = {"Authorization": authorization} if authorization else None
-        async with serving(tmp_path, pd, settings) as running:
+        async with serving(tmp_path, database_url, pd, settings) as running:
             answers = [await running.get(path, headers)
                        for path in ("/", "/business", "/incidents/x", "/static/app.js")]
 
@@ -149,12 +153,12 @@ class TestAuth:
         assert answers[3][0] == expected
 
     async def test_bearer_only_explains_what_a_browser_needs(
-        self, tmp_path: Path, pd: PagerDutyStandIn
+        self, tmp_path: Path, database_url: str, pd: PagerDutyStandIn
     ) -> None:
         """With only a bearer token, the 401 page says that a browser cannot send one and
         what to configure instead."""
         settings = write_settings(tmp_path, auth={"bearer_token": TOKEN})
-        async with serving(tmp_path, pd, settings) as running:
+        async with serving(tmp_path, database_url, pd, settings) as running:
             status, html, headers = await running.get("/")
 
         assert status == 401
@@ -163,11 +167,11 @@ class TestAuth:
         assert "web.open" in html
 
     async def test_web_open_leaves_the_pages_but_not_the_api_open(
-        self, tmp_path: Path, pd: PagerDutyStandIn
+        self, tmp_path: Path, database_url: str, pd: PagerDutyStandIn
     ) -> None:
         """`web.open: true` serves the pages without credentials; the API still needs them."""
         settings = write_settings(tmp_path, auth={"bearer_token": TOKEN}, web={"open": True})
-        async with serving(tmp_path, pd, settings) as running:
+        async with serving(tmp_path, database_url, pd, settings) as running:
             page, _, _ = await running.get("/")
             api, text, _ = await running.get("/api/v1/incidents")
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeGuard
 
-from daemon.decide import Decision, State
+from daemon.decide import Change, Decision, Incident, State
 
 PENDING = "pending"
 DELIVERED = "delivered"
@@ -52,8 +53,34 @@ class Attempt:
     note: str = ""
 
 
+class MarksByRecord:
+    """The single-outcome marks of a store, each a `record` of one attempt."""
+
+    async def record(self, attempts: Sequence[Attempt]) -> None:
+        raise NotImplementedError
+
+    async def mark_delivered(self, event_id: int, now: datetime, state: str, status: int) -> None:
+        """Record a delivery (or a dry-run) as done."""
+        assert state in (DELIVERED, DRY_RUN)
+        await self.record([Attempt(event_id, state, now, status)])
+
+    async def mark_retry(self, event_id: int, next_at: datetime, status: int, error: str) -> None:
+        """Record a failed attempt to be retried at `next_at`."""
+        await self.record([Attempt(event_id, PENDING, next_at, status, error)])
+
+    async def mark_dead(self, event_id: int, now: datetime, status: int, error: str) -> None:
+        """Record a permanent failure: kept, visible, never retried blindly."""
+        await self.record([Attempt(event_id, DEAD, now, status, error)])
+
+
 class Store(Protocol):
-    """Durable state of Firehouse. `commit` returns only once the decision is on disk."""
+    """Durable state of Firehouse. `commit` returns only once the decision is on disk.
+
+    `shared` is False for a store one process owns (SQLite: a lock file refuses a second),
+    True for one that several replicas share (PostgreSQL): see `SharedStore`.
+    """
+
+    shared: bool
 
     @property
     def healthy(self) -> bool:
@@ -131,3 +158,54 @@ class Store(Protocol):
 
     async def list_changes(self, service: str | None, limit: int) -> list[dict[str, Any]]:
         """Changes as JSON-ready dicts, newest first, optionally of one service."""
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """What was committed after a decision version, for a replica to catch up on: every
+    incident written since (whole, with all its alerts, whatever its status), the
+    resolutions remembered since and the changes recorded since (oldest first)."""
+
+    version: int
+    incidents: tuple[Incident, ...] = ()
+    resolutions: tuple[tuple[str, datetime | None], ...] = ()
+    changes: tuple[Change, ...] = ()
+
+
+class Exclusive(Protocol):
+    """A transaction holding the cluster-wide decision lock: one at a time across every
+    replica. Committed when its context exits without error, rolled back otherwise."""
+
+    version: int  # the version of the last committed decision, read under the lock
+
+    async def delta(self, since: int) -> Delta:
+        """What was committed after `since`, read in this transaction."""
+
+    async def write(self, decisions: Sequence[Decision]) -> int:
+        """Write decisions in this transaction, under one new version (returned). Their
+        incidents (and the incidents of their `seen`) carry it, so that `delta` finds them."""
+
+
+class SharedStore(Store, Protocol):
+    """A store several replicas share. Decisions are made under `exclusive()`, on a state
+    caught up to its version; outbox reads lease their events to this replica."""
+
+    def exclusive(self) -> AbstractAsyncContextManager[Exclusive]:
+        """Begin a transaction and take the cluster-wide decision lock (waiting for it)."""
+
+    async def load_versioned(self, now: datetime, retention_seconds: float, *,
+                             changes_seconds: float = 86400.0) -> tuple[State, int]:
+        """`load_state`, with the version it is current to, read in one snapshot."""
+
+    async def delta(self, since: int) -> Delta:
+        """What was committed after `since`, read in one snapshot without the lock."""
+
+    def listen(self, callback: Callable[[int], None]) -> None:
+        """Call `callback(version)` whenever any replica commits a decision or puts events
+        in the outbox, and once after every (re)connection of the listener (something may
+        have been missed meanwhile). Set before `open`."""
+
+
+def is_shared(store: Store) -> TypeGuard[SharedStore]:
+    """Whether several replicas share `store` (decisions then take its lock)."""
+    return store.shared

@@ -42,6 +42,7 @@ from daemon.store import (
     DRY_RUN,
     PENDING,
     Attempt,
+    MarksByRecord,
     StoredEvent,
 )
 
@@ -112,8 +113,10 @@ def _need_dt(value: float) -> datetime:
     return datetime.fromtimestamp(value, UTC)
 
 
-class SqliteStore:
-    """The default store: one SQLite file on local disk."""
+class SqliteStore(MarksByRecord):
+    """The default store: one SQLite file on local disk, owned by one process."""
+
+    shared = False
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -411,19 +414,6 @@ class SqliteStore:
                f"AND p.state = '{PENDING}' AND p.id < o.id)")
         row = await self._run(lambda: self.conn.execute(sql, args).fetchone())
         return _dt(row[0])
-
-    async def mark_delivered(self, event_id: int, now: datetime, state: str, status: int) -> None:
-        """Record a delivery (or a dry-run) as done."""
-        assert state in (DELIVERED, DRY_RUN)
-        await self.record([Attempt(event_id, state, now, status)])
-
-    async def mark_retry(self, event_id: int, next_at: datetime, status: int, error: str) -> None:
-        """Record a failed attempt to be retried at `next_at`."""
-        await self.record([Attempt(event_id, PENDING, next_at, status, error)])
-
-    async def mark_dead(self, event_id: int, now: datetime, status: int, error: str) -> None:
-        """Record a permanent failure: kept, visible, never retried blindly."""
-        await self.record([Attempt(event_id, DEAD, now, status, error)])
 
     async def record(self, attempts: Sequence[Attempt]) -> None:
         """Record the outcomes of many delivery attempts in one transaction (one fsync)."""
@@ -724,7 +714,13 @@ def _incident_from_row(row: tuple[Any, ...], alerts: dict[str, AlertRecord]) -> 
 
 def _incident_json(conn: sqlite3.Connection, row: tuple[Any, ...]) -> dict[str, Any]:
     doc = json.loads(row[7])
-    deliveries = _deliveries(conn, [page["dedup_key"] for page in doc["pages"]])
+    return incident_json(row, doc, _deliveries(conn, [page["dedup_key"] for page in doc["pages"]]))
+
+
+def incident_json(row: Sequence[Any], doc: dict[str, Any],
+                  deliveries: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
+    """An incident row (and its decoded document) as the API shows it, with what the
+    outbox says of each page's delivery (by dedup key); both stores share it."""
     for page in doc["pages"]:
         del page["routing_key"]
         # Whether PagerDuty has the page: `status` alone says "triggered" for a page it

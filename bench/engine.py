@@ -4,6 +4,7 @@ goes (`--profile` writes a cProfile of the stream part).
 
     python -m bench.engine                    # 3,000 webhooks of 10 alerts, then bursts
     python -m bench.engine --webhooks 500 --bursts 1000 --profile /tmp/engine.prof
+    python -m bench.engine --fires 1000 --profile /tmp/fires.prof   # new fires (time to page)
 
 Webhooks are handled `--concurrency` at a time, as the server does with several
 connections (their commits share transactions). Nothing is sent to PagerDuty: the outbox
@@ -23,6 +24,7 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from bench.graphgen import TARGETS
 from bench.harness import (
@@ -31,8 +33,9 @@ from bench.harness import (
     prepare_firehouse,
     routing_key,
     routing_key_env,
+    unrelated_pool,
 )
-from bench.webhooks import outage, rfc3339, webhook
+from bench.webhooks import fire, outage, rfc3339, webhook
 from daemon.alerts import parse_body
 from daemon.config import load_config
 from daemon.dispatch import Dispatcher
@@ -64,6 +67,28 @@ async def run_stream(dispatcher: Dispatcher, bodies: list[bytes], concurrency: i
     return latencies
 
 
+async def measured_stream(dispatcher: Dispatcher, bodies: list[bytes],
+                          args: argparse.Namespace) -> dict[str, Any]:
+    """Handle `bodies` `args.concurrency` at a time, under cProfile with `--profile`; the
+    rate and latencies."""
+    profiler = cProfile.Profile() if args.profile else None
+    if profiler:
+        profiler.enable()
+    started = time.perf_counter()
+    latencies = await run_stream(dispatcher, bodies, args.concurrency)
+    elapsed = time.perf_counter() - started
+    if profiler:
+        profiler.disable()
+        profiler.dump_stats(args.profile)
+    latencies.sort()
+    return {
+        "webhooks": len(bodies), "webhooks_per_s": round(len(bodies) / elapsed, 1),
+        "p50_ms": round(statistics.median(latencies) * 1e3, 2),
+        "p99_ms": round(latencies[int(0.99 * (len(latencies) - 1))] * 1e3, 2),
+        "open_incidents": len(dispatcher.state.open),
+    }
+
+
 async def one_run(workdir: Path, maps: Path, args: argparse.Namespace) -> dict[str, object]:
     settings = prepare_firehouse(workdir, maps, "http://127.0.0.1:9", 0)
     env = {routing_key_env(t): routing_key(t) for t in {*TARGETS, INCIDENT_LEAD}}
@@ -76,29 +101,23 @@ async def one_run(workdir: Path, maps: Path, args: argparse.Namespace) -> dict[s
     starts_at = rfc3339(time.time() - 60)
     result: dict[str, object] = {}
     try:
+        if args.fires:
+            # The time-to-page workload (bench/pace.py): each webhook a new fire on a service
+            # of the unrelated pool, opening one incident that pages.
+            pool = json.loads(unrelated_pool(maps.parent, maps).read_text())
+            bodies = [json.dumps(fire(0xA0, k, pool[k], nonce=nonce, starts_at=starts_at)
+                                 ).encode() for k in range(min(args.fires, len(pool)))]
+            result["fires"] = await measured_stream(dispatcher, bodies, args)
+            return result
         bodies = [json.dumps(webhook(0, k, groups=GROUPS, nonce=nonce, services=SERVICES,
                                      starts_at=starts_at)[0]).encode()
                   for k in range(args.webhooks)]
         warm, measured = bodies[:args.warmup], bodies[args.warmup:]
         await run_stream(dispatcher, warm, args.concurrency)
-        profiler = cProfile.Profile() if args.profile else None
-        if profiler:
-            profiler.enable()
-        started = time.perf_counter()
-        latencies = await run_stream(dispatcher, measured, args.concurrency)
-        elapsed = time.perf_counter() - started
-        if profiler:
-            profiler.disable()
-            profiler.dump_stats(args.profile)
-        latencies.sort()
-        result["stream"] = {
-            "webhooks": len(measured), "webhooks_per_s": round(len(measured) / elapsed, 1),
-            "p50_ms": round(statistics.median(latencies) * 1e3, 2),
-            "p99_ms": round(latencies[int(0.99 * (len(latencies) - 1))] * 1e3, 2),
-            "open_incidents": len(dispatcher.state.open),
-            "alerts_in_largest": max((len(i.alerts) for i in dispatcher.state.open.values()),
-                                     default=0),
-        }
+        stream = await measured_stream(dispatcher, measured, args)
+        stream["alerts_in_largest"] = max(
+            (len(i.alerts) for i in dispatcher.state.open.values()), default=0)
+        result["stream"] = stream
         for size in args.bursts:
             body = outage(size * 7, size, nonce=nonce, services=SERVICES, starts_at=starts_at)
             started = time.perf_counter()
@@ -119,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--bursts", default="1000,10000",
                         help="sizes of one-webhook bursts, after the stream ('' for none)")
+    parser.add_argument("--fires", type=int, default=0,
+                        help="instead: this many webhooks that each open a new incident")
     parser.add_argument("--profile", help="write a cProfile of the stream part here")
     parser.add_argument("--work", default="bench/results/engine-work")
     args = parser.parse_args(argv)

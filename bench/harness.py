@@ -14,8 +14,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import yaml
 
@@ -222,14 +223,18 @@ def prepare_firehouse(workdir: Path, maps: Path, pagerduty_url: str, port: int,
 
 
 def start_firehouse(procs: Processes, workdir: Path, maps: Path, pagerduty_url: str,
-                    rate_limit: int = 0) -> tuple[Proc, str]:
-    """`firehouse run` on the generated map, with routing keys; (process, base URL)."""
-    env = {routing_key_env(t): routing_key(t) for t in {*TARGETS, INCIDENT_LEAD}}
+                    rate_limit: int = 0, env: Mapping[str, str] | None = None,
+                    name: str = "firehouse") -> tuple[Proc, str]:
+    """`firehouse run` on the generated map, with routing keys; (process, base URL).
+    `env`: more variables for it (FIREHOUSE_DATABASE_URL for the PostgreSQL store);
+    `name`: of the process and its output files in `workdir`."""
+    child_env = {**{routing_key_env(t): routing_key(t) for t in {*TARGETS, INCIDENT_LEAD}},
+                 **(env or {})}
     for attempt in range(3):
         port = free_port()
         settings = prepare_firehouse(workdir, maps, pagerduty_url, port, rate_limit)
-        proc = procs.add(Proc("firehouse", python("daemon", "run", "--config", str(settings)),
-                              workdir, env))
+        proc = procs.add(Proc(name, python("daemon", "run", "--config", str(settings)),
+                              workdir, child_env))
         url = f"http://127.0.0.1:{port}"
         try:
             proc.wait_ready(url + "/-/ready")
@@ -285,7 +290,13 @@ def machine_busy_seconds() -> float:
     return (sum(fields[:8]) - fields[3] - fields[4]) / TICKS
 
 
-def cpu_of(procs: dict[str, Proc]) -> dict[str, float]:
+class Measured(Protocol):
+    """Anything whose CPU time can be read: a Proc, or a group of processes."""
+
+    def cpu_seconds(self) -> float: ...
+
+
+def cpu_of(procs: Mapping[str, Measured]) -> dict[str, float]:
     """CPU seconds so far of each process, of this one ("bench") and of the machine."""
     found = {name: proc.cpu_seconds() for name, proc in procs.items()}
     times = os.times()

@@ -22,13 +22,16 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from bench.harness import (
     RATE_LIMIT_PER_MINUTE,
+    Measured,
     Proc,
     Processes,
     cpu_of,
@@ -105,6 +108,12 @@ class Arrivals:
                 found[incident] = at
         return found
 
+    def triggers_per_key(self) -> Counter[str]:
+        """Accepted triggers per dedup key: PagerDuty keeps one alert per key, so a second
+        trigger of a key is the same page sent again."""
+        return Counter(key for _at, status, action, key, _token in self.items
+                       if status == 202 and action == "trigger")
+
     def wait_for(self, events: int, limit: float, idle: float = 30.0) -> int:
         """Poll until the stand-in accepted `events` events, nothing came for `idle`
         seconds, or `limit` seconds passed; the number accepted."""
@@ -129,14 +138,19 @@ def refused(arrivals: Arrivals) -> int:
 
 
 def run_wrk(procs: Processes, workdir: Path, url: str, seconds: float, connections: int,
-            nonce: str, starts_at: str, watch: dict[str, Proc], stream: int = 0
-            ) -> dict[str, Any]:
-    """wrk posting the webhook stream for `seconds`; its totals and every process' CPU."""
-    command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "30s",
-               "-s", str(LUA), url, "--", "100", nonce, str(SERVICES), starts_at, str(stream)]
+            nonce: str, starts_at: str, watch: Mapping[str, Measured], stream: int = 0,
+            threads: int = 1, spread: Sequence[str] = ()) -> dict[str, Any]:
+    """wrk posting the webhook stream for `seconds`; its totals and every process' CPU.
+    `threads`: streams `stream`, `stream` + 1, … (one per wrk thread, `connections` shared
+    among them); `spread`: base URLs of servers (replicas) the threads connect to in turn
+    instead of `url`'s, whose path they post to."""
+    command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--timeout",
+               "30s", "-s", str(LUA), url, "--", "100", nonce, str(SERVICES), starts_at,
+               str(stream)]
+    env = {"WRK_SPREAD": ",".join(urlsplit(u).netloc for u in spread)} if spread else None
     started = time.monotonic()
-    wrk = procs.add(Proc(f"wrk-{stream}", command, workdir))
-    watched = {**watch, "wrk": wrk}
+    wrk = procs.add(Proc(f"wrk-{stream}", command, workdir, env))
+    watched: dict[str, Measured] = {**watch, "wrk": wrk}
     before, sampled = cpu_of(watched), time.monotonic()
     # /proc/<pid>/stat of an exited, reaped process is gone: sample wrk's CPU just before
     # its end, and the others then too.
@@ -192,37 +206,55 @@ def sustained(workdir: Path, maps: Path, seconds: float, connections: int, nonce
     with Processes() as procs:
         standin, pd_url, arrivals_url = start_standin(procs, workdir)
         firehouse, url = start_firehouse(procs, workdir, maps, pd_url)
-        before = metrics(url)
-        result = run_wrk(procs, workdir, url + "/webhook/alertmanager", seconds, connections,
-                         nonce, starts_at, {"firehouse": firehouse, "standin": standin})
-        after = metrics(url)
-        arrivals = Arrivals(arrivals_url)
-        arrivals.poll()
+        return saturate(procs, workdir, {"firehouse": (firehouse, url)}, {"standin": standin},
+                        arrivals_url, seconds, connections, nonce, starts_at)
 
-        def delta(name: str) -> float:
-            return after.get(name, 0.0) - before.get(name, 0.0)
 
-        result.update({
-            "accepted": int(delta('firehouse_webhooks_total{outcome="accepted"}')),
-            "refused_by_firehouse": int(sum(
-                delta(k) for k in after if k.startswith("firehouse_webhooks_total{")
-                and 'outcome="accepted"' not in k)),
-            "incidents_opened": int(sum(delta(k) for k in after
-                                        if k.startswith("firehouse_incidents_opened_total{"))),
-            "incidents_resolved": int(delta("firehouse_incidents_resolved_total")),
-            "incidents_merged": int(delta("firehouse_incidents_merged_total")),
-            "incidents_open_at_end": int(after.get("firehouse_incidents_open", 0)),
-            "events_created": outbox_rows(after) - outbox_rows(before),
-            "events_delivered": int(sum(delta(k) for k in after if k.startswith(
-                "firehouse_events_sent_total{") and 'outcome="ok"' in k)),
-            "outbox_pending_at_end": int(after.get(
-                'firehouse_outbox_events{state="pending"}', 0)),
-            "standin_received": len(arrivals.items),
-            "standin_refused": refused(arrivals),
-            "firehouse_peak_rss_mib": round(peak_rss(firehouse), 1),
-        })
-        result["events_delivered_per_s"] = round(result["events_delivered"] / seconds, 1)
-        return result
+def saturate(procs: Processes, workdir: Path, replicas: Mapping[str, tuple[Proc, str]],
+             others: Mapping[str, Measured], arrivals_url: str, seconds: float,
+             connections: int, nonce: str, starts_at: str, threads: int = 1
+             ) -> dict[str, Any]:
+    """`sustained` on Firehouses already running: `replicas` (name -> process, base URL;
+    several share one PostgreSQL database, and wrk's threads take them in turn), the CPU of
+    `others` watched too. Counters are summed over the replicas; the outbox and the open
+    incidents (one store) are read from the first."""
+    urls = [url for _proc, url in replicas.values()]
+    before = [metrics(url) for url in urls]
+    result = run_wrk(procs, workdir, urls[0] + "/webhook/alertmanager", seconds, connections,
+                     nonce, starts_at,
+                     {**{name: proc for name, (proc, _url) in replicas.items()}, **others},
+                     threads=threads, spread=urls if len(urls) > 1 else ())
+    after = [metrics(url) for url in urls]
+    names = list(dict.fromkeys(name for found in after for name in found))
+    arrivals = Arrivals(arrivals_url)
+    arrivals.poll()
+
+    def delta(name: str) -> float:
+        return sum(a.get(name, 0.0) - b.get(name, 0.0) for a, b in zip(after, before,
+                                                                        strict=True))
+
+    result.update({
+        "accepted": int(delta('firehouse_webhooks_total{outcome="accepted"}')),
+        "refused_by_firehouse": int(sum(
+            delta(k) for k in names if k.startswith("firehouse_webhooks_total{")
+            and 'outcome="accepted"' not in k)),
+        "incidents_opened": int(sum(delta(k) for k in names
+                                    if k.startswith("firehouse_incidents_opened_total{"))),
+        "incidents_resolved": int(delta("firehouse_incidents_resolved_total")),
+        "incidents_merged": int(delta("firehouse_incidents_merged_total")),
+        "incidents_open_at_end": int(after[0].get("firehouse_incidents_open", 0)),
+        "events_created": outbox_rows(after[0]) - outbox_rows(before[0]),
+        "events_delivered": int(sum(delta(k) for k in names if k.startswith(
+            "firehouse_events_sent_total{") and 'outcome="ok"' in k)),
+        "outbox_pending_at_end": int(after[0].get(
+            'firehouse_outbox_events{state="pending"}', 0)),
+        "standin_received": len(arrivals.items),
+        "standin_refused": refused(arrivals),
+        "firehouse_peak_rss_mib": round(max(peak_rss(proc) for proc, _url
+                                            in replicas.values()), 1),
+    })
+    result["events_delivered_per_s"] = round(result["events_delivered"] / seconds, 1)
+    return result
 
 
 def peak_rss(proc: Proc) -> float:
@@ -244,55 +276,64 @@ def paced(workdir: Path, maps: Path, pool: Path, rate: int, seconds: float, wait
     keys). Pages still missing `wait` seconds after the last webhook was answered count as
     infinitely late (a percentile that falls on them is reported as None: not measured, and
     certainly over any goal)."""
-    out = workdir / f"pace-{rate}.json"
     with Processes() as procs:
         standin, pd_url, arrivals_url = start_standin(procs, workdir)
         firehouse, url = start_firehouse(procs, workdir, maps, pd_url)
-        client = procs.add(Proc(f"pace-{rate}", python(
-            "bench.pace", url + "/webhook/alertmanager", "--rate", str(rate), "--seconds",
-            f"{seconds:g}", "--out", str(out), "--nonce", nonce, "--starts-at", starts_at,
-            "--pool", str(pool)), workdir))
-        watched = {"firehouse": firehouse, "standin": standin, "client": client}
-        client.wait_line("MEASURING", timeout=120)
-        before, started = cpu_of(watched), time.monotonic()
-        client.wait_line("SENT", timeout=seconds * 20 + 120)
-        after, elapsed = cpu_of(watched), time.monotonic() - started
-        if client.wait(60) is None or not out.exists():
-            raise RuntimeError(f"paced client failed:\n{client.tail()}")
-        sent = json.loads(out.read_text())
-        due: dict[str, float] = {}  # incident -> when the webhook that opened it was due
-        responses: list[float] = []
-        failed = not_one = 0
-        for when, answered, status, opened in sent["webhooks"]:
-            responses.append(answered - when)
-            failed += status != 200
-            not_one += status == 200 and len(opened) != 1
-            for incident in opened:
-                due[incident] = when
-        arrivals = Arrivals(arrivals_url)
-        deadline = time.monotonic() + wait
-        while True:  # until every incident's first trigger came, or `wait` seconds
-            arrivals.poll()
-            first = arrivals.first_triggers()
-            if all(i in first for i in due) or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
-        pages = [first[i] - when if i in first else float("inf") for i, when in due.items()]
-        missing = sum(1 for v in pages if v == float("inf"))
-        return {
-            "rate": rate, "seconds": seconds, "webhooks": len(responses),
-            "webhook_errors": failed, "webhooks_not_opening_one_incident": not_one,
-            "pages_expected": len(due), "pages_received": len(due) - missing,
-            "pages_missing": missing, "page_wait_limit_s": wait,
-            "events_received": len(arrivals.delivered()),
-            "page_p50_ms": ms(percentile(pages, 0.5)), "page_p99_ms": ms(percentile(pages, 0.99)),
-            "page_max_ms": ms(max(pages, default=float("nan"))),
-            "response_p50_ms": ms(percentile(responses, 0.5)),
-            "response_p99_ms": ms(percentile(responses, 0.99)),
-            "response_max_ms": ms(max(responses, default=float("nan"))),
-            "standin_refused": refused(arrivals),
-            "cpu_percent": cpu_percent(before, after, elapsed),
-        }
+        return pace(procs, workdir, [url], {"firehouse": firehouse, "standin": standin},
+                    arrivals_url, pool, rate, seconds, wait, nonce, starts_at)
+
+
+def pace(procs: Processes, workdir: Path, urls: Sequence[str], watch: Mapping[str, Measured],
+         arrivals_url: str, pool: Path, rate: int, seconds: float, wait: float, nonce: str,
+         starts_at: str) -> dict[str, Any]:
+    """`paced` on Firehouses already running, at base URLs `urls` (replicas of one
+    PostgreSQL database: the webhooks go to them in turn), the CPU of `watch` watched."""
+    out = workdir / f"pace-{rate}.json"
+    client = procs.add(Proc(f"pace-{rate}", python(
+        "bench.pace", *(url + "/webhook/alertmanager" for url in urls), "--rate",
+        str(rate), "--seconds", f"{seconds:g}", "--out", str(out), "--nonce", nonce,
+        "--starts-at", starts_at, "--pool", str(pool)), workdir))
+    watched: dict[str, Measured] = {**watch, "client": client}
+    client.wait_line("MEASURING", timeout=120)
+    before, started = cpu_of(watched), time.monotonic()
+    client.wait_line("SENT", timeout=seconds * 20 + 120)
+    after, elapsed = cpu_of(watched), time.monotonic() - started
+    if client.wait(60) is None or not out.exists():
+        raise RuntimeError(f"paced client failed:\n{client.tail()}")
+    sent = json.loads(out.read_text())
+    due: dict[str, float] = {}  # incident -> when the webhook that opened it was due
+    responses: list[float] = []
+    failed = not_one = 0
+    for when, answered, status, opened in sent["webhooks"]:
+        responses.append(answered - when)
+        failed += status != 200
+        not_one += status == 200 and len(opened) != 1
+        for incident in opened:
+            due[incident] = when
+    arrivals = Arrivals(arrivals_url)
+    deadline = time.monotonic() + wait
+    while True:  # until every incident's first trigger came, or `wait` seconds
+        arrivals.poll()
+        first = arrivals.first_triggers()
+        if all(i in first for i in due) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    pages = [first[i] - when if i in first else float("inf") for i, when in due.items()]
+    missing = sum(1 for v in pages if v == float("inf"))
+    return {
+        "rate": rate, "seconds": seconds, "webhooks": len(responses),
+        "webhook_errors": failed, "webhooks_not_opening_one_incident": not_one,
+        "pages_expected": len(due), "pages_received": len(due) - missing,
+        "pages_missing": missing, "page_wait_limit_s": wait,
+        "events_received": len(arrivals.delivered()),
+        "page_p50_ms": ms(percentile(pages, 0.5)), "page_p99_ms": ms(percentile(pages, 0.99)),
+        "page_max_ms": ms(max(pages, default=float("nan"))),
+        "response_p50_ms": ms(percentile(responses, 0.5)),
+        "response_p99_ms": ms(percentile(responses, 0.99)),
+        "response_max_ms": ms(max(responses, default=float("nan"))),
+        "standin_refused": refused(arrivals),
+        "cpu_percent": cpu_percent(before, after, elapsed),
+    }
 
 
 class Stalls:
@@ -462,6 +503,26 @@ def plan(quick: bool) -> dict[str, Any]:
             "incidents": 10_000, "drain_wait": 300}
 
 
+def attempt(workdir: Path, label: str, keep: bool, fn: Callable[..., dict[str, Any]],
+            *fn_args: Any) -> dict[str, Any]:
+    """`fn(workdir, *fn_args)` in a fresh `workdir`, announced as `label`: its result, or
+    {"error": …} if it raised (reported; the run goes on, and the workdir is kept for a
+    look, as it is with `keep`)."""
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    print(f"  {label} …", end="", flush=True)
+    started = time.monotonic()
+    try:
+        result = fn(workdir, *fn_args)
+    except Exception as exc:  # reported; the run goes on
+        print(f" FAILED: {type(exc).__name__}: {exc}", flush=True)
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    print(f" {time.monotonic() - started:.0f}s", flush=True)
+    if not keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return result
+
+
 def measure(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     """Every scenario, `repeats` times, interleaved (noise on a shared machine then spreads
     over all of them rather than spoiling one)."""
@@ -480,20 +541,8 @@ def measure(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
                  found: dict[str, Any] = found, rep: int = rep) -> None:
             if only is not None and not {name, name.partition("_")[0]} & only:
                 return
-            workdir = work / f"{name}-{rep + 1}"
-            shutil.rmtree(workdir, ignore_errors=True)
-            workdir.mkdir(parents=True)
-            print(f"  [{rep + 1}/{repeats}] {name} …", end="", flush=True)
-            started = time.monotonic()
-            try:
-                found[name] = fn(workdir, *fn_args)
-            except Exception as exc:  # reported; the run goes on
-                found[name] = {"error": f"{type(exc).__name__}: {exc}"}
-                print(f" FAILED: {found[name]['error']}", flush=True)
-                return
-            print(f" {time.monotonic() - started:.0f}s", flush=True)
-            if not args.keep:
-                shutil.rmtree(workdir, ignore_errors=True)
+            found[name] = attempt(work / f"{name}-{rep + 1}", f"[{rep + 1}/{repeats}] {name}",
+                                  args.keep, fn, *fn_args)
 
         connections = settings["connections"]
         step("baseline", baseline, settings["saturation_seconds"], connections, nonce,
@@ -598,10 +647,13 @@ def censored(name: str) -> bool:
     return (name.startswith("page_") and name.endswith("_ms")) or name.endswith("delivered_ms")
 
 
-def summary(repetitions: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def summary(repetitions: list[dict[str, Any]],
+            figures_of: Callable[[dict[str, Any]], dict[str, float | None]] | None = None
+            ) -> dict[str, dict[str, Any]]:
     """Median, min and max of each figure over the repetitions (None: not measured, or for
-    a time, not observed within the wait)."""
-    per = [figures(r) for r in repetitions]
+    a time, not observed within the wait); `figures_of` picks a repetition's figures
+    (`figures` by default)."""
+    per = [(figures_of or figures)(r) for r in repetitions]
     result: dict[str, dict[str, Any]] = {}
     for name in dict.fromkeys(name for p in per for name in p):
         raw = [p.get(name, float("nan")) for p in per]  # NaN: not measured in that one
@@ -736,15 +788,35 @@ def machine() -> dict[str, Any]:
             "kernel": platform.release(), "load_average": os.getloadavg()}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split(
-        "\n\n")[0] if __doc__ else None)
+def arguments(prog: str, doc: str | None, name: str) -> argparse.ArgumentParser:
+    """The options every end-to-end benchmark takes; results in bench/results/`name`.json."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0]
+                                     if doc else None)
     parser.add_argument("--quick", action="store_true", help="one short repetition (CI)")
-    parser.add_argument("--out", default="bench/results/webhooks.json")
-    parser.add_argument("--work", default="bench/results/webhooks-work",
+    parser.add_argument("--out", default=f"bench/results/{name}.json")
+    parser.add_argument("--work", default=f"bench/results/{name}-work",
                         help="scratch directory (maps, state files, logs)")
     parser.add_argument("--keep", action="store_true", help="keep state files and logs")
     parser.add_argument("--repeats", type=int, help="repetitions (default: 3, --quick: 1)")
+    return parser
+
+
+def publish(result: dict[str, Any], text: str, out: str, failed: list[str]) -> int:
+    """Print the report `text`, write `result` as JSON to `out`; the exit status: 1 if
+    measurements `failed` (named on stderr), else 0."""
+    print(text)
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, default=str))
+    print(f"written to {path} in {result['seconds']} s")
+    if failed:
+        print(f"measurements that failed (see the JSON): {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = arguments("python -m bench", __doc__, "webhooks")
     parser.add_argument("--only", help="comma-separated measurements: baseline, sustained, "
                         "page (or page_100 …), burst (or burst_1000 …), memory")
     args = parser.parse_args(argv)
@@ -763,14 +835,6 @@ def main(argv: list[str] | None = None) -> int:
     result = {"machine": info, "quick": args.quick, "plan": shown,
               "seconds": round(time.monotonic() - started), "summary": summary(repetitions),
               "repetitions": repetitions}
-    print(report(result))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=str))
-    print(f"written to {out} in {result['seconds']} s")
-    failed = [f"{name} #{n}" for n, rep in enumerate(repetitions, 1)
-              for name, found in rep.items() if "error" in found]
-    if failed:
-        print(f"measurements that failed (see the JSON): {', '.join(failed)}", file=sys.stderr)
-        return 1
-    return 0
+    return publish(result, report(result), args.out,
+                   [f"{name} #{n}" for n, rep in enumerate(repetitions, 1)
+                    for name, found in rep.items() if "error" in found])

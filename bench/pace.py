@@ -1,7 +1,9 @@
 """Open-loop load at a fixed rate, in its own process: the webhook benchmark's client for
 time to page (wrk only knows saturation).
 
-    python -m bench.pace URL --rate 100 --seconds 20 --pool FILE --out FILE
+    python -m bench.pace URL [URL ...] --rate 100 --seconds 20 --pool FILE --out FILE
+
+Several URLs (replicas sharing one PostgreSQL database): webhook n goes to URL n mod count.
 
 Every webhook is the first notification of a new fire (bench/webhooks.py `fire`: 10 firing
 alerts on one service no open incident involves), so each opens one incident, which pages.
@@ -27,6 +29,7 @@ import argparse
 import asyncio
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,17 +38,18 @@ import aiohttp
 from bench.webhooks import fire
 
 
-async def send(session: aiohttp.ClientSession, url: str, bodies: list[bytes], rate: float
-               ) -> list[tuple[float, float, int, list[str]]]:
-    """Send `bodies` at `rate` per second; (due, answered, status, incidents opened) each,
-    status 0 on error."""
+async def send(session: aiohttp.ClientSession, urls: Sequence[str], bodies: list[bytes],
+               rate: float) -> list[tuple[float, float, int, list[str]]]:
+    """Send `bodies` at `rate` per second, to `urls` in turn; (due, answered, status,
+    incidents opened) each, status 0 on error."""
     results: list[tuple[float, float, int, list[str]]] = [(0.0, 0.0, 0, [])] * len(bodies)
     headers = {"Content-Type": "application/json"}
 
     async def one(n: int, due: float) -> None:
         status, opened = 0, []
         try:
-            async with session.post(url, data=bodies[n], headers=headers) as response:
+            async with session.post(urls[n % len(urls)], data=bodies[n],
+                                    headers=headers) as response:
                 answer = await response.read()
                 status = response.status
             if status == 200:
@@ -96,7 +100,9 @@ async def run(args: argparse.Namespace, pool: list[str]) -> dict[str, Any]:
     timeout = aiohttp.ClientTimeout(total=60)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         await send(session, args.url, warmup, args.rate)
-        await drained(session, args.url.split("/webhook/")[0] + "/metrics", args.drain_seconds)
+        # The outbox is one store's, shared by the replicas: any of them tells.
+        await drained(session, args.url[0].split("/webhook/")[0] + "/metrics",
+                      args.drain_seconds)
         print("MEASURING", flush=True)
         results = await send(session, args.url, measured, args.rate)
         print("SENT", flush=True)
@@ -106,7 +112,7 @@ async def run(args: argparse.Namespace, pool: list[str]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.pace")
-    parser.add_argument("url")
+    parser.add_argument("url", nargs="+", help="webhook URL(s), taken in turn")
     parser.add_argument("--rate", type=float, required=True, help="webhooks per second")
     parser.add_argument("--seconds", type=float, required=True)
     parser.add_argument("--out", required=True)

@@ -2,12 +2,25 @@
 -- (but for the time in endsAt), built as each request is sent.
 --   wrk -t1 -c32 -d20s -s bench/webhooks.lua URL -- GROUPS NONCE SERVICES STARTS_AT FIRST_STREAM
 -- Each wrk thread is one stream (FIRST_STREAM, FIRST_STREAM + 1, ...). done() prints one
--- line "WRK_JSON {...}" with the totals.
+-- line "WRK_JSON {...}" with the totals. With WRK_SPREAD="host:port,host:port,..." in the
+-- environment, thread n connects to its (n mod count)-th address instead of the URL's
+-- (several replicas behind no load balancer; the URL's path is used for all).
 
 local streams = 0
 local threads = {}
 
+local function spread_address(n)
+  local spread = os.getenv("WRK_SPREAD")
+  if not spread or spread == "" then return nil end
+  local list = {}
+  for item in spread:gmatch("[^,]+") do list[#list + 1] = item end
+  local host, port = list[n % #list + 1]:match("^(.+):(%d+)$")
+  return wrk.lookup(host, port)[1]
+end
+
 function setup(thread)
+  local address = spread_address(streams)
+  if address then thread.addr = address end
   thread:set("stream_offset", streams)
   streams = streams + 1
   table.insert(threads, thread)

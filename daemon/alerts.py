@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from types import MappingProxyType
 from typing import Any
 
@@ -29,10 +30,14 @@ _MASK64 = (1 << 64) - 1
 _SEPARATOR = 0xFF
 # What can put a UTF-16 surrogate into a decoded UTF-8 body: a `\uD800`-`\uDFFF` escape, or
 # a surrogate encoded as UTF-8 bytes (json decodes with "surrogatepass"). A false match (an
-# escaped backslash before "ud800") only costs a walk over the data.
-_SURROGATE_IN_BODY = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
+# escaped backslash before "ud800") only costs a walk over the data. Two patterns, each
+# starting with a literal, rather than one alternation: the regex engine then skips to
+# each candidate with a fast scan instead of trying both branches at every byte (an 11 KB
+# body: 2 us instead of 58).
+_SURROGATE_PATTERNS = (re.compile(rb"\\u[dD][89a-fA-F]"), re.compile(rb"\xed[\xa0-\xbf]"))
 
 Labels = Mapping[str, str]
+_STR_ONLY = frozenset({str})
 _EMPTY: Labels = MappingProxyType({})
 
 
@@ -107,6 +112,12 @@ def parse_time(text: str) -> datetime | None:
     return parsed.astimezone(UTC)
 
 
+# The alerts of one notification, and of successive ones, mostly share their times (a group
+# fires together; every firing alert ends at Go's zero time): each distinct text is parsed
+# once. Times are immutable, so sharing them is safe; failures are not cached.
+_parse_time_once = lru_cache(maxsize=4096)(parse_time)
+
+
 def decode_json(body: bytes) -> Any:
     """A request body decoded as JSON; raises `PayloadError` saying why it is not."""
     try:
@@ -129,9 +140,14 @@ def parse_body(body: bytes) -> Webhook:
     """Decode and parse a webhook body; raises `PayloadError` naming what is wrong."""
     data = decode_json(body)
     # json also decodes UTF-16 and UTF-32 bodies, where the byte pattern does not apply.
-    if not json.detect_encoding(body).startswith("utf-8") or _SURROGATE_IN_BODY.search(body):
+    if not json.detect_encoding(body).startswith("utf-8") or _may_hold_surrogates(body):
         data = _without_lone_surrogates(data)
     return parse_webhook(data)
+
+
+def _may_hold_surrogates(body: bytes) -> bool:
+    """Whether a UTF-8 body may decode to strings holding UTF-16 surrogates."""
+    return any(pattern.search(body) for pattern in _SURROGATE_PATTERNS)
 
 
 def _without_lone_surrogates(data: Any) -> Any:
@@ -249,9 +265,12 @@ def _labels(obj: dict[str, Any], key: str) -> Labels:
         return _EMPTY
     if not isinstance(value, dict):
         raise PayloadError(f"field {key!r} must be an object of strings, got {kind(value)}")
-    for name, item in value.items():
-        if not isinstance(item, str):
-            raise PayloadError(f"field {key}.{name!s:.60} must be a string, got {kind(item)}")
+    if not _STR_ONLY.issuperset(map(type, value.values())):
+        # Not all plain strings (rare): find the offender, or accept str subclasses.
+        for name, item in value.items():
+            if not isinstance(item, str):
+                raise PayloadError(
+                    f"field {key}.{name!s:.60} must be a string, got {kind(item)}")
     return MappingProxyType(dict(value))
 
 
@@ -262,7 +281,7 @@ def _time(obj: dict[str, Any], key: str) -> datetime | None:
     if not isinstance(value, str):
         raise PayloadError(f"field {key!r} must be an RFC 3339 string, got {kind(value)}")
     try:
-        return parse_time(value)
+        return _parse_time_once(value)
     except (ValueError, OverflowError) as exc:
         # OverflowError: a time near year 1 whose offset moves it before year 1 in UTC.
         raise PayloadError(f"field {key!r} is not an RFC 3339 time: {value!r:.60}") from exc

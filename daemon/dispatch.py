@@ -78,6 +78,7 @@ class Dispatcher:
         # Shared store: the decision version the state is current to, and the inputs
         # waiting for the next batch.
         self.version = 0
+        self._heard = 0  # the newest version a notification told of
         self._jobs: list[_Job] = []
         self._drainer: asyncio.Task[None] | None = None
         self._catching_up: asyncio.Task[None] | None = None
@@ -240,6 +241,13 @@ class Dispatcher:
         if self._stale or self._refresh_wanted:
             await self.load()
             self._stale = self._refresh_wanted = False
+        if self._heard > self.version:
+            # Read most of what the others wrote before taking the lock, which every replica
+            # waits for: under it, only what was committed since is left to read.
+            try:
+                self._catch_up(await store.delta(self.version))
+            except StoreError as exc:
+                log.debug("catching up before the lock failed (retried under it): %s", exc)
         decided: list[tuple[_Job, Decision]] = []
         async with store.exclusive() as txn:
             if txn.version != self.version:
@@ -267,6 +275,7 @@ class Dispatcher:
     def notified(self, version: int) -> None:
         """The shared store says a decision of `version` was committed (by any replica):
         catch up in the background unless the state is current already."""
+        self._heard = max(self._heard, version)
         if version <= self.version or not is_shared(self.store):
             return
         if self._catching_up is None or self._catching_up.done():

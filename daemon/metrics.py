@@ -103,6 +103,10 @@ class Metrics:
             "firehouse_outbox_overdue_events",
             "Events undelivered for longer than pagerduty.overdue_after_seconds (still retried).",
             registry=r)
+        self.store_up = Gauge(
+            "firehouse_store_up",
+            "1 while the state store answers (its last write, and this scrape's read, "
+            "succeeded); 0 while it does not: webhooks are then answered 503.", registry=r)
         self.outbox_oldest_pending = Gauge(
             "firehouse_outbox_oldest_pending_age_seconds",
             "Age of the oldest event still waiting for delivery.", registry=r)

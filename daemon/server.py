@@ -262,7 +262,15 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
     if settings.protect_metrics and not authorized(request, settings.bearer_token,
                                                    settings.basic_auth):
         return unauthorized(request)
-    await firehouse.refresh_gauges()
+    try:
+        await firehouse.refresh_gauges()
+    except StoreError as exc:
+        # The other metrics are what an operator needs most during an outage of the store:
+        # they are served, with the store's gauges at their last values and store_up 0.
+        firehouse.metrics.store_up.set(0)
+        log.warning("metrics: the store's gauges are stale: %s", exc)
+    else:
+        firehouse.metrics.store_up.set(1 if firehouse.store.healthy else 0)
     body = generate_latest(firehouse.metrics.registry)
     response = web.Response(body=body)
     response.content_type = CONTENT_TYPE_LATEST.split(";")[0]

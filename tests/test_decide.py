@@ -535,3 +535,35 @@ class TestDeadlines:
                          1800)
         for deadlines in (full, Deadlines()):
             assert Deadlines.from_json(json.loads(json.dumps(deadlines.to_json()))) == deadlines
+
+
+class TestOutcomesSharedWithinAnIncident:
+    def test_alerts_differing_in_a_matched_label_each_get_their_rules(
+        self, config: Config, tmp_path: Any
+    ) -> None:
+        """The rules are evaluated once per kind of alert in an incident, the kind being what
+        the rules read (service, severity, the labels their matchers name): two alerts that
+        differ only in such a label each get their own outcome, so both pages go out."""
+        from daemon.rules import load_rules  # noqa: PLC0415
+
+        path = tmp_path / "rules.yaml"
+        path.write_text(
+            "rules:\n"
+            "  - name: the database team's alerts also page the incident lead\n"
+            "    match: 'team=\"db\"'\n"
+            "    page: [incident_lead]\n"
+            "    continue: true\n"
+            "  - name: everything pages the technical lead\n"
+            "    page: [technical_lead]\n", encoding="utf-8")
+        rules, problems = load_rules([path], set(config.settings.targets))
+        assert problems == []
+        custom = dataclasses.replace(config, rules=rules)
+        first = {"alertname": "PaymentsErrors", "service": "payments", "severity": "warning"}
+        alerts = [alert({**first, "instance": f"app-{n}", "team": "app"}) for n in range(3)]
+        alerts.append(alert({**first, "instance": "db-0", "team": "db"}))
+
+        decision = decide(webhook(*alerts), custom, State(), NOW)
+
+        assert config.target_for_role("incident_lead") in {e.target for e in decision.events}
+        alone = decide(webhook(*alerts[:3]), custom, State(), NOW)
+        assert config.target_for_role("incident_lead") not in {e.target for e in alone.events}

@@ -685,3 +685,26 @@ def test_zz_still_healthy_and_memory_bounded(server: Server) -> None:
     assert grown < RSS_MARGIN_BYTES, (
         f"RSS grew by {grown / 2**20:.0f} MiB over {server.requests} requests"
     )
+
+
+# Values an event body may hold, json.dumps' way: text of any kind (escapes, astral
+# characters, lone surrogates), integers past 64 bits, floats, nesting.
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=st.dictionaries(st.text(), _JSON_VALUES, max_size=6))
+def test_fast_encoding_says_what_json_says_and_bounds_its_size(body: dict[str, Any]) -> None:
+    """The request body (orjson, or json.dumps where orjson would differ) decodes to what
+    json.dumps' would, and the quick size bound never undercuts json.dumps' size (the
+    bound decides which events are cut to fit PagerDuty's limit)."""
+    from daemon.decide.bodies import event_size, event_size_bound  # noqa: PLC0415
+    from daemon.pagerduty import encode  # noqa: PLC0415
+
+    exact = json.dumps(body)
+    assert json.loads(encode(body)) == json.loads(exact)
+    assert event_size_bound(body) >= event_size(body) == len(exact)

@@ -917,6 +917,11 @@ async def test_a_sqlite_firehouse_moves_to_postgresql_with_its_open_incident(
     async with aiohttp.ClientSession() as session:
         assert await post(session, single, webhook_json(*alerts)) == 200
     await pagerduty.wait_for_count(len(FIRE_TARGETS), DELIVERY_TIMEOUT)
+
+    async def recorded() -> bool:
+        return await outbox_counts(single) == {"delivered": len(FIRE_TARGETS)}
+
+    await eventually(recorded, DELIVERY_TIMEOUT, lambda: "deliveries recorded")
     before = await incidents(single)
     assert await single.stop() == 0
 

@@ -357,6 +357,27 @@ class TestStoreHealth:
 
         assert (refused, not_ready, accepted, ready) == (503, 503, 200, 200)
 
+    async def test_metrics_are_served_through_an_outage_of_the_store(
+        self, tmp_path: Path, database_url: str, new_store: NewStore, pd: PagerDutyStandIn
+    ) -> None:
+        """While the store refuses writes (and, on PostgreSQL, reads) /metrics still answers,
+        with firehouse_store_up 0; once a write succeeds again, 1."""
+        store = new_store(BrokenDiskStore)
+        async with serving(tmp_path, database_url, pd, store=store) as firehouse:
+            _, before = await firehouse.get("/metrics")
+            await store.set_broken(True)
+            await firehouse.post(pg_down())
+            during_status, during = await firehouse.get("/metrics")
+            await store.set_broken(False)
+            await firehouse.post(pg_down())
+            _, after = await firehouse.get("/metrics")
+
+        assert during_status == 200
+        assert "firehouse_webhooks_total" in during
+        assert ["firehouse_store_up 1.0" in text for text in (before, during, after)] == [
+            True, False, True]
+        assert "firehouse_store_up 0.0" in during
+
     async def test_readiness_comes_back_without_a_webhook_once_the_disk_is_fixed(
         self, tmp_path: Path, database_url: str, new_store: NewStore,
         pd: PagerDutyStandIn, monkeypatch: pytest.MonkeyPatch

@@ -186,6 +186,8 @@ class Work:
         self.records: dict[tuple[str, str], AlertRecord] = {}
         # Fingerprints set on an incident since it was last put, for its index.
         self._unindexed: dict[str, list[str]] = {}
+        # The labels any rule's matchers read (sorted: a stable key for `_Assessment.add`).
+        self.matched_labels = sorted({m.label for rule in config.rules for m in rule.matchers})
 
     # -- reading and writing the state --------------------------------------------------
 
@@ -726,6 +728,8 @@ class _Assessment:
         self.deadlines = incident.deadlines
         self.business = False
         self.outcomes: list[tuple[AlertRecord, Outcome]] = []
+        # Outcomes already united, by what the rules read of an alert (see `add`).
+        self._seen: dict[tuple[Any, ...], Outcome] = {}
         # Everyone already paged stays in: a severity rise pages them again.
         self.targets: dict[str, list[str]] = {}
         for page in incident.pages:
@@ -738,9 +742,21 @@ class _Assessment:
 
     def add(self, work: Work, record: AlertRecord, impact: Impact) -> None:
         """Evaluate the rules for one alert against the incident's impact."""
+        # The rules read of an alert only its service, its severity and the labels their
+        # matchers name (the impact is the incident's): alerts alike in those (a group's
+        # instances) have the same outcome, and uniting it again changes nothing, so it is
+        # evaluated and united once per assessment.
+        labels = record.labels
+        key = (record.service, record.severity,
+               *[labels.get(name) for name in work.matched_labels])
+        known = self._seen.get(key)
+        if known is not None:
+            self.outcomes.append((record, known))
+            return
         service = work.graph.services.get(record.service or "")
         potential = higher(record.severity, impact.severity) or record.severity
-        outcome = evaluate(work.config.rules, Subject(record.labels, service, impact), potential)
+        outcome = evaluate(work.config.rules, Subject(labels, service, impact), potential)
+        self._seen[key] = outcome
         self.outcomes.append((record, outcome))
         self.severity = higher(self.severity or None, outcome.severity) or outcome.severity
         self.rules.extend(r.name for r in outcome.matched if r.name not in self.rules)

@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import signal
+import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
@@ -54,6 +55,26 @@ def describe_store(settings: Settings) -> str:
     return f"SQLite {settings.state}"
 
 
+def unmoved_state_file(path: Path) -> str:
+    """What a SQLite state file left behind holds, when it exists, holds incidents and was
+    not moved by `firehouse migrate --from-sqlite`; "" otherwise (read-only, no lock)."""
+    if not path.is_file():
+        return ""
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            moved = conn.execute("SELECT 1 FROM meta WHERE key = 'moved_to'").fetchone()
+            opened = conn.execute("SELECT count(*) FROM incidents WHERE status = 'open'"
+                                  ).fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return ""  # not a state file (or not readable): nothing to say about it
+    if moved or not opened:
+        return ""
+    return f"the SQLite state file {path} holds {opened} open incident(s) not moved here"
+
+
 class Firehouse:
     """The running daemon: owns the store, the workers and the listening socket."""
 
@@ -68,6 +89,7 @@ class Firehouse:
         self.accepting = False
         self.last_auth_warning = 0.0
         self.last_store_probe = float("-inf")  # monotonic; see server.ready
+        self.store_answers = True  # whether the last readiness probe of the store succeeded
         self.session: aiohttp.ClientSession | None = None
         self.deliverer: Deliverer | None = None
         self.housekeeper: Housekeeper | None = None
@@ -170,6 +192,12 @@ class Firehouse:
     async def _start(self) -> None:
         settings = self.config.settings
         await self.store.open()
+        if settings.database_url:
+            left = await asyncio.to_thread(unmoved_state_file, settings.state)
+            if left:
+                log.warning("%s; this Firehouse keeps its state in PostgreSQL, without them: "
+                            "stop it and run `firehouse migrate --from-sqlite %s` before the "
+                            "replicas take webhooks, or remove the file", left, settings.state)
         await self.dispatcher.load()
         self._activate(self.config)
         self.session = aiohttp.ClientSession()

@@ -326,15 +326,16 @@ class _Reader:
         level = self._string("log_level", "info").lower()
         if level not in ("debug", "info", "warning", "error"):
             self.bad("log_level", "must be debug, info, warning or error", level)
+        timeout = self._number("pagerduty.timeout_seconds", 10.0, 0.1, 60.0)
         return Settings(
             listen_host=host,
             listen_port=port,
             state=self._path(base, "state", defaults.state),
-            **self._database(base),
+            **self._database(base, timeout),
             rules=self._paths(base, "rules", defaults.rules),
             dependency_maps=self._paths(base, "dependency_maps", defaults.dependency_maps),
             pagerduty_url=url,
-            pagerduty_timeout=self._number("pagerduty.timeout_seconds", 10.0, 0.1, 60.0),
+            pagerduty_timeout=timeout,
             pagerduty_rate_limit=self._rate_limit(),
             overdue_after=self._number("pagerduty.overdue_after_seconds", 300.0, 1.0, 86400.0),
             delivered_retention_hours=self._number("pagerduty.delivered_retention_hours",
@@ -382,7 +383,7 @@ class _Reader:
             return default
         return value
 
-    def _database(self, base: Path) -> dict[str, Any]:
+    def _database(self, base: Path, pagerduty_timeout: float) -> dict[str, Any]:
         """The `database` mapping: a PostgreSQL URL (or a file holding it) shared by several
         replicas, and the lease of an outbox claim; none keeps the SQLite file `state`."""
         raw = self.get("database") or {}
@@ -396,7 +397,19 @@ class _Reader:
             self.bad("database.url", "must be a postgresql:// URL (leave it out to keep the "
                      "SQLite file `state`)")
             url = ""
+        elif url:
+            try:
+                urlsplit(url).port  # noqa: B018 - raises on a port that is not one
+            except ValueError:
+                self.bad("database.url", "has a port that is not a number from 0 to 65535")
+                url = ""
         lease = self._number("database.lease_seconds", 30.0, 5.0, 3600.0)
+        if url and lease <= pagerduty_timeout:
+            # A claim running out while its request still waits for PagerDuty lets another
+            # replica send the same event again.
+            self.bad("database.lease_seconds", f"must be longer than pagerduty.timeout_seconds "
+                     f"({pagerduty_timeout:g}): an event still being sent when its lease runs "
+                     f"out is sent again by another replica", lease)
         return {"database_url": url, "database_lease": lease}
 
     def _web(self) -> bool:

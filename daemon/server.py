@@ -42,6 +42,7 @@ _JSON_TYPES = ("application/json", "application/octet-stream")
 BIG_BODY = 1 << 20  # bytes: about 1,000 alerts
 LIMIT_MAX = 1000  # items a list endpoint answers at most (`?limit=`)
 STORE_PROBE_SECONDS = 5.0
+STORE_PROBE_TIMEOUT = 3.0  # seconds a probe may take before readiness says no
 
 
 def error(status: int, message: str) -> web.Response:
@@ -243,13 +244,24 @@ async def ready(request: web.Request) -> web.Response:
     if ((not store.healthy or store.shared)
             and now - firehouse.last_store_probe >= STORE_PROBE_SECONDS):
         firehouse.last_store_probe = now
+        was_healthy = store.healthy and firehouse.store_answers
         try:
-            await store.probe(utcnow())
+            # Bounded: a database that hangs (rather than refusing) must not hold the
+            # load balancer's probe until it times out without an answer.
+            await asyncio.wait_for(store.probe(utcnow()), STORE_PROBE_TIMEOUT)
         except StoreError:
-            pass  # still failing: the failed writes were logged, and readiness says so
+            pass  # still failing: the failed writes were logged, and `healthy` says so
+        except TimeoutError:
+            # A hang sets no `healthy`: remembered until a probe is answered again.
+            if firehouse.store_answers:
+                log.warning("the store did not answer a probe within %gs: not ready",
+                            STORE_PROBE_TIMEOUT)
+            firehouse.store_answers = False
         else:
-            log.info("the store accepts writes again: ready")
-    if firehouse.accepting and store.healthy:
+            firehouse.store_answers = True
+            if not was_healthy:
+                log.info("the store accepts writes again: ready")
+    if firehouse.accepting and store.healthy and firehouse.store_answers:
         return web.Response(text="Ready.\n")
     return web.Response(text="Not ready.\n", status=503)
 
@@ -444,10 +456,24 @@ def _limit(request: web.Request) -> int:
     return limit
 
 
+@web.middleware
+async def store_unavailable(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A read the store cannot answer (its database unreachable) is a 503 saying so, for
+    every endpoint that has no answer of its own for it: a reader retries, rather than
+    taking a 500 for a bug."""
+    try:
+        return await handler(request)
+    except StoreError as exc:
+        log.warning("%s %s: the state store could not answer: %s", request.method,
+                    request.path, exc)
+        return web.json_response({"status": "error", "error": f"state store unavailable, "
+                                  f"retry later: {exc}"}, status=503)
+
+
 def make_app(firehouse: Firehouse) -> web.Application:
     """The aiohttp application, its routes and limits."""
     max_body = firehouse.config.settings.max_body_bytes
-    app = web.Application(client_max_size=max_body)
+    app = web.Application(client_max_size=max_body, middlewares=[store_unavailable])
     app[APP_KEY] = firehouse
     app[MAX_BODY_KEY] = max_body
     app.router.add_post("/webhook/alertmanager", alertmanager_webhook)

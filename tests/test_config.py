@@ -1060,3 +1060,24 @@ class TestDatabase:
         assert "did you mean 'url'" in text
         assert "database.lease_seconds" in text
         assert "from 5 to 3600" in text
+
+    @pytest.mark.parametrize("port", ["99999", "notaport"])
+    def test_a_port_that_is_not_one_is_refused_without_showing_the_url(
+        self, tmp_path: Path, port: str
+    ) -> None:
+        path = write(tmp_path, SETTINGS + f"database:\n  url: postgresql://u:hunter2@db:{port}/x\n")
+        lines = problems_of(path)
+        assert any("database.url" in line and "port" in line for line in lines), lines
+        assert not any("hunter2" in line for line in lines)
+
+    def test_a_lease_no_longer_than_the_pagerduty_timeout_is_refused(self, tmp_path: Path) -> None:
+        """An event still being sent when its claim runs out would be sent again by another
+        replica: the lease must outlast a request to PagerDuty."""
+        shared = SETTINGS + f"database:\n  url: {self.URL}\n  lease_seconds: 20\n"
+        refused = write(tmp_path, shared + "pagerduty:\n  timeout_seconds: 20\n")
+        text = "\n".join(problems_of(refused))
+        assert "database.lease_seconds" in text
+        assert "pagerduty.timeout_seconds (20)" in text
+        (tmp_path / "ok").mkdir()
+        accepted = write(tmp_path / "ok", shared + "pagerduty:\n  timeout_seconds: 19\n")
+        assert load_config(accepted, {}).settings.database_lease == 20.0

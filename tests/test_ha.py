@@ -923,21 +923,28 @@ async def test_a_sqlite_firehouse_moves_to_postgresql_with_its_open_incident(
 
     await eventually(recorded, DELIVERY_TIMEOUT, lambda: "deliveries recorded")
     before = await incidents(single)
-    assert await single.stop() == 0
 
-    async def migrate(source: Path) -> tuple[int, str]:
+    async def cli(fh: FirehouseProcess, *args: str) -> tuple[int, str]:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "daemon", "migrate", "--from-sqlite", str(source),
-            "--config", str(replica.settings_path),
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=replica.env(),
-            cwd=replica.workdir,
+            sys.executable, "-m", "daemon", *args, "--config", str(fh.settings_path),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=fh.env(), cwd=fh.workdir,
         )
-        out, _ = await proc.communicate()
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
         assert proc.returncode is not None
         return proc.returncode, out.decode()
 
+    async def migrate(source: Path) -> tuple[int, str]:
+        return await cli(replica, "migrate", "--from-sqlite", str(source))
+
     replica = await firehouse(settings=settings, start=False)
     replica.configure()
+    # Not while a Firehouse still runs on the file: it would go on paging from it.
+    status, out = await migrate(single.state_path)
+    assert status != 0
+    assert "in use by another Firehouse" in out, out
+    assert await db_rows(pg_schema, "SELECT id FROM incidents") == []
+    assert await single.stop() == 0
+
     status, out = await migrate(single.state_path)
     assert status == 0, out
     assert f"copied from {single.state_path}: 1 incidents" in out, out
@@ -959,3 +966,7 @@ async def test_a_sqlite_firehouse_moves_to_postgresql_with_its_open_incident(
     status, out = await migrate(single.state_path)
     assert status != 0
     assert "incidents" in out, out
+    # The moved file cannot be run again (its pending events would be sent twice).
+    status, out = await cli(single, "run")
+    assert status != 0
+    assert "was moved to" in out, out

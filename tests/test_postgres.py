@@ -780,6 +780,25 @@ async def sqlite_file(path: Path, config: Config) -> SqliteStore:
 
 
 class TestImport:
+    async def test_a_moved_file_is_marked_and_a_replica_warns_of_an_unmoved_one(
+        self, tmp_path: Path, stores: StoreFactory, config: Config
+    ) -> None:
+        """Before the move, a replica starting beside the file is told it holds open
+        incidents PostgreSQL lacks; the move marks the file, and SQLite refuses to open it."""
+        from daemon.app import unmoved_state_file  # noqa: PLC0415
+
+        path = tmp_path / "state.db"
+        await (await sqlite_file(path, config)).close()
+        opened = len((await _reopened_state(path)).open)
+        assert opened > 0
+
+        assert f"holds {opened} open incident(s)" in unmoved_state_file(path)
+        await import_sqlite(path, await stores())
+
+        assert unmoved_state_file(path) == ""
+        with pytest.raises(StoreError, match="was moved to postgresql://"):
+            await SqliteStore(path).open()
+
     async def test_a_sqlite_file_moves_over_whole(
         self, tmp_path: Path, stores: StoreFactory, config: Config
     ) -> None:
@@ -942,3 +961,12 @@ class TestReplicatedDispatch:
         assert second.state.open[incident.id].deadlines == incident.deadlines
         # What it learnt counts as its state: a repeat at the second replica pages no one.
         assert (await second.handle(webhook(db_alert()))).events == ()
+
+
+async def _reopened_state(path: Path) -> State:
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        return await store.load_state(NOW, DAY)
+    finally:
+        await store.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -341,6 +342,18 @@ class BrokenDiskStore:
         await super().close()  # type: ignore[misc]
 
 
+class HangingProbeStore:
+    """In front of a store class: probes hang while `hang` is set (a database that stopped
+    answering without closing its connections)."""
+
+    hang = False
+
+    async def probe(self, now: Any) -> None:
+        if self.hang:
+            await asyncio.sleep(30)
+        await super().probe(now)  # type: ignore[misc]
+
+
 class TestStoreHealth:
     async def test_failed_write_makes_readiness_fail_until_a_write_succeeds(
         self, tmp_path: Path, database_url: str, new_store: NewStore, pd: PagerDutyStandIn
@@ -358,16 +371,19 @@ class TestStoreHealth:
         assert (refused, not_ready, accepted, ready) == (503, 503, 200, 200)
 
     async def test_metrics_are_served_through_an_outage_of_the_store(
-        self, tmp_path: Path, database_url: str, new_store: NewStore, pd: PagerDutyStandIn
+        self, tmp_path: Path, database_url: str, new_store: NewStore, pd: PagerDutyStandIn,
+        backend: str
     ) -> None:
         """While the store refuses writes (and, on PostgreSQL, reads) /metrics still answers,
-        with firehouse_store_up 0; once a write succeeds again, 1."""
+        with firehouse_store_up 0; once a write succeeds again, 1. The API answers a read
+        the store cannot make with 503, not 500."""
         store = new_store(BrokenDiskStore)
         async with serving(tmp_path, database_url, pd, store=store) as firehouse:
             _, before = await firehouse.get("/metrics")
             await store.set_broken(True)
             await firehouse.post(pg_down())
             during_status, during = await firehouse.get("/metrics")
+            api_status, api = await firehouse.get("/api/v1/incidents")
             await store.set_broken(False)
             await firehouse.post(pg_down())
             _, after = await firehouse.get("/metrics")
@@ -377,6 +393,36 @@ class TestStoreHealth:
         assert ["firehouse_store_up 1.0" in text for text in (before, during, after)] == [
             True, False, True]
         assert "firehouse_store_up 0.0" in during
+        if backend == "postgres":  # reads fail too (SQLite's broken disk still reads)
+            assert api_status == 503
+            assert "state store unavailable" in api
+        else:
+            assert api_status == 200
+
+    @pytest.mark.parametrize("backend", ["postgres"])  # only a shared store is probed so
+    async def test_a_store_that_hangs_makes_readiness_fail_until_it_answers(
+        self, tmp_path: Path, database_url: str, new_store: NewStore, pd: PagerDutyStandIn,
+        monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A database that hangs instead of refusing fails no write (none is tried) and sets
+        no error: readiness must not wait for it, and says no until a probe is answered."""
+        from daemon import server  # noqa: PLC0415
+
+        monkeypatch.setattr(server, "STORE_PROBE_TIMEOUT", 0.2)
+        monkeypatch.setattr(server, "STORE_PROBE_SECONDS", 0.0)
+        store = new_store(HangingProbeStore)
+        async with serving(tmp_path, database_url, pd, store=store) as firehouse:
+            firehouse.firehouse.last_store_probe = float("-inf")
+            store.hang = True
+            started = asyncio.get_running_loop().time()
+            hung, _ = await firehouse.get("/-/ready")
+            answered_in = asyncio.get_running_loop().time() - started
+            still, _ = await firehouse.get("/-/ready")
+            store.hang = False
+            back, _ = await firehouse.get("/-/ready")
+
+        assert (hung, still, back) == (503, 503, 200)
+        assert answered_in < 5
 
     async def test_readiness_comes_back_without_a_webhook_once_the_disk_is_fixed(
         self, tmp_path: Path, database_url: str, new_store: NewStore,

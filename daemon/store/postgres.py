@@ -81,7 +81,7 @@ from daemon.store.sqlite import (
     incident_json,
 )
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("firehouse.store.postgres")
 
 CONNECT_TIMEOUT = 5.0  # seconds to open a connection: an unreachable server fails fast
 COMMAND_TIMEOUT = 10.0  # seconds for a statement, waiting for the decision lock included

@@ -46,7 +46,7 @@ from daemon.store import (
     StoredEvent,
 )
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("firehouse.store.sqlite")
 T = TypeVar("T")
 
 # Bumped only by a change that an older Firehouse cannot run on (it refuses a newer version).
@@ -113,6 +113,32 @@ def _need_dt(value: float) -> datetime:
     return datetime.fromtimestamp(value, UTC)
 
 
+# meta key: where `firehouse migrate --from-sqlite` copied this file (it is not used again).
+MOVED_TO = "moved_to"
+
+
+def lock_state_file(path: Path) -> int:
+    """Take the exclusive lock beside a state file (its descriptor: closing it releases the
+    lock); StoreError naming the holder's pid when a Firehouse holds it."""
+    lock = path.with_name(path.name + ".lock")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o600)
+    except OSError as exc:
+        raise StoreError(f"cannot open lock file {lock}: {exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise StoreError(f"state database {path} is in use by another Firehouse "
+                         f"(pid {holder}, lock {lock}); run one process per state "
+                         "file") from exc
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
+
+
 class SqliteStore(MarksByRecord):
     """The default store: one SQLite file on local disk, owned by one process."""
 
@@ -161,23 +187,7 @@ class SqliteStore(MarksByRecord):
     def _lock(self) -> None:
         """Hold an exclusive lock beside the database for as long as it is open: two
         processes deciding on one file would page twice and leave incidents open."""
-        lock = self.path.with_name(self.path.name + ".lock")
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o600)
-        except OSError as exc:
-            raise StoreError(f"cannot open lock file {lock}: {exc}") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise StoreError(f"state database {self.path} is in use by another Firehouse "
-                             f"(pid {holder}, lock {lock}); run one process per state "
-                             "file") from exc
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self._lock_fd = fd
+        self._lock_fd = lock_state_file(self.path)
 
     def _connect(self) -> sqlite3.Connection:
         try:
@@ -213,6 +223,14 @@ class SqliteStore(MarksByRecord):
         if row is not None and int(row[0]) > SCHEMA_VERSION:
             raise StoreError(f"state database {self.path} has schema version {row[0]}, "
                              f"newer than this Firehouse ({SCHEMA_VERSION})")
+        moved = conn.execute("SELECT value FROM meta WHERE key = ?", (MOVED_TO,)).fetchone()
+        if moved is not None:
+            # Its incidents and pending events live on there: deciding and sending them here
+            # too would page twice.
+            raise StoreError(f"state database {self.path} was moved to {moved[0]} by "
+                             "`firehouse migrate --from-sqlite`: set database.url (or "
+                             "FIREHOUSE_DATABASE_URL) to that database, or remove the file "
+                             "to start afresh on SQLite")
         for path in (self.path, *(self.path.with_name(self.path.name + s)
                                    for s in ("-wal", "-shm"))):
             try:

@@ -9,6 +9,7 @@ what was delivered is not sent again and what was pending is sent by the replica
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,7 +32,7 @@ from daemon.store.postgres import (
     describe_dsn,
     translated,
 )
-from daemon.store.sqlite import SCHEMA_VERSION
+from daemon.store.sqlite import MOVED_TO, SCHEMA_VERSION, lock_state_file
 
 __all__ = ["describe_dsn", "import_sqlite"]
 
@@ -75,20 +76,41 @@ async def import_sqlite(path: Path, target: PostgresStore) -> dict[str, int]:
     migrated) in one transaction; rows written per table. StoreError, changing nothing,
     when the file is not a Firehouse database or is newer than this Firehouse, or when the
     target has been deciding already (holds incidents or outbox events)."""
-    rows = await asyncio.to_thread(read_sqlite, path)
-    where = target.where
-    async with target.exclusive() as held:
-        conn = held.connection
-        with translated(where, f"importing {path}"):
-            await _refuse_unless_empty(conn, where)
-            version = await held.advance()
-            counts = {table: await _copy(conn, table, rows[table], version)
-                      for table in TABLES}
-            for table in _SEQUENCES:
-                await conn.execute(
-                    f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "  # noqa: S608
-                    f"coalesce(max(id), 0) + 1, false) FROM {table}")
+    # A Firehouse still running on the file would go on deciding and sending what the
+    # replicas now decide and send too: refused, and none can start on it meanwhile.
+    lock = await asyncio.to_thread(lambda: lock_state_file(path) if path.is_file() else None)
+    try:
+        rows = await asyncio.to_thread(read_sqlite, path)
+        where = target.where
+        async with target.exclusive() as held:
+            conn = held.connection
+            with translated(where, f"importing {path}"):
+                await _refuse_unless_empty(conn, where)
+                version = await held.advance()
+                counts = {table: await _copy(conn, table, rows[table], version)
+                          for table in TABLES}
+                for table in _SEQUENCES:
+                    await conn.execute(
+                        f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "  # noqa: S608
+                        f"coalesce(max(id), 0) + 1, false) FROM {table}")
+        await asyncio.to_thread(_mark_moved, path, where)
+    finally:
+        if lock is not None:
+            os.close(lock)
     return counts
+
+
+def _mark_moved(path: Path, where: str) -> None:
+    """Mark the file as moved to `where`: a Firehouse started on it refuses to."""
+    try:
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (MOVED_TO, where))
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise StoreError(f"copied, but could not mark {path} as moved ({exc}): do not start "
+                         "a Firehouse on it again") from exc
 
 
 def read_sqlite(path: Path) -> dict[str, list[tuple[Any, ...]]]:

@@ -10,10 +10,10 @@ The outbox is shared: an event handed out by `due_events` is leased to this repl
 `lease_seconds`, so that each event is sent by one replica at a time; a replica that stops
 hands its leases back, one that dies leaves them to run out.
 
-The tables are the SQLite store's, column for column and in the same order (its row
-helpers read both), with times as epoch seconds and JSON documents as text; the columns
-this store adds come last. Every statement names its tables without a schema: the schema
-is the connection's `search_path` (`?search_path=...` in the DSN).
+The tables are the SQLite store's, column for column and in the same order (the helpers
+of daemon/store/rows.py read both), with times as epoch seconds and JSON documents as
+text; the columns this store adds come last. Every statement names its tables without a
+schema: the schema is the connection's `search_path` (`?search_path=...` in the DSN).
 """
 
 from __future__ import annotations
@@ -68,17 +68,17 @@ from daemon.store import (
     MarksByRecord,
     StoredEvent,
 )
-from daemon.store.sqlite import (
+from daemon.store.rows import (
     URGENCY,
-    _alert_from_row,
-    _alert_json,
-    _change_from_row,
-    _dt,
-    _event_from_row,
-    _incident_from_row,
-    _need_dt,
-    _ts,
+    alert_from_row,
+    alert_json,
+    change_from_row,
+    epoch,
+    event_from_row,
+    from_epoch,
+    incident_from_row,
     incident_json,
+    need_from_epoch,
 )
 
 log = logging.getLogger("firehouse.store.postgres")
@@ -366,7 +366,7 @@ def is_outage(error: BaseException) -> bool:
     return isinstance(error, StoreUnreachable)
 
 
-def _text(value: str) -> str:
+def pg_text(value: str) -> str:
     """A string PostgreSQL can store: `text` refuses NUL, which an alert's labels may carry
     into plain columns (SQLite keeps it). Swapped for U+FFFD rather than failing the
     webhook on every retry."""
@@ -374,10 +374,10 @@ def _text(value: str) -> str:
 
 
 def _optional_text(value: str | None) -> str | None:
-    return None if value is None else _text(value)
+    return None if value is None else pg_text(value)
 
 
-def _count(status: str) -> int:
+def row_count(status: str) -> int:
     """The row count of a command status such as `DELETE 3` or `INSERT 0 3`."""
     return int(status.rsplit(" ", 1)[-1])
 
@@ -425,22 +425,22 @@ class _Rows:
         return rows
 
     def add(self, decision: Decision) -> None:
-        now = _ts(decision.now) or 0.0
+        now = epoch(decision.now) or 0.0
         for incident in decision.incidents:
             self.incidents[incident.id] = (
-                incident.id, incident.status, _ts(incident.opened_at),
-                _ts(incident.updated_at), _ts(incident.resolved_at), incident.severity,
-                _text(incident.title), json.dumps(incident.to_doc()))
+                incident.id, incident.status, epoch(incident.opened_at),
+                epoch(incident.updated_at), epoch(incident.resolved_at), incident.severity,
+                pg_text(incident.title), json.dumps(incident.to_doc()))
         # Only the alerts the decision set, when it says which: the others of its incidents
         # are stored already, and an incident can hold thousands.
         records = decision.records if decision.records is not None else [
             (incident.id, a) for incident in decision.incidents for a in incident.alerts.values()]
         for incident_id, alert in records:
-            key = (incident_id, _text(alert.fingerprint))
+            key = (incident_id, pg_text(alert.fingerprint))
             self.alerts[key] = _alert_row(incident_id, alert)
             self.touched.pop(key, None)
         for incident_id, fingerprint in decision.seen:
-            key = (incident_id, _text(fingerprint))
+            key = (incident_id, pg_text(fingerprint))
             self.seen_incidents.add(incident_id)
             if key in self.alerts:
                 row = self.alerts[key]
@@ -448,24 +448,24 @@ class _Rows:
             else:
                 self.touched[key] = now
         for fingerprint, starts in decision.resolutions:
-            self.resolutions[_text(fingerprint)] = (_text(fingerprint), _ts(starts), now)
-        self.timeline.extend((n.incident_id, _ts(n.at), n.kind, _text(n.message))
+            self.resolutions[pg_text(fingerprint)] = (pg_text(fingerprint), epoch(starts), now)
+        self.timeline.extend((n.incident_id, epoch(n.at), n.kind, pg_text(n.message))
                              for n in decision.timeline)
         self.outbox.extend((e.incident_id, e.target, e.routing_key, e.dedup_key, e.action,
                             json.dumps(dict(e.body)), e.priority, now)
                            for e in decision.events)
-        self.changes.extend((c.id, c.service, _ts(c.at), _ts(c.received_at), c.summary, c.who,
+        self.changes.extend((c.id, c.service, epoch(c.at), epoch(c.received_at), c.summary, c.who,
                              c.version, json.dumps([list(link) for link in c.links]))
                             for c in decision.changes)
 
     async def write(self, conn: Any, version: int) -> None:
         """Write the rows on `conn`, stamping `version`: one statement per table."""
         if self.incidents:
-            await conn.execute(_UPSERT_INCIDENTS, *_columns(self.incidents.values()), version)
+            await conn.execute(_UPSERT_INCIDENTS, *as_columns(self.incidents.values()), version)
         if self.alerts:
-            await conn.execute(_UPSERT_ALERTS, *_columns(self.alerts.values()))
+            await conn.execute(_UPSERT_ALERTS, *as_columns(self.alerts.values()))
         if self.touched:
-            await conn.execute(_TOUCH_ALERTS, *_columns(
+            await conn.execute(_TOUCH_ALERTS, *as_columns(
                 [(*key, at) for key, at in self.touched.items()]))
         # Incidents written carry the version already; a seen-only one gets it here, so
         # that other replicas pick up its alerts' new last_seen.
@@ -473,24 +473,24 @@ class _Rows:
         if stamped:
             await conn.execute(_STAMP_INCIDENTS, stamped, version)
         if self.resolutions:
-            await conn.execute(_UPSERT_RESOLUTIONS, *_columns(self.resolutions.values()),
+            await conn.execute(_UPSERT_RESOLUTIONS, *as_columns(self.resolutions.values()),
                                version)
         if self.timeline:
-            await conn.execute(_INSERT_TIMELINE, *_columns(self.timeline))
+            await conn.execute(_INSERT_TIMELINE, *as_columns(self.timeline))
         if self.outbox:
-            await conn.execute(_INSERT_OUTBOX, *_columns(self.outbox))
+            await conn.execute(_INSERT_OUTBOX, *as_columns(self.outbox))
         if self.changes:
-            await conn.execute(_INSERT_CHANGES, *_columns(self.changes), version)
+            await conn.execute(_INSERT_CHANGES, *as_columns(self.changes), version)
 
 
 def _alert_row(incident_id: str, alert: AlertRecord) -> tuple[Any, ...]:
-    return (incident_id, _text(alert.fingerprint), alert.status, _ts(alert.starts_at),
-            _ts(alert.ends_at), _ts(alert.first_seen), _ts(alert.last_seen),
-            _optional_text(alert.service), _text(alert.severity), _text(alert.generator_url),
+    return (incident_id, pg_text(alert.fingerprint), alert.status, epoch(alert.starts_at),
+            epoch(alert.ends_at), epoch(alert.first_seen), epoch(alert.last_seen),
+            _optional_text(alert.service), pg_text(alert.severity), pg_text(alert.generator_url),
             json.dumps(dict(alert.labels)), json.dumps(dict(alert.annotations)))
 
 
-def _columns(rows: Collection[tuple[Any, ...]]) -> list[list[Any]]:
+def as_columns(rows: Collection[tuple[Any, ...]]) -> list[list[Any]]:
     """Rows turned into one array per column, for `unnest`."""
     return [list(column) for column in zip(*rows, strict=True)]
 
@@ -509,7 +509,7 @@ async def _read_alerts(conn: Any, where: str, arg: Any) -> dict[str, dict[str, A
     for row in await conn.fetch(
             f"SELECT {_A_ALERTS} FROM alerts a JOIN incidents i ON i.id = a.incident_id "  # noqa: S608
             f"WHERE {where} ORDER BY {_ALERTS_BY_INCIDENT}", arg):
-        alerts.setdefault(row[0], {})[row[1]] = _alert_from_row(row)
+        alerts.setdefault(row[0], {})[row[1]] = alert_from_row(row)
     return alerts
 
 
@@ -517,12 +517,12 @@ async def _read_state(conn: Any, cutoff: float, changes_cutoff: float) -> State:
     """The SQLite store's `_load_state`, on `conn`."""
     rows = await conn.fetch(f"SELECT {_INCIDENTS} FROM incidents WHERE status = $1", OPEN)  # noqa: S608
     alerts = await _read_alerts(conn, "i.status = $1", OPEN)
-    incidents = {row[0]: _incident_from_row(row, alerts.get(row[0], {})) for row in rows}
+    incidents = {row[0]: incident_from_row(row, alerts.get(row[0], {})) for row in rows}
     by_fp = {fp: i.id for i in incidents.values() for fp in i.alerts}
     by_service = {name: i.id for i in incidents.values() if i.mapped for name in i.services}
-    resolved = {row[0]: _dt(row[1]) for row in await conn.fetch(
+    resolved = {row[0]: from_epoch(row[1]) for row in await conn.fetch(
         "SELECT fingerprint, starts_at FROM resolutions WHERE at >= $1", cutoff)}
-    changes = tuple(_change_from_row(row) for row in await conn.fetch(
+    changes = tuple(change_from_row(row) for row in await conn.fetch(
         f"SELECT {_CHANGES} FROM changes WHERE at >= $1 ORDER BY {_CHANGES_OLDEST_FIRST}",  # noqa: S608
         changes_cutoff))
     return State(MappingProxyType(incidents), MappingProxyType(by_fp),
@@ -544,9 +544,9 @@ async def _read_delta(conn: Any, since: int) -> Delta:
         since)
     return Delta(
         version=version,
-        incidents=tuple(_incident_from_row(row, alerts.get(row[0], {})) for row in rows),
-        resolutions=tuple((row[0], _dt(row[1])) for row in resolutions),
-        changes=tuple(_change_from_row(row) for row in changes),
+        incidents=tuple(incident_from_row(row, alerts.get(row[0], {})) for row in rows),
+        resolutions=tuple((row[0], from_epoch(row[1])) for row in resolutions),
+        changes=tuple(change_from_row(row) for row in changes),
     )
 
 
@@ -755,7 +755,7 @@ class PostgresStore(MarksByRecord):
 
     async def _release_leases(self) -> None:
         async with self._transaction("handing back outbox leases") as conn:
-            released = _count(await conn.execute(_RELEASE_LEASES, self.owner))
+            released = row_count(await conn.execute(_RELEASE_LEASES, self.owner))
             if released:
                 await conn.execute(_NOTIFY_CLOCK, self.channel)
 
@@ -953,7 +953,7 @@ class PostgresStore(MarksByRecord):
             rows = await conn.fetch(_DUE, now.timestamp(), self.owner, list(skip_routing_keys),
                                     list(skip_dedup_keys), limit,
                                     now.timestamp() + self.lease_seconds)
-        events = [_event_from_row(r) for r in rows]
+        events = [event_from_row(r) for r in rows]
         events.sort(key=lambda e: (-_urgency(e), e.id))  # RETURNING keeps no order
         return events
 
@@ -965,7 +965,7 @@ class PostgresStore(MarksByRecord):
         async with self._session("reading the outbox") as conn:
             at = await conn.fetchval(_NEXT_CLAIMABLE, self.owner, list(skip_routing_keys),
                                      list(skip_dedup_keys))
-        return _dt(at)
+        return from_epoch(at)
 
     async def record(self, attempts: Sequence[Attempt]) -> None:
         """Record the outcomes of many delivery attempts in one transaction, handing their
@@ -980,10 +980,10 @@ class PostgresStore(MarksByRecord):
         async def write(conn: Any) -> None:
             recorded: set[int] = set()
             if done:
-                recorded.update(r[0] for r in await conn.fetch(_RECORD_DONE, *_columns(done)))
+                recorded.update(r[0] for r in await conn.fetch(_RECORD_DONE, *as_columns(done)))
             if retried:
                 recorded.update(r[0] for r in await conn.fetch(_RECORD_RETRY,
-                                                              *_columns(retried)))
+                                                              *as_columns(retried)))
             for attempt in attempts:
                 if attempt.note and attempt.event_id in recorded:
                     await _note_on_event(conn, attempt.event_id, attempt.at, DELIVERY_FAILED,
@@ -1018,7 +1018,7 @@ class PostgresStore(MarksByRecord):
         async with self._session("reading the outbox") as conn:
             at = await conn.fetchval("SELECT MIN(created_at) FROM outbox WHERE state = $1",
                                      PENDING)
-        return _dt(at)
+        return from_epoch(at)
 
     async def overdue_events(self, created_before: datetime, limit: int) -> list[StoredEvent]:
         """Events still pending that were created before `created_before`, oldest first."""
@@ -1026,19 +1026,19 @@ class PostgresStore(MarksByRecord):
             rows = await conn.fetch(
                 f"SELECT {_OUTBOX} FROM outbox WHERE state = $1 AND created_at < $2 "  # noqa: S608
                 "ORDER BY id LIMIT $3", PENDING, created_before.timestamp(), limit)
-        return [_event_from_row(r) for r in rows]
+        return [event_from_row(r) for r in rows]
 
     async def cleanup(self, delivered_before: datetime, resolutions_before: datetime) -> int:
         """Delete delivered and dry-run rows done before the first cutoff, changes made
         before it, and remembered resolutions older than the second; dead letters stay until
         someone looks."""
         async with self._transaction("cleaning up") as conn:
-            gone = _count(await conn.execute(
+            gone = row_count(await conn.execute(
                 "DELETE FROM outbox WHERE state IN ($1, $2) AND done_at < $3",
                 DELIVERED, DRY_RUN, delivered_before.timestamp()))
-            gone += _count(await conn.execute("DELETE FROM resolutions WHERE at < $1",
+            gone += row_count(await conn.execute("DELETE FROM resolutions WHERE at < $1",
                                               resolutions_before.timestamp()))
-            gone += _count(await conn.execute("DELETE FROM changes WHERE at < $1",
+            gone += row_count(await conn.execute("DELETE FROM changes WHERE at < $1",
                                               delivered_before.timestamp()))
         return gone
 
@@ -1054,7 +1054,7 @@ class PostgresStore(MarksByRecord):
             rows = await conn.fetch(
                 f"SELECT {_OUTBOX} FROM outbox WHERE ($1::text IS NULL OR state = $1) "  # noqa: S608
                 "ORDER BY id DESC LIMIT $2", _optional_text(state), limit)
-        return [_event_from_row(r) for r in rows]
+        return [event_from_row(r) for r in rows]
 
     # -- API ---------------------------------------------------------------------------------
 
@@ -1071,7 +1071,7 @@ class PostgresStore(MarksByRecord):
 
     async def get_incident(self, incident_id: str) -> dict[str, Any] | None:
         """One incident with alerts, pages and timeline."""
-        incident_id = _text(incident_id)  # as it would have been stored (NUL swapped)
+        incident_id = pg_text(incident_id)  # as it would have been stored (NUL swapped)
         async with self._transaction("reading an incident", snapshot=True) as conn:
             row = await conn.fetchrow(f"SELECT {_INCIDENTS} FROM incidents WHERE id = $1",  # noqa: S608
                                       incident_id)
@@ -1089,15 +1089,15 @@ class PostgresStore(MarksByRecord):
             events = await conn.fetch(
                 f"SELECT {_OUTBOX} FROM outbox WHERE incident_id = $1 ORDER BY id",  # noqa: S608
                 incident_id)
-        result["alerts"] = [_alert_json(_alert_from_row(a)) for a in alerts]
+        result["alerts"] = [alert_json(alert_from_row(a)) for a in alerts]
         result["timeline"] = [
-            {"at": _need_dt(at).isoformat(), "kind": kind, "message": message}
+            {"at": need_from_epoch(at).isoformat(), "kind": kind, "message": message}
             for at, kind, message in timeline
         ]
         result["events"] = [
             {"id": e.id, "target": e.target, "action": e.action, "dedup_key": e.dedup_key,
              "state": e.state, "attempts": e.attempts, "last_error": e.last_error}
-            for e in map(_event_from_row, events)
+            for e in map(event_from_row, events)
         ]
         return result
 
@@ -1108,7 +1108,7 @@ class PostgresStore(MarksByRecord):
                 f"SELECT {_CHANGES} FROM changes WHERE ($1::text IS NULL OR service = $1) "  # noqa: S608
                 'ORDER BY at DESC, received_at DESC NULLS LAST, id COLLATE "C" LIMIT $2',
                 _optional_text(service), limit)
-        return [change_json(_change_from_row(r)) for r in rows]
+        return [change_json(change_from_row(r)) for r in rows]
 
 
 async def _connect(dsn: str, *, server_settings: dict[str, str]) -> Any:
@@ -1149,7 +1149,7 @@ async def _note_on_event(conn: Any, event_id: int, at: datetime, kind: str,
     if incident_id is not None:
         await conn.execute(
             "INSERT INTO timeline (incident_id, at, kind, message) VALUES ($1, $2, $3, $4)",
-            await _holder(conn, incident_id), at.timestamp(), kind, _text(message))
+            await _holder(conn, incident_id), at.timestamp(), kind, pg_text(message))
 
 
 async def _requeue(conn: Any, event_id: int, routing_keys: Mapping[str, str],
@@ -1159,14 +1159,14 @@ async def _requeue(conn: Any, event_id: int, routing_keys: Mapping[str, str],
                               event_id)
     if row is None:
         return None
-    event = _event_from_row(row)
+    event = event_from_row(row)
     if event.state != DEAD:
         raise OutboxConflict(f"event {event_id} is {event.state}, not dead: only a dead "
                              "letter can be retried")
     if event.target not in routing_keys:
         raise OutboxConflict(f"target {event.target!r} of event {event_id} is no longer in "
                              "the settings: there is no routing key to send it with")
-    later = [_event_from_row(r) for r in await conn.fetch(
+    later = [event_from_row(r) for r in await conn.fetch(
         f"SELECT {_OUTBOX} FROM outbox WHERE dedup_key = $1 AND id > $2 ORDER BY id "  # noqa: S608
         "FOR UPDATE", event.dedup_key, event_id)]
     if any(e.action == RESOLVE and e.state in (DELIVERED, DRY_RUN) for e in later):
@@ -1183,7 +1183,7 @@ async def _requeue(conn: Any, event_id: int, routing_keys: Mapping[str, str],
     await _note_on_event(conn, event_id, now, DELIVERY_RETRIED,
                          f"re-sending the {event.action} to {event.target}{changed} on request "
                          f"(outbox event {', '.join(str(i) for i in ids)})")
-    return [_event_from_row(r) for r in await conn.fetch(
+    return [event_from_row(r) for r in await conn.fetch(
         f"SELECT {_OUTBOX} FROM outbox WHERE id = ANY($1::bigint[]) ORDER BY id", ids)]  # noqa: S608
 
 

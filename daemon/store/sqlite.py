@@ -15,7 +15,7 @@ import os
 import sqlite3
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -26,12 +26,9 @@ from daemon.decide import (
     RESOLVE,
     TRIGGER,
     AlertRecord,
-    Change,
-    Deadlines,
     Decision,
     Incident,
     State,
-    trigger_priority,
 )
 from daemon.errors import OutboxConflict, StoreError
 from daemon.store import (
@@ -45,6 +42,18 @@ from daemon.store import (
     MarksByRecord,
     StoredEvent,
 )
+from daemon.store.rows import (
+    URGENCY,
+    alert_from_row,
+    alert_json,
+    change_from_row,
+    epoch,
+    event_from_row,
+    from_epoch,
+    incident_from_row,
+    incident_json,
+    need_from_epoch,
+)
 
 log = logging.getLogger("firehouse.store.sqlite")
 T = TypeVar("T")
@@ -53,11 +62,6 @@ T = TypeVar("T")
 # New tables (changes) are created IF NOT EXISTS and ignored by older versions, so they
 # leave it alone: rolling Firehouse itself back must keep working.
 SCHEMA_VERSION = 1
-# The order in which pending events go out when they cannot all go at once (a backlog, a
-# routing key out of budget): the most urgent first, resolves with critical triggers (a
-# resolve frees a responder), then the oldest. Indexed over pending rows only, so that
-# picking the next events reads them in order instead of sorting every pending row.
-URGENCY = f"(CASE WHEN action = '{RESOLVE}' THEN {trigger_priority('critical')} ELSE priority END)"
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS incidents (
@@ -99,18 +103,6 @@ CREATE TABLE IF NOT EXISTS changes (
 CREATE INDEX IF NOT EXISTS changes_by_time ON changes (at);
 CREATE INDEX IF NOT EXISTS changes_by_service ON changes (service, at);
 """
-
-
-def _ts(value: datetime | None) -> float | None:
-    return value.timestamp() if value is not None else None
-
-
-def _dt(value: float | None) -> datetime | None:
-    return datetime.fromtimestamp(value, UTC) if value is not None else None
-
-
-def _need_dt(value: float) -> datetime:
-    return datetime.fromtimestamp(value, UTC)
 
 
 # meta key: where `firehouse migrate --from-sqlite` copied this file (it is not used again).
@@ -314,13 +306,13 @@ class SqliteStore(MarksByRecord):
 
     @staticmethod
     def _write_one(conn: sqlite3.Connection, decision: Decision) -> None:
-        now = _ts(decision.now) or 0.0
+        now = epoch(decision.now) or 0.0
         for incident in decision.incidents:
             conn.execute(
                 "INSERT OR REPLACE INTO incidents VALUES (?,?,?,?,?,?,?,?)",
-                (incident.id, incident.status, _ts(incident.opened_at),
-                 _ts(incident.updated_at), _ts(incident.resolved_at), incident.severity,
-                 incident.title, json.dumps(_incident_doc(incident))),
+                (incident.id, incident.status, epoch(incident.opened_at),
+                 epoch(incident.updated_at), epoch(incident.resolved_at), incident.severity,
+                 incident.title, json.dumps(incident.to_doc())),
             )
         # Only the alerts the decision set, when it says which: the others of its incidents
         # are stored already, and an incident can hold thousands.
@@ -329,8 +321,8 @@ class SqliteStore(MarksByRecord):
         if records:
             conn.executemany(
                 "INSERT OR REPLACE INTO alerts VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                [(incident_id, a.fingerprint, a.status, _ts(a.starts_at), _ts(a.ends_at),
-                  _ts(a.first_seen), _ts(a.last_seen), a.service, a.severity, a.generator_url,
+                [(incident_id, a.fingerprint, a.status, epoch(a.starts_at), epoch(a.ends_at),
+                  epoch(a.first_seen), epoch(a.last_seen), a.service, a.severity, a.generator_url,
                   json.dumps(dict(a.labels)), json.dumps(dict(a.annotations)))
                  for incident_id, a in records],
             )
@@ -342,12 +334,12 @@ class SqliteStore(MarksByRecord):
         if decision.resolutions:
             conn.executemany(
                 "INSERT OR REPLACE INTO resolutions VALUES (?,?,?)",
-                [(fp, _ts(starts), now) for fp, starts in decision.resolutions],
+                [(fp, epoch(starts), now) for fp, starts in decision.resolutions],
             )
         if decision.timeline:
             conn.executemany(
                 "INSERT INTO timeline (incident_id, at, kind, message) VALUES (?,?,?,?)",
-                [(n.incident_id, _ts(n.at), n.kind, n.message) for n in decision.timeline],
+                [(n.incident_id, epoch(n.at), n.kind, n.message) for n in decision.timeline],
             )
         if decision.events:
             conn.executemany(
@@ -361,7 +353,7 @@ class SqliteStore(MarksByRecord):
             # A repeated id is the same change (the engine skips it; this makes sure).
             conn.executemany(
                 "INSERT OR IGNORE INTO changes VALUES (?,?,?,?,?,?,?,?)",
-                [(c.id, c.service, _ts(c.at), _ts(c.received_at), c.summary, c.who, c.version,
+                [(c.id, c.service, epoch(c.at), epoch(c.received_at), c.summary, c.who, c.version,
                   json.dumps([list(link) for link in c.links])) for c in decision.changes],
             )
 
@@ -384,16 +376,16 @@ class SqliteStore(MarksByRecord):
         for row in conn.execute(
             "SELECT a.* FROM alerts a JOIN incidents i ON i.id = a.incident_id "
             "WHERE i.status = ?", (OPEN,)):
-            alerts.setdefault(row[0], {})[row[1]] = _alert_from_row(row)
+            alerts.setdefault(row[0], {})[row[1]] = alert_from_row(row)
         for row in rows:
-            incidents[row[0]] = _incident_from_row(row, alerts.get(row[0], {}))
+            incidents[row[0]] = incident_from_row(row, alerts.get(row[0], {}))
         by_fp = {fp: i.id for i in incidents.values() for fp in i.alerts}
         by_service = {name: i.id for i in incidents.values() if i.mapped for name in i.services}
         resolved = {
-            fp: _dt(starts) for fp, starts in conn.execute(
+            fp: from_epoch(starts) for fp, starts in conn.execute(
                 "SELECT fingerprint, starts_at FROM resolutions WHERE at >= ?", (cutoff,))
         }
-        changes = tuple(_change_from_row(row) for row in conn.execute(
+        changes = tuple(change_from_row(row) for row in conn.execute(
             "SELECT * FROM changes WHERE at >= ? ORDER BY at, received_at, id",
             (changes_cutoff,)))
         return State(MappingProxyType(incidents), MappingProxyType(by_fp),
@@ -419,7 +411,7 @@ class SqliteStore(MarksByRecord):
                "LIMIT ?")
         rows = await self._run(lambda: self.conn.execute(
             sql, (now.timestamp(), *args, limit)).fetchall())
-        return [_event_from_row(r) for r in rows]
+        return [event_from_row(r) for r in rows]
 
     async def next_attempt_at(self, *, skip_routing_keys: Collection[str] = (),
                               skip_dedup_keys: Collection[str] = ()) -> datetime | None:
@@ -431,7 +423,7 @@ class SqliteStore(MarksByRecord):
                f"{skip} AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.dedup_key = o.dedup_key "
                f"AND p.state = '{PENDING}' AND p.id < o.id)")
         row = await self._run(lambda: self.conn.execute(sql, args).fetchone())
-        return _dt(row[0])
+        return from_epoch(row[0])
 
     async def record(self, attempts: Sequence[Attempt]) -> None:
         """Record the outcomes of many delivery attempts in one transaction (one fsync)."""
@@ -510,14 +502,14 @@ class SqliteStore(MarksByRecord):
         """When the oldest event still waiting for delivery was created."""
         row = await self._run(lambda: self.conn.execute(
             "SELECT MIN(created_at) FROM outbox WHERE state = ?", (PENDING,)).fetchone())
-        return _dt(row[0])
+        return from_epoch(row[0])
 
     async def overdue_events(self, created_before: datetime, limit: int) -> list[StoredEvent]:
         """Events still pending that were created before `created_before`, oldest first."""
         rows = await self._run(lambda: self.conn.execute(
             "SELECT * FROM outbox WHERE state = ? AND created_at < ? ORDER BY id LIMIT ?",
             (PENDING, created_before.timestamp(), limit)).fetchall())
-        return [_event_from_row(r) for r in rows]
+        return [event_from_row(r) for r in rows]
 
     async def cleanup(self, delivered_before: datetime, resolutions_before: datetime) -> int:
         """Delete delivered and dry-run rows done before the first cutoff, changes made
@@ -558,7 +550,7 @@ class SqliteStore(MarksByRecord):
                 rows = self.conn.execute(
                     "SELECT * FROM outbox WHERE state=? ORDER BY id DESC LIMIT ?",
                     (state, limit)).fetchall()
-            return [_event_from_row(r) for r in rows]
+            return [event_from_row(r) for r in rows]
         return await self._run(run)
 
     # -- API -------------------------------------------------------------------------------
@@ -588,12 +580,12 @@ class SqliteStore(MarksByRecord):
                 return None
             result = _incident_json(conn, row)
             result["alerts"] = [
-                _alert_json(_alert_from_row(a)) for a in conn.execute(
+                alert_json(alert_from_row(a)) for a in conn.execute(
                     "SELECT * FROM alerts WHERE incident_id = ? ORDER BY first_seen",
                     (incident_id,))
             ]
             result["timeline"] = [
-                {"at": _need_dt(at).isoformat(), "kind": kind, "message": message}
+                {"at": need_from_epoch(at).isoformat(), "kind": kind, "message": message}
                 for at, kind, message in conn.execute(
                     "SELECT at, kind, message FROM timeline WHERE incident_id = ? ORDER BY id",
                     (incident_id,))
@@ -601,7 +593,7 @@ class SqliteStore(MarksByRecord):
             result["events"] = [
                 {"id": e.id, "target": e.target, "action": e.action, "dedup_key": e.dedup_key,
                  "state": e.state, "attempts": e.attempts, "last_error": e.last_error}
-                for e in (_event_from_row(r) for r in conn.execute(
+                for e in (event_from_row(r) for r in conn.execute(
                     "SELECT * FROM outbox WHERE incident_id = ? ORDER BY id", (incident_id,)))
             ]
             return result
@@ -617,7 +609,7 @@ class SqliteStore(MarksByRecord):
                 args = (service,)
             rows = self.conn.execute(sql + " ORDER BY at DESC, received_at DESC, id LIMIT ?",
                                      (*args, limit)).fetchall()
-            return [change_json(_change_from_row(r)) for r in rows]
+            return [change_json(change_from_row(r)) for r in rows]
         return await self._run(run)
 
 
@@ -660,14 +652,14 @@ def _requeue(conn: sqlite3.Connection, event_id: int, routing_keys: Mapping[str,
     row = conn.execute("SELECT * FROM outbox WHERE id = ?", (event_id,)).fetchone()
     if row is None:
         return None
-    event = _event_from_row(row)
+    event = event_from_row(row)
     if event.state != DEAD:
         raise OutboxConflict(f"event {event_id} is {event.state}, not dead: only a dead "
                              "letter can be retried")
     if event.target not in routing_keys:
         raise OutboxConflict(f"target {event.target!r} of event {event_id} is no longer in "
                              "the settings: there is no routing key to send it with")
-    later = [_event_from_row(r) for r in conn.execute(
+    later = [event_from_row(r) for r in conn.execute(
         "SELECT * FROM outbox WHERE dedup_key = ? AND id > ? ORDER BY id",
         (event.dedup_key, event_id))]
     if any(e.action == RESOLVE and e.state in (DELIVERED, DRY_RUN) for e in later):
@@ -684,7 +676,7 @@ def _requeue(conn: sqlite3.Connection, event_id: int, routing_keys: Mapping[str,
     _note_on_event(conn, event_id, now, DELIVERY_RETRIED,
                    f"re-sending the {event.action} to {event.target}{changed} on request "
                    f"(outbox event {', '.join(str(e.id) for e in events)})")
-    return [_event_from_row(r) for r in conn.execute(
+    return [event_from_row(r) for r in conn.execute(
         f"SELECT * FROM outbox WHERE id IN ({','.join('?' * len(events))}) ORDER BY id",  # noqa: S608
         [e.id for e in events])]
 
@@ -710,92 +702,6 @@ def _deliveries(conn: sqlite3.Connection, dedup_keys: Collection[str]
     return found
 
 
-def _change_from_row(row: tuple[Any, ...]) -> Change:
-    return Change(
-        id=row[0], service=row[1], at=_need_dt(row[2]), received_at=_dt(row[3]),
-        summary=row[4], who=row[5], version=row[6],
-        links=tuple((href, text) for href, text in json.loads(row[7])),
-    )
-
-
-def _incident_doc(incident: Incident) -> dict[str, Any]:
-    return incident.to_doc()
-
-
-def _incident_from_row(row: tuple[Any, ...], alerts: dict[str, AlertRecord]) -> Incident:
-    return Incident(
-        id=row[0], status=row[1], opened_at=_need_dt(row[2]), updated_at=_need_dt(row[3]),
-        resolved_at=_dt(row[4]), severity=row[5], title=row[6],
-        alerts=MappingProxyType(alerts), **Incident.fields_from_doc(json.loads(row[7])),
-    )
-
-
 def _incident_json(conn: sqlite3.Connection, row: tuple[Any, ...]) -> dict[str, Any]:
     doc = json.loads(row[7])
     return incident_json(row, doc, _deliveries(conn, [page["dedup_key"] for page in doc["pages"]]))
-
-
-def incident_json(row: Sequence[Any], doc: dict[str, Any],
-                  deliveries: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
-    """An incident row (and its decoded document) as the API shows it, with what the
-    outbox says of each page's delivery (by dedup key); both stores share it."""
-    for page in doc["pages"]:
-        del page["routing_key"]
-        # Whether PagerDuty has the page: `status` alone says "triggered" for a page it
-        # refused (a dead letter) or that still waits in the outbox. None: no longer in the
-        # outbox (delivered or dry-run rows are deleted after their retention).
-        page["delivery"] = deliveries.get(page["dedup_key"])
-    status = row[1]
-    phase = status
-    if status == OPEN:
-        phase = ("resolving" if doc.get("quiet_since") else
-                 "stale" if doc.get("stale_since") else
-                 "acknowledged" if doc.get("acknowledged_at") else "open")
-    deadlines = doc.get("deadlines") or Deadlines().to_json()
-    return {
-        "id": row[0], "status": status, "phase": phase,
-        "opened_at": _need_dt(row[2]).isoformat(),
-        "updated_at": _need_dt(row[3]).isoformat(),
-        "resolved_at": resolved.isoformat() if (resolved := _dt(row[4])) else None,
-        "severity": row[5], "title": row[6],
-        # Incidents stored before deadlines existed have none.
-        "deadlines": deadlines, **doc,
-        "root_causes": doc.get("impact", {}).get("root_causes", []),
-        "clock": {
-            **deadlines,
-            "acknowledged_at": doc.get("acknowledged_at"),
-            "fired": doc.get("fired", []),
-            "business_updated_at": doc.get("business_updated_at"),
-        },
-    }
-
-
-def _alert_from_row(row: tuple[Any, ...]) -> AlertRecord:
-    return AlertRecord(
-        fingerprint=row[1], status=row[2], starts_at=_dt(row[3]), ends_at=_dt(row[4]),
-        first_seen=_need_dt(row[5]), last_seen=_need_dt(row[6]), service=row[7],
-        severity=row[8], generator_url=row[9],
-        labels=MappingProxyType(json.loads(row[10])),
-        annotations=MappingProxyType(json.loads(row[11])),
-    )
-
-
-def _alert_json(alert: AlertRecord) -> dict[str, Any]:
-    return {
-        "fingerprint": alert.fingerprint, "status": alert.status, "name": alert.name,
-        "service": alert.service, "severity": alert.severity,
-        "labels": dict(alert.labels), "annotations": dict(alert.annotations),
-        "starts_at": alert.starts_at.isoformat() if alert.starts_at else None,
-        "ends_at": alert.ends_at.isoformat() if alert.ends_at else None,
-        "first_seen": alert.first_seen.isoformat(), "last_seen": alert.last_seen.isoformat(),
-        "generator_url": alert.generator_url,
-    }
-
-
-def _event_from_row(row: tuple[Any, ...]) -> StoredEvent:
-    return StoredEvent(
-        id=row[0], incident_id=row[1], target=row[2], routing_key=row[3], dedup_key=row[4],
-        action=row[5], body=json.loads(row[6]), priority=row[7], state=row[8], attempts=row[9],
-        created_at=_need_dt(row[10]), next_attempt_at=_need_dt(row[11]),
-        last_error=row[14] or "",
-    )

@@ -26,10 +26,10 @@ from daemon.store.postgres import (
     STAMP,
     TIMELINE_COLUMNS,
     PostgresStore,
-    _columns,
-    _count,
-    _text,
+    as_columns,
     describe_dsn,
+    pg_text,
+    row_count,
     translated,
 )
 from daemon.store.sqlite import MOVED_TO, SCHEMA_VERSION, lock_state_file
@@ -166,11 +166,11 @@ async def _copy(conn: Any, table: str, rows: Sequence[tuple[Any, ...]], version:
     """Write `rows` of `table`; how many were written."""
     if not rows:
         return 0
-    values = [tuple(_text(v) if isinstance(v, str) else v for v in row) for row in rows]
+    values = [tuple(pg_text(v) if isinstance(v, str) else v for v in row) for row in rows]
     if table == "resolutions":
-        return _count(await conn.execute(_MERGE_RESOLUTIONS, *_columns(values), version))
+        return row_count(await conn.execute(_MERGE_RESOLUTIONS, *as_columns(values), version))
     if table == "changes":
-        return _count(await conn.execute(_MERGE_CHANGES, *_columns(values), version))
+        return row_count(await conn.execute(_MERGE_CHANGES, *as_columns(values), version))
     columns = TABLES[table]
     if table in STAMPED:
         values = [(*row, version) for row in values]

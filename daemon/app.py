@@ -8,7 +8,6 @@ import contextlib
 import logging
 import os
 import signal
-import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
@@ -28,7 +27,7 @@ from daemon.pagerduty import PagerDutyClient
 from daemon.reconcile import Reconciler
 from daemon.server import make_app
 from daemon.store import Store, is_shared
-from daemon.store.sqlite import SqliteStore
+from daemon.store.sqlite import SqliteStore, unmoved_incidents
 
 log = logging.getLogger("firehouse")
 # Settings built into the store, the socket, the HTTP app or the PagerDuty client at start.
@@ -49,30 +48,10 @@ def make_store(settings: Settings) -> Store:
 def describe_store(settings: Settings) -> str:
     """Where the state is kept, for the log (never a password)."""
     if settings.database_url:
-        from daemon.store.transfer import describe_dsn  # noqa: PLC0415 - only when used
+        from daemon.store.postgres import describe_dsn  # noqa: PLC0415 - only when used
 
         return f"PostgreSQL {describe_dsn(settings.database_url)} (shared by replicas)"
     return f"SQLite {settings.state}"
-
-
-def unmoved_state_file(path: Path) -> str:
-    """What a SQLite state file left behind holds, when it exists, holds incidents and was
-    not moved by `firehouse migrate --from-sqlite`; "" otherwise (read-only, no lock)."""
-    if not path.is_file():
-        return ""
-    try:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-        try:
-            moved = conn.execute("SELECT 1 FROM meta WHERE key = 'moved_to'").fetchone()
-            opened = conn.execute("SELECT count(*) FROM incidents WHERE status = 'open'"
-                                  ).fetchone()[0]
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        return ""  # not a state file (or not readable): nothing to say about it
-    if moved or not opened:
-        return ""
-    return f"the SQLite state file {path} holds {opened} open incident(s) not moved here"
 
 
 class Firehouse:
@@ -193,11 +172,13 @@ class Firehouse:
         settings = self.config.settings
         await self.store.open()
         if settings.database_url:
-            left = await asyncio.to_thread(unmoved_state_file, settings.state)
+            left = await asyncio.to_thread(unmoved_incidents, settings.state)
             if left:
-                log.warning("%s; this Firehouse keeps its state in PostgreSQL, without them: "
-                            "stop it and run `firehouse migrate --from-sqlite %s` before the "
-                            "replicas take webhooks, or remove the file", left, settings.state)
+                log.warning("the SQLite state file %s holds %d open incident(s) not moved "
+                            "here; this Firehouse keeps its state in PostgreSQL, without "
+                            "them: stop it and run `firehouse migrate --from-sqlite %s` before "
+                            "the replicas take webhooks, or remove the file",
+                            settings.state, left, settings.state)
         await self.dispatcher.load()
         self._activate(self.config)
         self.session = aiohttp.ClientSession()

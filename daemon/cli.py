@@ -343,7 +343,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     except StoreError as exc:
         print(f"firehouse: {exc}", file=sys.stderr)
         return 1
-    from daemon.store.transfer import describe_dsn  # noqa: PLC0415 - keeps `check` light
+    from daemon.store.postgres import describe_dsn  # noqa: PLC0415 - keeps `check` light
 
     where = describe_dsn(settings.database_url)
     print(f"{where}: " + (f"applied migration(s) {', '.join(map(str, applied))}"

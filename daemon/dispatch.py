@@ -152,10 +152,7 @@ class Dispatcher:
             if decision.changes_anything:
                 # Advance now so the next webhook decides on top of this one; undone below
                 # (by reloading) if the commit fails.
-                advance(self._open, self._by_fp, self._by_service, self._resolved, decision)
-                if decision.changes:
-                    self.state = replace(self.state,
-                                         changes=self.state.changes + decision.changes)
+                self._advance(decision)
                 self._in_flight += 1
         if decision.changes_anything:
             try:
@@ -305,6 +302,8 @@ class Dispatcher:
             self.on_commit(remote)
 
     def _advance(self, decision: Decision) -> None:
+        """Apply a decision (this replica's, or what others committed) to the live state;
+        changes are kept oldest first, as `load` reads them, each once."""
         advance(self._open, self._by_fp, self._by_service, self._resolved, decision)
         if decision.changes:
             known = {c.id for c in self.state.changes}

@@ -388,6 +388,19 @@ class FirehouseProcess(ManagedProcess):
         """Where Alertmanager posts notifications."""
         return f"{self.url}/webhook/alertmanager"
 
+    async def notify(self, session: aiohttp.ClientSession, body: Mapping[str, Any],
+                     timeout: float) -> int:
+        """POST one notification as Alertmanager does: its status, 0 when nothing answered
+        (the process died, or hung past `timeout`)."""
+        try:
+            async with session.post(
+                self.webhook_url, json=body, timeout=aiohttp.ClientTimeout(total=timeout)
+            ) as response:
+                await response.read()
+                return response.status
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return 0
+
     def key(self, target: str) -> str:
         """The routing key of a target."""
         return self.routing_keys[target]

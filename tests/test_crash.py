@@ -136,14 +136,7 @@ def oracle(fh: FirehouseProcess) -> Oracle:
 
 async def post(session: aiohttp.ClientSession, fh: FirehouseProcess, body: Notification) -> int:
     """POST one notification as Alertmanager does; 0 when nothing answered (a crash)."""
-    try:
-        async with session.post(
-            fh.webhook_url, json=body, timeout=aiohttp.ClientTimeout(total=POST_TIMEOUT)
-        ) as response:
-            await response.read()
-            return response.status
-    except (aiohttp.ClientError, TimeoutError, OSError):
-        return 0
+    return await fh.notify(session, body, POST_TIMEOUT)
 
 
 async def redeliver(fh: FirehouseProcess, bodies: Sequence[Notification]) -> None:

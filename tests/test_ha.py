@@ -324,6 +324,26 @@ def ha_settings(
     }
 
 
+async def configured(
+    relays: RelayFactory,
+    firehouse: FirehouseFactory,
+    dsn: str,
+    tmp_path: Path,
+    services: Mapping[str, Any],
+    names: Sequence[str],
+    **settings: Any,
+) -> tuple[list[FirehouseProcess], list[Relay]]:
+    """One replica per name on the shared schema, each behind a relay of that name,
+    configured but not started (the tests start them together)."""
+    relay_list = [await relays(name) for name in names]
+    replicas = [
+        await firehouse(settings=ha_settings(dsn, tmp_path / "ha", relay.url, services,
+                                             **settings), start=False)
+        for relay in relay_list
+    ]
+    return replicas, relay_list
+
+
 def fire_services(fire: str) -> dict[str, Any]:
     """A fire of its own on the map: a database and the application that depends on it
     (connected, so their alerts make one incident), connected to nothing else."""
@@ -363,14 +383,7 @@ async def post(
     timeout: float = POST_TIMEOUT,
 ) -> int:
     """POST one notification as Alertmanager does; 0 when nothing answered."""
-    try:
-        async with session.post(
-            fh.webhook_url, json=body, timeout=aiohttp.ClientTimeout(total=timeout)
-        ) as response:
-            await response.read()
-            return response.status
-    except (aiohttp.ClientError, TimeoutError, OSError):
-        return 0
+    return await fh.notify(session, body, timeout)
 
 
 async def send_balanced(
@@ -486,11 +499,7 @@ async def test_one_fire_hammered_at_two_replicas_is_one_incident_paged_once(
         "ha-web": {"tier": 2, "component": "application",
                    "owners": {"technical_lead": "identity-oncall"}, "depends_on": ["ha-api"]},
     }
-    replicas = []
-    for name in ("a", "b"):
-        relay = await relays(name)
-        replicas.append(await firehouse(
-            settings=ha_settings(pg_schema, tmp_path / "ha", relay.url, services), start=False))
+    replicas, _ = await configured(relays, firehouse, pg_schema, tmp_path, services, "ab")
     await asyncio.gather(*(r.start() for r in replicas))
 
     started = datetime.now(UTC) - timedelta(seconds=30)
@@ -567,12 +576,9 @@ async def test_kill9_of_one_of_three_replicas_loses_no_page_and_doubles_none(
     services: dict[str, Any] = {}
     for fire in fires:
         services.update(fire_services(fire))
-    relay_list = [await relays(f"replica-{i}") for i in range(3)]
-    replicas = [
-        await firehouse(settings=ha_settings(pg_schema, tmp_path / "ha", relay.url, services,
-                                             ack_within="3s"), start=False)
-        for relay in relay_list
-    ]
+    replicas, relay_list = await configured(relays, firehouse, pg_schema, tmp_path, services,
+                                            ["replica-0", "replica-1", "replica-2"],
+                                            ack_within="3s")
     await asyncio.gather(*(r.start() for r in replicas))
     victim_index = 1
     victim, victim_relay = replicas[victim_index], relay_list[victim_index]
@@ -761,11 +767,7 @@ async def test_database_outage_answers_503_and_loses_no_page(
     services: dict[str, Any] = {}
     for fire in fires:
         services.update(fire_services(fire))
-    replicas = []
-    for name in ("a", "b"):
-        relay = await relays(name)
-        replicas.append(await firehouse(
-            settings=ha_settings(pg_schema, tmp_path / "ha", relay.url, services), start=False))
+    replicas, _ = await configured(relays, firehouse, pg_schema, tmp_path, services, "ab")
     await asyncio.gather(*(r.start() for r in replicas))
     started = datetime.now(UTC) - timedelta(seconds=30)
     bodies = {fire: webhook_json(*fire_alerts(fire, started)) for fire in fires}
@@ -864,11 +866,7 @@ async def test_replicas_starting_at_once_migrate_an_empty_schema(
     migrations run once, under the advisory lock); a webhook stored by one is seen by the
     others, and `firehouse migrate` afterwards finds nothing left to do."""
     services = fire_services("m1")
-    replicas = []
-    for name in ("a", "b", "c"):
-        relay = await relays(name)
-        replicas.append(await firehouse(
-            settings=ha_settings(pg_schema, tmp_path / "ha", relay.url, services), start=False))
+    replicas, _ = await configured(relays, firehouse, pg_schema, tmp_path, services, "abc")
     results = await asyncio.gather(*(r.start() for r in replicas), return_exceptions=True)
     failures = [f"{r.url}: {res}" for r, res in zip(replicas, results, strict=True)
                 if isinstance(res, BaseException)]

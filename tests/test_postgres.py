@@ -31,9 +31,10 @@ from daemon.store.postgres import (
     MIGRATION_LOCK_CLASS,
     MIGRATIONS,
     PostgresStore,
+    describe_dsn,
 )
-from daemon.store.sqlite import SqliteStore
-from daemon.store.transfer import describe_dsn, import_sqlite
+from daemon.store.sqlite import SqliteStore, unmoved_incidents
+from daemon.store.transfer import import_sqlite
 from tests.conftest import PostgresDatabase
 from tests.helpers import NOW, free_port, resolved, undamped, wait_until, webhook
 from tests.test_store import db_alert, open_and_resolve, unrelated_alerts
@@ -785,17 +786,15 @@ class TestImport:
     ) -> None:
         """Before the move, a replica starting beside the file is told it holds open
         incidents PostgreSQL lacks; the move marks the file, and SQLite refuses to open it."""
-        from daemon.app import unmoved_state_file  # noqa: PLC0415
-
         path = tmp_path / "state.db"
         await (await sqlite_file(path, config)).close()
         opened = len((await _reopened_state(path)).open)
         assert opened > 0
 
-        assert f"holds {opened} open incident(s)" in unmoved_state_file(path)
+        assert unmoved_incidents(path) == opened
         await import_sqlite(path, await stores())
 
-        assert unmoved_state_file(path) == ""
+        assert unmoved_incidents(path) == 0
         with pytest.raises(StoreError, match="was moved to postgresql://"):
             await SqliteStore(path).open()
 

@@ -361,11 +361,6 @@ def translated(where: str, doing: str, *, connecting: bool = False) -> Iterator[
         raise kind(f"state database {where}: {doing}: {problem}") from exc
 
 
-def is_outage(error: BaseException) -> bool:
-    """Whether a StoreError comes from the database being unreachable or going away."""
-    return isinstance(error, StoreUnreachable)
-
-
 def pg_text(value: str) -> str:
     """A string PostgreSQL can store: `text` refuses NUL, which an alert's labels may carry
     into plain columns (SQLite keeps it). Swapped for U+FFFD rather than failing the
@@ -824,7 +819,7 @@ class PostgresStore(MarksByRecord):
             try:
                 await self._write_batch([d for d, _ in batch])
             except Exception as exc:  # every failure is answered below, none is lost
-                if len(batch) == 1 or is_outage(exc):
+                if len(batch) == 1 or isinstance(exc, StoreUnreachable):
                     # Retrying one by one would only wait for the outage once per decision.
                     self._fail(batch, exc)
                     continue

@@ -109,6 +109,26 @@ CREATE INDEX IF NOT EXISTS changes_by_service ON changes (service, at);
 MOVED_TO = "moved_to"
 
 
+def unmoved_incidents(path: Path) -> int:
+    """How many open incidents a state file left behind holds, unless `firehouse migrate
+    --from-sqlite` moved it (0 then, and for a missing or unreadable file); read-only, no
+    lock: a Firehouse may hold it."""
+    if not path.is_file():
+        return 0
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            if conn.execute("SELECT 1 FROM meta WHERE key = ?", (MOVED_TO,)).fetchone():
+                return 0
+            opened: int = conn.execute(
+                "SELECT count(*) FROM incidents WHERE status = ?", (OPEN,)).fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return 0  # not a state file: nothing to say about it
+    return opened
+
+
 def lock_state_file(path: Path) -> int:
     """Take the exclusive lock beside a state file (its descriptor: closing it releases the
     lock); StoreError naming the holder's pid when a Firehouse holds it."""

@@ -27,14 +27,13 @@ from daemon.store.postgres import (
     TIMELINE_COLUMNS,
     PostgresStore,
     as_columns,
-    describe_dsn,
     pg_text,
     row_count,
     translated,
 )
 from daemon.store.sqlite import MOVED_TO, SCHEMA_VERSION, lock_state_file
 
-__all__ = ["describe_dsn", "import_sqlite"]
+__all__ = ["import_sqlite"]
 
 # Table -> its columns, in copying order; the tables whose rows carry the decision version.
 TABLES: dict[str, tuple[str, ...]] = {

@@ -424,11 +424,7 @@ async def changes(request: web.Request) -> web.Response:
     if service is not None:
         found = firehouse.config.graph.resolve(service)
         service = found.name if found is not None else service
-    try:
-        items = await firehouse.store.list_changes(service, _limit(request))
-    except StoreError as exc:
-        log.error("could not list changes: %s", exc)  # noqa: TRY400 - the message says it all
-        return error(503, "could not read the store; retry")
+    items = await firehouse.store.list_changes(service, _limit(request))  # 503: middleware
     return web.json_response({"changes": items})
 
 
@@ -464,10 +460,9 @@ async def store_unavailable(request: web.Request, handler: Handler) -> web.Strea
     try:
         return await handler(request)
     except StoreError as exc:
-        log.warning("%s %s: the state store could not answer: %s", request.method,
-                    request.path, exc)
-        return web.json_response({"status": "error", "error": f"state store unavailable, "
-                                  f"retry later: {exc}"}, status=503)
+        log.error("%s %s: the state store could not answer: %s",  # noqa: TRY400 - it says all
+                  request.method, request.path, exc)
+        return error(503, "state store unavailable; retry")
 
 
 def make_app(firehouse: Firehouse) -> web.Application:

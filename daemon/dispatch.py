@@ -35,6 +35,7 @@ from daemon.decide import (
     State,
     advance,
     decide,
+    evolve,
 )
 from daemon.decide.bodies import truncations
 from daemon.errors import StoreError, StoreUnreachable
@@ -111,6 +112,7 @@ class Dispatcher:
         self.state = State(MappingProxyType(self._open), MappingProxyType(self._by_fp),
                            MappingProxyType(self._resolved), state.changes,
                            MappingProxyType(self._by_service))
+        self._keep_failing(None)
 
     async def refresh(self) -> None:
         """Reload the state from the store, which forgets resolutions past their retention
@@ -304,7 +306,14 @@ class Dispatcher:
     def _advance(self, decision: Decision) -> None:
         """Apply a decision (this replica's, or what others committed) to the live state;
         changes are kept oldest first, as `load` reads them, each once."""
+        # The services whose failing incident may change: the decision's incidents', before
+        # and after.
+        names = [name for incident in decision.incidents for name in incident.services]
+        names += [name for incident in decision.incidents
+                  if (before := self._open.get(incident.id)) is not None
+                  for name in before.services]
         advance(self._open, self._by_fp, self._by_service, self._resolved, decision)
+        self._keep_failing(names)
         if decision.changes:
             known = {c.id for c in self.state.changes}
             added = tuple(c for c in decision.changes if c.id not in known)
@@ -312,6 +321,22 @@ class Dispatcher:
                 self.state = replace(self.state, changes=tuple(sorted(
                     self.state.changes + added,
                     key=lambda c: (c.at, c.received_at or c.at, c.id))))
+
+    def _keep_failing(self, names: list[str] | None) -> None:
+        """Keep `state.failing`, the failing services as a bitset over the map, in step with
+        `by_service`: only `names` may have changed (None: any)."""
+        graph = self.config.graph
+        kept = self.state.failing
+        if names is None or kept is None or kept[0] is not graph:
+            mask = graph.mask(self._by_service)
+        elif not names:
+            return
+        else:
+            mask = kept[1]
+            by_service = self._by_service
+            failing = graph.mask(name for name in names if name in by_service) or 0
+            mask = (mask & ~(graph.mask(names) or 0)) | failing
+        self.state = evolve(self.state, failing=None if mask is None else (graph, mask))
 
     def _count(self, decision: Decision) -> None:
         for incident in decision.incidents:

@@ -284,7 +284,12 @@ class Related:
         if self._names is not None:
             yield from self._names
             return
-        mask, names = self._mask, self._index.names
+        yield from self.among(-1)
+
+    def among(self, mask: int) -> Iterator[str]:
+        """The connected services whose bit is set in `mask` (from `ServiceGraph.mask`),
+        visiting only those."""
+        mask, names = self._mask & mask, self._index.names
         while mask:
             low = mask & -mask
             yield names[low.bit_length() - 1]
@@ -413,6 +418,18 @@ class ServiceGraph:
                 self._related.clear()
             self._related[name] = found
         return Related(idx, 0, found)
+
+    def mask(self, names: Iterable[str]) -> int | None:
+        """`names` as a bitset over the map, unknown names left out; None for a map
+        without bitsets (`Related.among` takes it)."""
+        if self._index.bits is None:
+            return None
+        position = self._index.position
+        mask = 0
+        for name in names:
+            if (at := position.get(name)) is not None:
+                mask |= 1 << at
+        return mask
 
     def connected(self, a: str, b: str) -> bool:
         """Whether one of two services depends on the other: failing together, they are one

@@ -25,6 +25,7 @@ from daemon.decide import (
     business_summary,
     decide,
     dedup_key,
+    evolve,
     map_severity,
     tick,
 )
@@ -567,3 +568,43 @@ class TestOutcomesSharedWithinAnIncident:
         assert config.target_for_role("incident_lead") in {e.target for e in decision.events}
         alone = decide(webhook(*alerts[:3]), custom, State(), NOW)
         assert config.target_for_role("incident_lead") not in {e.target for e in alone.events}
+
+
+class TestEvolve:
+    """`evolve`, the engine's fast `dataclasses.replace`, copies records exactly."""
+
+    def test_same_record_as_replace_for_every_kind(self, config: Config) -> None:
+        """Every record the engine replaces comes out as `dataclasses.replace` makes it,
+        changed fields set, the others shared, the original untouched."""
+        decision = decide(webhook(alert({"alertname": "PaymentsDown", "service": "payments",
+                                         "severity": "critical"})), config, State(), NOW)
+        incident = decision.incidents[0]
+        record = next(iter(incident.alerts.values()))
+        later = NOW + timedelta(minutes=1)
+        cases: list[tuple[Any, dict[str, Any]]] = [
+            (incident, {"updated_at": later, "quiet_since": later, "fired": ("ack",)}),
+            (record, {"status": "resolved", "last_seen": later}),
+            (incident.pages[0], {"status": "acknowledged", "acknowledged_by": "ana"}),
+            (incident.deadlines, {}),
+            (State(), {"changes": ()}),
+        ]
+        for original, changes in cases:
+            copy = evolve(original, **changes)
+            assert copy == dataclasses.replace(original, **changes)
+            assert copy is not original
+            assert type(copy) is type(original)
+        assert evolve(incident, title="other").alerts is incident.alerts
+        assert incident.updated_at == NOW
+
+    def test_unknown_field_is_a_type_error(self, config: Config) -> None:
+        """A misspelt field fails as with `dataclasses.replace`, and only slotted records
+        without checks in `__post_init__` are copied this way."""
+        with pytest.raises(TypeError, match="updatedAt"):
+            evolve(Deadlines(), updatedAt=NOW)
+
+        @dataclasses.dataclass(frozen=True)
+        class Plain:
+            x: int
+
+        with pytest.raises(TypeError, match="slotted"):
+            evolve(Plain(1), x=2)

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from daemon.config import Config
-from daemon.decide import Decision
+from daemon.decide import Decision, decide
 from daemon.dispatch import Dispatcher
 from daemon.errors import StoreError
 from daemon.metrics import Metrics
 from tests.conftest import NewStore
-from tests.helpers import NOW, BeforeWrite, alert, webhook
+from tests.helpers import NOW, BeforeWrite, alert, resolved, undamped, webhook
 
 
 class GatedStore(BeforeWrite):
@@ -90,6 +91,50 @@ class TestDispatcher:
         assert first.events
         assert (await dispatcher.handle(orders)).events == ()
         assert (await dispatcher.handle(cart)).events
+
+    async def test_kept_failing_bitset_is_what_the_failing_services_say(
+        self, store: GatedStore, config: Config
+    ) -> None:
+        """The dispatcher keeps the failing services as a bitset, so that correlating an
+        alert need not build it; through opening, joining, a merge, a resolution and a
+        reload it stays what the incidents' services say, and decisions match the ones
+        made without it."""
+        dispatcher = Dispatcher(store, undamped(config), Metrics(), lambda: NOW,
+                                lambda _: None)
+        graph = config.graph
+
+        def kept() -> int:
+            failing = dispatcher.state.failing
+            assert failing is not None
+            assert failing[0] is dispatcher.config.graph
+            assert failing[1] == dispatcher.config.graph.mask(dispatcher.state.by_service)
+            return failing[1]
+
+        await dispatcher.load()
+        assert kept() == 0
+        cart = on("cart", "CartDown")
+        payments_db = on("postgres-payments", "PaymentsDbDown")
+        steps = [
+            webhook(cart),                     # opens one fire
+            webhook(payments_db),              # another, unrelated to cart
+            webhook(on("checkout", "CheckoutDown")),  # connected to both: they merge
+            webhook(resolved(cart), resolved(payments_db)),
+        ]
+        for step in steps:
+            before = dispatcher.state
+            without = decide(step, dispatcher.config, replace(before, failing=None), NOW)
+            decision = await dispatcher.handle(step)
+            assert [(e.action, e.dedup_key) for e in decision.events] == [
+                (e.action, e.dedup_key) for e in without.events]
+            assert [i.id for i in decision.incidents] == [i.id for i in without.incidents]
+            kept()
+        # One fire, failing where its alerts failed (an incident keeps its services).
+        assert len(dispatcher.state.open) == 1
+        everything = graph.mask(["cart", "postgres-payments", "checkout"])
+        assert kept() == everything
+
+        await dispatcher.load()
+        assert kept() == everything
 
     async def test_refresh_forgets_resolutions_past_retention(
         self, store: GatedStore, config: Config

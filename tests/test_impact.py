@@ -528,6 +528,26 @@ class TestRelated:
         assert list(graph.related("alone")) == ["alone"]
         assert len(graph.related("nowhere")) == 0
 
+    def test_among_yields_the_connected_services_of_a_bitset(self, backend: str) -> None:
+        """`mask` turns names into a bitset over the map (unknown names left out, None on a
+        map without bitsets); `among` yields the connected services that are in it, which
+        is how an alert finds the failing services it joins."""
+        graph = build([svc("db", 2), svc("api", 1, "db"), svc("web", 1, soft("api")),
+                       svc("batch", 4, "db"), svc("alone", 3)], backend)
+
+        failing = graph.mask(["web", "batch", "nowhere"])
+
+        if backend == WALK:
+            assert failing is None
+            return
+        assert failing is not None
+        assert sorted(graph.related("api").among(failing)) == ["web"]
+        assert sorted(graph.related("db").among(failing)) == ["batch", "web"]
+        assert list(graph.related("alone").among(failing)) == []
+        assert list(graph.related("nowhere").among(failing)) == []
+        assert graph.mask([]) == 0
+        assert graph.mask(["web"]) | graph.mask(["batch"]) == failing  # type: ignore[operator]
+
     def test_a_cycle_is_connected_both_ways(self, backend: str) -> None:
         """a -> b -> a: each is connected to the other."""
         graph = build([svc("a", 1, "b"), svc("b", 1, "a"), svc("c", 1, "a")], backend)

@@ -11,7 +11,6 @@ dedup key for every target when the severity goes up.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import replace
 from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import Any
@@ -42,6 +41,7 @@ from daemon.decide.model import (
     _not_after,
     clean,
     dedup_key,
+    evolve,
     incident_id,
     locate,
     map_severity,
@@ -125,11 +125,11 @@ def advance(open_: dict[str, Incident], by_fp: dict[str, str], by_service: dict[
         seen = open_.get(incident_id_)
         if seen is not None and decision.now is not None and fp in seen.alerts:
             # One copy of an incident's alerts however many of them were seen again.
-            seen_now.setdefault(incident_id_, {})[fp] = replace(seen.alerts[fp],
+            seen_now.setdefault(incident_id_, {})[fp] = evolve(seen.alerts[fp],
                                                                 last_seen=decision.now)
     for incident_id_, records in seen_now.items():
         seen = open_[incident_id_]
-        open_[incident_id_] = replace(seen, alerts=with_records(seen.alerts, records))
+        open_[incident_id_] = evolve(seen, alerts=with_records(seen.alerts, records))
     resolved.update(decision.resolutions)
 
 
@@ -186,6 +186,8 @@ class Work:
         self.records: dict[tuple[str, str], AlertRecord] = {}
         # Fingerprints set on an incident since it was last put, for its index.
         self._unindexed: dict[str, list[str]] = {}
+        # The failing services as a bitset (`failing_mask`), once something asked for it.
+        self._failing: int | None = None
         # The labels any rule's matchers read (sorted: a stable key for `_Assessment.add`).
         self.matched_labels = sorted({m.label for rule in config.rules for m in rule.matchers})
 
@@ -209,14 +211,11 @@ class Work:
                     and incident.services[:before] == previous.services:
                 # Its services only grew too (the usual case): index the new ones.
                 if incident.mapped:
-                    self.service_index.update(
-                        dict.fromkeys(incident.services[before:], incident.id))
+                    self._index_services(incident.services[before:], incident.id)
             else:
-                for name in previous.services:
-                    if self.incident_of_service(name) == previous.id:
-                        self.service_index[name] = None
+                self._unindex_services(previous)
                 if incident.mapped:
-                    self.service_index.update(dict.fromkeys(incident.services, incident.id))
+                    self._index_services(incident.services, incident.id)
             if previous.quiet_since is not None and incident.quiet_since is None:
                 self.business_stale.add(incident.id)
             self.changed[incident.id] = incident
@@ -225,17 +224,44 @@ class Work:
             for fp in previous.alerts:
                 if self.incident_of(fp) == previous.id:
                     self.fp_index[fp] = None
-            for name in previous.services:
-                if self.incident_of_service(name) == previous.id:
-                    self.service_index[name] = None
+            self._unindex_services(previous)
         if incident.status == OPEN:
             self.fp_index.update(dict.fromkeys(incident.alerts, incident.id))
             if incident.mapped:
-                self.service_index.update(dict.fromkeys(incident.services, incident.id))
+                self._index_services(incident.services, incident.id)
             if previous is not None and previous.quiet_since is not None \
                     and incident.quiet_since is None:
                 self.business_stale.add(incident.id)
         self.changed[incident.id] = incident
+
+    def _index_services(self, names: Iterable[str], ident: str) -> None:
+        names = tuple(names)
+        self.service_index.update(dict.fromkeys(names, ident))
+        if self._failing is not None:
+            self._failing |= self.graph.mask(names) or 0
+
+    def _unindex_services(self, previous: Incident) -> None:
+        """The services `previous` was failing in are no longer its."""
+        gone = [name for name in previous.services
+                if self.incident_of_service(name) == previous.id]
+        self.service_index.update(dict.fromkeys(gone, None))
+        if self._failing is not None and gone:
+            self._failing &= ~(self.graph.mask(gone) or 0)
+
+    def failing_mask(self) -> int | None:
+        """The failing services as a bitset over the map (None when it has no bitsets),
+        built on first use and kept in step by every change to the service index."""
+        if self._failing is None:
+            kept = self.state.failing
+            if kept is None or kept[0] is not self.graph:
+                self._failing = self.graph.mask(self.failing_services())
+            else:
+                # The state's, with what this step changed so far.
+                changed = self.service_index
+                gone = self.graph.mask(n for n, i in changed.items() if i is None) or 0
+                came = self.graph.mask(n for n, i in changed.items() if i is not None) or 0
+                self._failing = kept[1] & ~gone | came
+        return self._failing
 
     def set_records(self, incident: Incident, *records: AlertRecord
                     ) -> Mapping[str, AlertRecord]:
@@ -342,7 +368,7 @@ class Work:
             services = incident.services
             if service.name not in services:
                 services = (*services, service.name)
-            self.put(replace(incident, alerts=alerts, services=services,
+            self.put(evolve(incident, alerts=alerts, services=services,
                              updated_at=self.now, quiet_since=None))
             self.note(ident, "alert_joined", f"{clean(record.name)} on {service.name} "
                       "joined: it is connected to the failing services")
@@ -364,10 +390,10 @@ class Work:
         if record.status == FIRING and severity_rank(severity) > severity_rank(record.severity):
             # Only a sender that sets its own fingerprints can do this (Alertmanager's hash
             # the labels): the same alert, now worse, is the same fire, assessed again.
-            alerts = self.set_records(incident, replace(
+            alerts = self.set_records(incident, evolve(
                 record, labels=alert.labels, annotations=alert.annotations,
                 severity=severity, last_seen=self.now))
-            self.put(replace(incident, alerts=alerts, updated_at=self.now,
+            self.put(evolve(incident, alerts=alerts, updated_at=self.now,
                              stale_since=None))
             self.note(ident, "alert_worse", f"{clean(record.name)} is now {severity} (was "
                       f"{record.severity})")
@@ -377,16 +403,16 @@ class Work:
         if record.status == FIRING:
             self.seen.append((ident, alert.fingerprint))
             if incident.stale_since is not None:
-                self.put(replace(incident, stale_since=None, updated_at=self.now))
+                self.put(evolve(incident, stale_since=None, updated_at=self.now))
                 self.note(ident, "refreshed", "Alertmanager sent the alerts again: no "
                           "longer stale")
             self.explain(alert, service, label, "already open", incident_id=ident)
             return
         # A new occurrence while the incident waits out its flap damping: the same fire.
-        alerts = self.set_records(incident, replace(
+        alerts = self.set_records(incident, evolve(
             record, status=FIRING, starts_at=alert.starts_at, ends_at=None,
             labels=alert.labels, annotations=alert.annotations, last_seen=self.now))
-        self.put(replace(incident, alerts=alerts, quiet_since=None,
+        self.put(evolve(incident, alerts=alerts, quiet_since=None,
                          updated_at=self.now))
         self.note(ident, "alert_fired_again", f"{clean(record.name)} fired again; the "
                   "incident continues")
@@ -399,9 +425,14 @@ class Work:
             found = {own}
         else:
             related = self.graph.related(name)
-            # Whichever side is smaller is walked: a few failing services, or a service with
-            # few connections in a map with many failing.
-            if len(self.state.by_service) + len(self.service_index) <= len(related):
+            failing = self.failing_mask()
+            if failing is not None:
+                # One big-integer AND: only the connected services that fail are visited.
+                found = {i for r in related.among(failing)
+                         if (i := self.incident_of_service(r)) is not None}
+            # Without bitsets, whichever side is smaller is walked: a few failing services,
+            # or a service with few connections in a map with many failing.
+            elif len(self.state.by_service) + len(self.service_index) <= len(related):
                 found = {i for f, i in self.failing_services().items() if f in related}
             else:
                 found = {i for r in related if (i := self.incident_of_service(r)) is not None}
@@ -424,7 +455,7 @@ class Work:
         its pages (resolved with the incident) and its clock."""
         keep, other = self.incident(keep_id), self.incident(other_id)
         acknowledged = [a for a in (keep.acknowledged_at, other.acknowledged_at) if a]
-        merged = replace(
+        merged = evolve(
             keep,
             alerts=self.set_records(keep, *other.alerts.values()),
             services=tuple(dict.fromkeys((*keep.services, *other.services))),
@@ -440,7 +471,7 @@ class Work:
             updated_at=self.now, quiet_since=None,
         )
         # Its pages move with its alerts: the incident that keeps them resolves them.
-        self.put(replace(other, status=MERGED, merged_into=keep_id, resolved_at=self.now,
+        self.put(evolve(other, status=MERGED, merged_into=keep_id, resolved_at=self.now,
                          updated_at=self.now, pages=()))
         self.put(merged)
         self.note(other_id, "merged", f"merged into incident {keep_id}: a new alert connects "
@@ -472,13 +503,13 @@ class Work:
                 verdict.add(self, record, impact)
         summary = impact_summary(impact)
         first = not incident.pages
-        updated = replace(
+        updated = evolve(
             incident, started=self.started_at(incident),
             severity=verdict.severity, impact=summary, rules=tuple(verdict.rules),
             deadlines=verdict.deadlines, updated_at=self.now,
             services=tuple(dict.fromkeys((*incident.services, *failing))),
         )
-        updated = replace(updated, title=title(updated, verdict.severity))
+        updated = evolve(updated, title=title(updated, verdict.severity))
         if not first and (grown := _growth(incident.impact, summary)):
             self.note(ident, "grew", "impact grew: " + "; ".join(grown))
         if first:
@@ -517,14 +548,14 @@ class Work:
                 # Paged at this severity already: a role it now holds too is written down.
                 for i, page in enumerate(pages):
                     if page in mine and set(roles) - set(page.roles):
-                        pages[i] = replace(page, roles=tuple(dict.fromkeys(
+                        pages[i] = evolve(page, roles=tuple(dict.fromkeys(
                             (*page.roles, *roles))))
                 continue
             new_pages.append(Page(target, tuple(roles or ("incident_lead",)),
                                   dedup_key(incident.id, target, severity), severity,
                                   self.routing_key(target), reason=OPENED if first else GREW,
                                   at=self.now))
-        incident = replace(incident, pages=(*pages, *new_pages))
+        incident = evolve(incident, pages=(*pages, *new_pages))
         self.put(incident)
         for page in new_pages:
             self.send_trigger(incident, page)
@@ -584,8 +615,8 @@ class Work:
             self.events.append(OutboundEvent(
                 incident.id, page.target, page.routing_key, page.dedup_key, RESOLVE,
                 MappingProxyType(resolve_body(page)), priority=RESOLVE_PRIORITY))
-        return replace(incident, pages=tuple(
-            replace(p, status=RESOLVED) if p.dedup_key in done else p for p in incident.pages))
+        return evolve(incident, pages=tuple(
+            evolve(p, status=RESOLVED) if p.dedup_key in done else p for p in incident.pages))
 
     def rollback(self, incident: Incident) -> list[dict[str, Any]]:
         """Recent changes on the incident's root causes, their dependencies and its other
@@ -622,7 +653,7 @@ class Work:
         page = Page(target, (BUSINESS_LINE,), dedup_key(incident.id, target, f"update-{number}"),
                     incident.severity if loud else "info", self.routing_key(target),
                     reason=BUSINESS_UPDATE, at=self.now)
-        incident = replace(incident, pages=(*incident.pages, page),
+        incident = evolve(incident, pages=(*incident.pages, page),
                            business_updated_at=self.now)
         self.put(incident)
         self.send_trigger(incident, page)
@@ -677,10 +708,10 @@ class Work:
         """
         if confirmed:
             self.resolutions[record.fingerprint] = record.starts_at
-        alerts = self.set_records(incident, replace(
+        alerts = self.set_records(incident, evolve(
             record, status=RESOLVED, ends_at=(ends_at or self.now) if confirmed else None,
             last_seen=self.now))
-        incident = replace(incident, alerts=alerts, updated_at=self.now)
+        incident = evolve(incident, alerts=alerts, updated_at=self.now)
         self.note(incident, "alert_resolved", message)
         if incident.is_firing:
             self.put(incident)
@@ -689,7 +720,7 @@ class Work:
         if damping <= 0:
             self.close(incident)
             return
-        self.put(replace(incident, quiet_since=self.now))
+        self.put(evolve(incident, quiet_since=self.now))
         self.note(incident, "quiet", "all alerts resolved; the incident resolves at "
                   f"{zulu(self.now + timedelta(seconds=damping))} unless one fires again")
         if any(p.reason == BUSINESS_UPDATE for p in incident.pages):
@@ -697,7 +728,7 @@ class Work:
 
     def close(self, incident: Incident) -> None:
         """Resolve the incident: a resolve for every page it triggered."""
-        incident = replace(incident, status=RESOLVED, resolved_at=self.now,
+        incident = evolve(incident, status=RESOLVED, resolved_at=self.now,
                            updated_at=self.now, quiet_since=None)
         if any(p.reason == BUSINESS_UPDATE for p in incident.pages):
             # The business line hears the end in words too: a last update, resolved below

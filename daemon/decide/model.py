@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Mapping, Reversible
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Reversible
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from itertools import compress
 from operator import attrgetter
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from daemon.graph import SEVERITIES, Impact, Service, ServiceGraph
 from daemon.rules import Outcome, format_duration
@@ -395,6 +395,10 @@ class State:
     changes: tuple[Change, ...] = ()
     # Mapped service -> the open incident it fails in (a service is in at most one).
     by_service: Mapping[str, str] = field(default_factory=dict)
+    # by_service's names as a bitset over a map's positions, with that map
+    # (`ServiceGraph.mask`): kept by the dispatcher so that a decision need not build it.
+    # None, or another map than the decision's: built when needed.
+    failing: tuple[object, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -478,3 +482,35 @@ def _not_after(start: datetime | None, resolved_start: datetime | None) -> bool:
     return start is not None and resolved_start is not None and start <= resolved_start
 
 
+
+
+T = TypeVar("T")
+_UNSET: Any = object()
+_EVOLVERS: dict[type, Callable[..., Any]] = {}
+
+
+def evolve(record: T, **changes: Any) -> T:
+    """`dataclasses.replace` for the engine's frozen, slotted records, five times faster: a
+    decision replaces dozens of records, and `replace` inspects the class's fields on every
+    call. The copy is made by a function written once per class (as dataclasses writes
+    `__init__`) that sets each slot; an unknown field is a TypeError, as with `replace`."""
+    cls = type(record)
+    evolver = _EVOLVERS.get(cls)
+    if evolver is None:
+        evolver = _EVOLVERS[cls] = _evolver(cls)
+    return cast(T, evolver(record, **changes))
+
+
+def _evolver(cls: type) -> Callable[..., Any]:
+    # Setting slots directly skips __init__: only for records with nothing to check there.
+    if "__slots__" not in cls.__dict__ or hasattr(cls, "__post_init__"):
+        raise TypeError(f"evolve takes slotted records without __post_init__, not {cls}")
+    names = [f.name for f in fields(cls)]
+    namespace: dict[str, Any] = {"_new": object.__new__, "_cls": cls, "_UNSET": _UNSET}
+    namespace.update({f"_set_{n}": cls.__dict__[n].__set__ for n in names})
+    lines = [f"def evolve(record, *, {', '.join(f'{n}=_UNSET' for n in names)}):",
+             "    new = _new(_cls)"]
+    lines += [f"    _set_{n}(new, record.{n} if {n} is _UNSET else {n})" for n in names]
+    lines.append("    return new")
+    exec("\n".join(lines), namespace)  # noqa: S102 - source built from the field names
+    return cast(Callable[..., Any], namespace["evolve"])

@@ -5,7 +5,6 @@ Alertmanager no longer has."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import replace
 from datetime import datetime, timedelta
 
 from daemon.config import Config
@@ -25,6 +24,7 @@ from daemon.decide.model import (
     State,
     clean,
     dedup_key,
+    evolve,
     zulu,
 )
 
@@ -123,7 +123,7 @@ def _escalate(work: Work, incident: Incident, timer: str, reason: str, said: str
              incident.severity, work.routing_key(target), reason=reason, at=work.now)
         for target, roles in targets.items()
     )
-    incident = replace(incident, fired=(*incident.fired, timer),
+    incident = evolve(incident, fired=(*incident.fired, timer),
                        pages=(*incident.pages, *pages), updated_at=work.now)
     work.put(incident)
     whom = ", ".join(targets) or "nobody (the rules name no escalation)"
@@ -147,7 +147,7 @@ def on_pagerduty(update: PagerDutyUpdate, config: Config, state: State, now: dat
     kind = update.event_type.removeprefix("incident.")
     status = {"acknowledged": ACKNOWLEDGED, "unacknowledged": TRIGGERED,
               "resolved": RESOLVED_IN_PAGERDUTY, "reopened": TRIGGERED}.get(kind, page.status)
-    changed = replace(page, status=status,
+    changed = evolve(page, status=status,
                       acknowledged_by=who if status == ACKNOWLEDGED else
                       "" if status == TRIGGERED else page.acknowledged_by)
     pages = tuple(changed if p.dedup_key == page.dedup_key else p for p in incident.pages)
@@ -160,7 +160,7 @@ def on_pagerduty(update: PagerDutyUpdate, config: Config, state: State, now: dat
         # No one holds any page any more: the acknowledgement deadline counts again.
         acknowledged_at = None
     events = (*incident.pagerduty_events, update.event_id)[-_PAGERDUTY_EVENTS_KEPT:]
-    work.put(replace(incident, pages=pages, acknowledged_at=acknowledged_at,
+    work.put(evolve(incident, pages=pages, acknowledged_at=acknowledged_at,
                      pagerduty_events=events if update.event_id else incident.pagerduty_events,
                      updated_at=now))
     message = f"{page.target} page ({page.severity}) {kind} in PagerDuty by {who}"
@@ -181,8 +181,8 @@ def rekey(dedup_key_: str, routing_key: str, config: Config, state: State, now: 
     if found is None or found[1].routing_key == routing_key:
         return work.decision()
     incident, page = found
-    work.put(replace(incident, updated_at=now, pages=tuple(
-        replace(p, routing_key=routing_key) if p.dedup_key == dedup_key_ else p
+    work.put(evolve(incident, updated_at=now, pages=tuple(
+        evolve(p, routing_key=routing_key) if p.dedup_key == dedup_key_ else p
         for p in incident.pages)))
     work.note(incident, "rekeyed", f"{page.target} page re-sent with the target's current "
               "routing key; its resolve will use it too")
@@ -224,14 +224,14 @@ def reconcile(checked: tuple[str, ...], present: frozenset[str] | None, config: 
             continue
         if present is None:
             if incident.stale_since is None:
-                work.put(replace(incident, stale_since=now, updated_at=now))
+                work.put(evolve(incident, stale_since=now, updated_at=now))
                 work.note(incident, "stale", f"{clean(record.name)} not refreshed since "
                           f"{zulu(record.last_seen)} and Alertmanager could not be asked; the "
                           "incident stays open until it can be")
         elif fingerprint in present:
             work.seen.append((ident, fingerprint))
             if incident.stale_since is not None:
-                work.put(replace(incident, stale_since=None, updated_at=now))
+                work.put(evolve(incident, stale_since=None, updated_at=now))
                 work.note(incident, "refreshed", "Alertmanager still has the alerts")
         else:
             work.resolve_record(incident, record, None, f"{clean(record.name)} resolved: "

@@ -78,6 +78,7 @@ from daemon.store.rows import (
     from_epoch,
     incident_from_row,
     incident_json,
+    json_text,
     need_from_epoch,
 )
 
@@ -425,7 +426,7 @@ class _Rows:
             self.incidents[incident.id] = (
                 incident.id, incident.status, epoch(incident.opened_at),
                 epoch(incident.updated_at), epoch(incident.resolved_at), incident.severity,
-                pg_text(incident.title), json.dumps(incident.to_doc()))
+                pg_text(incident.title), json_text(incident.to_doc()))
         # Only the alerts the decision set, when it says which: the others of its incidents
         # are stored already, and an incident can hold thousands.
         records = decision.records if decision.records is not None else [
@@ -447,10 +448,10 @@ class _Rows:
         self.timeline.extend((n.incident_id, epoch(n.at), n.kind, pg_text(n.message))
                              for n in decision.timeline)
         self.outbox.extend((e.incident_id, e.target, e.routing_key, e.dedup_key, e.action,
-                            json.dumps(dict(e.body)), e.priority, now)
+                            json_text(dict(e.body)), e.priority, now)
                            for e in decision.events)
         self.changes.extend((c.id, c.service, epoch(c.at), epoch(c.received_at), c.summary, c.who,
-                             c.version, json.dumps([list(link) for link in c.links]))
+                             c.version, json_text([list(link) for link in c.links]))
                             for c in decision.changes)
 
     async def write(self, conn: Any, version: int) -> None:
@@ -482,7 +483,7 @@ def _alert_row(incident_id: str, alert: AlertRecord) -> tuple[Any, ...]:
     return (incident_id, pg_text(alert.fingerprint), alert.status, epoch(alert.starts_at),
             epoch(alert.ends_at), epoch(alert.first_seen), epoch(alert.last_seen),
             _optional_text(alert.service), pg_text(alert.severity), pg_text(alert.generator_url),
-            json.dumps(dict(alert.labels)), json.dumps(dict(alert.annotations)))
+            json_text(dict(alert.labels)), json_text(dict(alert.annotations)))
 
 
 def as_columns(rows: Collection[tuple[Any, ...]]) -> list[list[Any]]:

@@ -52,6 +52,7 @@ from daemon.store.rows import (
     from_epoch,
     incident_from_row,
     incident_json,
+    json_text,
     need_from_epoch,
 )
 
@@ -327,12 +328,12 @@ class SqliteStore(MarksByRecord):
     @staticmethod
     def _write_one(conn: sqlite3.Connection, decision: Decision) -> None:
         now = epoch(decision.now) or 0.0
-        for incident in decision.incidents:
-            conn.execute(
+        if decision.incidents:
+            conn.executemany(
                 "INSERT OR REPLACE INTO incidents VALUES (?,?,?,?,?,?,?,?)",
-                (incident.id, incident.status, epoch(incident.opened_at),
-                 epoch(incident.updated_at), epoch(incident.resolved_at), incident.severity,
-                 incident.title, json.dumps(incident.to_doc())),
+                [(incident.id, incident.status, epoch(incident.opened_at),
+                  epoch(incident.updated_at), epoch(incident.resolved_at), incident.severity,
+                  incident.title, json_text(incident.to_doc())) for incident in decision.incidents],
             )
         # Only the alerts the decision set, when it says which: the others of its incidents
         # are stored already, and an incident can hold thousands.
@@ -343,7 +344,7 @@ class SqliteStore(MarksByRecord):
                 "INSERT OR REPLACE INTO alerts VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 [(incident_id, a.fingerprint, a.status, epoch(a.starts_at), epoch(a.ends_at),
                   epoch(a.first_seen), epoch(a.last_seen), a.service, a.severity, a.generator_url,
-                  json.dumps(dict(a.labels)), json.dumps(dict(a.annotations)))
+                  json_text(dict(a.labels)), json_text(dict(a.annotations)))
                  for incident_id, a in records],
             )
         if decision.seen:
@@ -366,7 +367,7 @@ class SqliteStore(MarksByRecord):
                 "INSERT INTO outbox (incident_id, target, routing_key, dedup_key, action, body,"
                 " priority, state, created_at, next_attempt_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
                 [(e.incident_id, e.target, e.routing_key, e.dedup_key, e.action,
-                  json.dumps(dict(e.body)), e.priority, PENDING, now, now)
+                  json_text(dict(e.body)), e.priority, PENDING, now, now)
                  for e in decision.events],
             )
         if decision.changes:
@@ -374,7 +375,7 @@ class SqliteStore(MarksByRecord):
             conn.executemany(
                 "INSERT OR IGNORE INTO changes VALUES (?,?,?,?,?,?,?,?)",
                 [(c.id, c.service, epoch(c.at), epoch(c.received_at), c.summary, c.who, c.version,
-                  json.dumps([list(link) for link in c.links])) for c in decision.changes],
+                  json_text([list(link) for link in c.links])) for c in decision.changes],
             )
 
     # -- engine state ----------------------------------------------------------------------

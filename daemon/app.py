@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -136,6 +137,8 @@ class Firehouse:
         log.info("configuration reloaded (%s): digest %s (was %s); read %d file(s): %s; "
                  "changed: %s", trigger, config.digest, old.digest, len(config.files),
                  ", ".join(config.files) or "none", ", ".join(changed) or "none")
+        del old  # collected now, not kept frozen
+        freeze_long_lived()
         return config
 
     def request_reload(self, trigger: str) -> asyncio.Task[None]:
@@ -181,6 +184,7 @@ class Firehouse:
                             settings.state, left, settings.state)
         await self.dispatcher.load()
         self._activate(self.config)
+        freeze_long_lived()
         self.session = aiohttp.ClientSession()
         client = PagerDutyClient(settings.pagerduty_url, self.session, settings.pagerduty_timeout)
         self.deliverer = Deliverer(
@@ -252,6 +256,20 @@ class Firehouse:
         age = (utcnow() - oldest).total_seconds() if oldest else 0.0
         self.metrics.outbox_oldest_pending.set(age)
 
+
+
+def freeze_long_lived() -> None:
+    """Keep what lives as long as the configuration out of the garbage collector's passes.
+
+    A 10,000-service map is ~130,000 objects, and every full collection walked them all
+    (~50 ms with the event loop stopped: the worst webhook answers and pages waited for it).
+    Frozen, they are never scanned. Called once started, and after each reload, once the
+    previous configuration is let go: it is unfrozen and collected first, so nothing of it
+    is kept.
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 async def serve(config: Config, config_path: Path | None) -> None:
     """Run until SIGTERM or SIGINT; SIGHUP reloads. A second signal exits at once."""

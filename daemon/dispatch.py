@@ -126,6 +126,7 @@ class Dispatcher:
     def swap_config(self, config: Config) -> None:
         """Activate a new, fully validated configuration for the next decisions."""
         self.config = config
+        self._keep_failing(None)  # over the new map's positions
 
     async def handle(self, webhook: Webhook) -> Decision:
         """Decide on a notification and return once the decision is durable."""

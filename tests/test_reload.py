@@ -7,12 +7,14 @@ and says so in the log (file:line) and in firehouse_config_last_reload_successfu
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import re
 import shutil
 import signal
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -281,6 +283,27 @@ class TestReloadInProcess:
         assert waiting == 1
         assert (gated.started, gated.most_at_once) == (2, 1)
         assert one["config_digest"] != two["config_digest"] == final
+
+    async def test_active_config_is_frozen_and_a_replaced_one_is_freed(
+        self, tmp_path: Path, database_url: str, pagerduty: PagerDutyStandIn,
+    ) -> None:
+        """The active configuration is kept out of the garbage collector's passes (frozen),
+        and one that a reload replaced is still collected: nothing of it is kept."""
+        rules = shipped_rules_in(tmp_path / "rules")
+        settings = write_settings(tmp_path, rules=[str(rules)])
+        async with serving(tmp_path, database_url, pagerduty, settings) as running:
+            old = weakref.ref(running.firehouse.config.graph)
+            assert gc.get_freeze_count() > 0
+            frozen_before = gc.get_freeze_count()
+            (rules / DATABASES).write_text(FIXED_RULE, encoding="utf-8")
+            status, _ = await running.post(b"", path="/-/reload")
+            assert status == 200
+            assert running.firehouse.config.graph is not old()
+            gc.collect()
+            assert old() is None
+            assert gc.get_freeze_count() > 0
+            # Frozen afresh, not on top of what the last freeze held.
+            assert gc.get_freeze_count() < 2 * frozen_before
 
     async def test_sighup_path_logs_and_keeps_a_bad_file_out(
         self, tmp_path: Path, database_url: str,

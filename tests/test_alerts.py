@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+import daemon.alerts as alerts_module
 from daemon.alerts import (
     FIRING,
     RESOLVED,
@@ -256,6 +257,42 @@ class TestParseBodyOnFixtures:
         assert dict(webhook.common_labels) == {}
         assert webhook.external_url == ""
         assert dict(webhook.group_labels) == {"environment": "production", "label": "test"}
+
+
+class TestTwoDecoders:
+    """Webhook bodies are decoded by orjson where it reads them as json does, by json where
+    it refuses them or could read them otherwise; the webhook is the same either way."""
+
+    @pytest.mark.parametrize("path", PAYLOADS, ids=lambda p: p.relative_to(FIXTURES).as_posix())
+    def test_every_payload_parses_as_through_json(self, path: Path) -> None:
+        """Each captured payload, decoded by orjson, makes the webhook json's decoding makes."""
+        raw = path.read_bytes()
+        assert parse_body(raw) == parse_webhook(json.loads(raw))
+
+    def test_only_a_number_past_64_bits_takes_a_payload_to_json(self) -> None:
+        """orjson decodes every captured payload but the one whose numeric groupKey (an old
+        sender's) has 20 digits."""
+        refused = [p.name for p in PAYLOADS
+                   if alerts_module._fast_decode(p.read_bytes()) is alerts_module._REFUSED]
+        assert refused == ["prometheus_bot_v3_very_long_annotation.json"]
+        assert payload(refused[0]).group_key == "43434343434343434343"
+
+    def test_integers_past_64_bits_stay_integers(self) -> None:
+        """orjson would read these as floats: json reads them, exactly."""
+        wide = 2**70 + 1
+        webhook = parse_body(json.dumps(envelope(
+            good_alert(generatorURL=wide), truncatedAlerts=wide, groupKey=-wide)).encode())
+        assert webhook.truncated_alerts == wide
+        assert webhook.group_key == str(-wide)
+        assert webhook.alerts[0].generator_url == str(wide)
+
+    def test_what_orjson_refuses_is_read_by_json(self) -> None:
+        """NaN, and a UTF-16 body: json reads them as it always did."""
+        nan = b'{"alerts": [], "groupKey": NaN}'
+        assert alerts_module._fast_decode(nan) is alerts_module._REFUSED
+        assert parse_body(nan).group_key == "nan"
+        utf16 = json.dumps({"alerts": [], "receiver": "caf\u00e9"}).encode("utf-16")
+        assert parse_body(utf16).receiver == "café"
 
 
 class TestParseBodyErrors:

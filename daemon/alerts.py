@@ -259,6 +259,10 @@ def parse_alert(raw: Any) -> Alert:
     fp = raw.get("fingerprint")
     if fp is not None and not isinstance(fp, str):
         raise PayloadError(f"field 'fingerprint' must be a string, got {kind(fp)}")
+    if fp and "\x00" in fp:
+        # An alert's identity: PostgreSQL's text cannot hold NUL, and a fingerprint changed
+        # on the way in would no longer match its alert.
+        raise PayloadError("field 'fingerprint' must not contain NUL characters")
     return Alert(
         status=status,
         labels=labels,

@@ -189,7 +189,10 @@ class Firehouse:
         client = PagerDutyClient(settings.pagerduty_url, self.session, settings.pagerduty_timeout)
         self.deliverer = Deliverer(
             self.store, client, self.metrics,
-            rate_limit=lambda: self.config.settings.pagerduty_rate_limit)
+            rate_limit=lambda: self.config.settings.pagerduty_rate_limit,
+            # Sent before their lease runs out: another replica may take them after it.
+            ready_for=settings.database_lease - settings.pagerduty_timeout
+            if is_shared(self.store) else None)
         self._tasks.append(asyncio.create_task(self.deliverer.run(), name="outbox"))
         self.housekeeper = Housekeeper(self.store, self.metrics, lambda: self.config.settings,
                                        after_cleanup=self.dispatcher.refresh)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -46,6 +47,11 @@ log = logging.getLogger("firehouse.dispatch")
 # Notifications with this many alerts are decided off the event loop (seconds for 10,000);
 # smaller ones cost less than the hand-over to a thread.
 BIG_WEBHOOK = 500
+# A batch under the shared store's cluster-wide lock takes at most this many inputs, and
+# takes no more once its deciding has lasted this long: the other replicas wait for the
+# lock (10 s at most), and PostgreSQL ends a transaction idle for 30 s.
+MAX_BATCH = 64
+BATCH_SECONDS = 1.0
 Step = Callable[[Config, State, datetime], Decision]
 
 
@@ -82,6 +88,7 @@ class Dispatcher:
         self._heard = 0  # the newest version a notification told of
         self._jobs: list[_Job] = []
         self._drainer: asyncio.Task[None] | None = None
+        self._loaded = False  # catching up before the first load would read everything
         self._catching_up: asyncio.Task[None] | None = None
 
     @property
@@ -100,6 +107,9 @@ class Dispatcher:
             self._live(await self.store.load_state(
                 self.clock(), self.retention_seconds, changes_seconds=changes_seconds))
         self.metrics.incidents_open.set(len(self.state.open))
+        self._loaded = True
+        if self._heard > self.version:
+            self.notified(self._heard)  # told of while loading
 
     def _live(self, state: State) -> None:
         """Own the maps of `state`: decisions are applied to them in place (`advance`), so
@@ -205,13 +215,15 @@ class Dispatcher:
             if self._jobs[0].alone:
                 jobs = [self._jobs.pop(0)]
             else:
-                jobs, self._jobs = self._jobs, []
+                jobs, self._jobs = self._jobs[:MAX_BATCH], self._jobs[MAX_BATCH:]
+            taken = list(jobs)
             async with self._lock:
                 try:
                     decided = await self._decide_locked(store, jobs)
+                    self._jobs[:0] = taken[len(jobs):]  # those its time left, first
                 except Exception as exc:  # every waiting caller is answered; none is lost
                     self._stale = True
-                    waiting = [job for job in jobs if not job.done.done()]
+                    waiting = [job for job in taken if not job.done.done()]
                     if len(waiting) > 1 and not isinstance(exc, StoreUnreachable):
                         # One input the database refuses must not fail those that shared
                         # its transaction (nothing of it was committed): each is decided
@@ -228,9 +240,12 @@ class Dispatcher:
                         job.done.set_exception(error)
                     continue
             for job, decision in decided:
-                if decision.changes_anything and (decision.events or decision.incidents):
-                    self.on_commit(decision)
-                self._count(decision)
+                try:
+                    if decision.changes_anything and (decision.events or decision.incidents):
+                        self.on_commit(decision)
+                    self._count(decision)
+                except Exception:  # the decision is stored: its caller is answered anyway
+                    log.exception("error after committing a decision")
                 if not job.done.done():
                     job.done.set_result(decision)
 
@@ -253,7 +268,11 @@ class Dispatcher:
             if txn.version != self.version:
                 self._catch_up(await txn.delta(self.version))
             writes: list[Decision] = []
-            for job in jobs:
+            started = time.monotonic()
+            for index, job in enumerate(jobs):
+                if index and time.monotonic() - started > BATCH_SECONDS:
+                    del jobs[index:]  # left to the next batch (`_drain` puts them back)
+                    break
                 now = self.clock()
                 try:
                     if job.in_thread:
@@ -262,7 +281,8 @@ class Dispatcher:
                     else:
                         decision = job.step(self.config, self.state, now)
                 except Exception as exc:
-                    job.done.set_exception(exc)
+                    if not job.done.done():  # its caller may have gone
+                        job.done.set_exception(exc)
                     continue
                 if decision.changes_anything:
                     self._advance(decision)
@@ -276,7 +296,7 @@ class Dispatcher:
         """The shared store says a decision of `version` was committed (by any replica):
         catch up in the background unless the state is current already."""
         self._heard = max(self._heard, version)
-        if version <= self.version or not is_shared(self.store):
+        if version <= self.version or not is_shared(self.store) or not self._loaded:
             return
         if self._catching_up is None or self._catching_up.done():
             self._catching_up = asyncio.create_task(self._catch_up_now(self.store),

@@ -157,6 +157,7 @@ class Deliverer:
         base_delay: float = 1.0,
         max_delay: float = 300.0,
         rng: random.Random | None = None,
+        ready_for: float | None = None,
     ) -> None:
         self.store = store
         self.client = client
@@ -173,6 +174,11 @@ class Deliverer:
         # the next event of a key waits until the one before it is recorded.
         self._sending: dict[asyncio.Task[Attempt], StoredEvent] = {}
         self._ready: deque[StoredEvent] = deque()  # read, due, not started yet
+        # How long read events may wait to be started (None: as long as it takes). On a
+        # store several replicas share, reading leases them: an event must be sent before
+        # its lease runs out, or another replica may send it too; past this, read again.
+        self.ready_for = ready_for
+        self._read_at = clock()
         self._done: list[tuple[StoredEvent, Attempt]] = []
         self._held_keys: set[str] = set()
         # Labelled children looked up once: `labels()` costs a lock and a tuple per event.
@@ -205,14 +211,19 @@ class Deliverer:
                     failures += 1
                     delay = min(30.0, 2.0 ** (failures - 1))
                     log.exception("outbox worker error; retrying in %.0fs", delay)
+                    self._forget_ready()  # read afresh after the pause
                     await asyncio.sleep(delay)
             await self._finish()
         finally:
-            self._held_keys.difference_update(e.dedup_key for e in self._ready)
-            self._ready.clear()
+            self._forget_ready()
             for task in self._sending:
                 # Cancelled mid-send: those events stay pending and go out after a restart.
                 task.cancel()
+
+    def _forget_ready(self) -> None:
+        """Let go of the events read but not started: they stay pending, read again later."""
+        self._held_keys.difference_update(e.dedup_key for e in self._ready)
+        self._ready.clear()
 
     async def deliver_due(self) -> int:
         """One round: send what is due (within the limit in flight and the budgets), wait
@@ -237,6 +248,9 @@ class Deliverer:
         started = 0
         read_again = not self._stopping
         now = self.clock()
+        if self._ready and self.ready_for is not None \
+                and (now - self._read_at).total_seconds() > self.ready_for:
+            self._forget_ready()
         while not self._stopping and len(self._sending) < self.concurrency:
             if not self._ready:
                 if not read_again:
@@ -244,6 +258,7 @@ class Deliverer:
                 read_again = False
                 # Cleared before reading: a commit after the read wakes the next wait.
                 self._wake.clear()
+                self._read_at = now
                 held = self.shaper.held(now)
                 self.metrics.outbox_shaped_keys.set(len(held))
                 self._ready.extend(await self.store.due_events(

@@ -485,6 +485,12 @@ class TestParseBodyLoneSurrogates:
 class TestParseAlert:
     """parse_alert on single alert objects."""
 
+    def test_a_fingerprint_with_nul_is_refused(self) -> None:
+        """A fingerprint is an alert's identity, and PostgreSQL's text cannot hold NUL: the
+        alert is refused, naming why, rather than stored under another fingerprint."""
+        with pytest.raises(PayloadError, match="'fingerprint' must not contain NUL"):
+            parse_alert(good_alert(fingerprint="abc\x00def"))
+
     def test_given_fingerprint_is_trusted(self) -> None:
         """A fingerprint sent by Alertmanager is kept as sent."""
         assert parse_alert(good_alert(fingerprint="0123456789abcdef")).fingerprint == (

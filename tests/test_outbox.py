@@ -422,6 +422,52 @@ class TestThroughput:
             assert order.index((TRIGGER, event.dedup_key)) < order.index(
                 (RESOLVE, event.dedup_key))
 
+    @pytest.mark.parametrize("ready_for", [5.0, None])
+    async def test_events_read_too_long_ago_are_read_again(
+        self, store: SqliteStore, pd: PagerDutyStandIn, session: aiohttp.ClientSession,
+        clock: Clock, ready_for: float | None,
+    ) -> None:
+        """An event read but not started within `ready_for` (on a shared store: its lease
+        less the send timeout, as reading leases it) is let go and read afresh before it
+        is sent, never sent on a lease that may have run out; without it (one process), it
+        waits for its slot as read."""
+        first, second, third = page("a", "error"), page("b", "error"), page("c", "error")
+        await commit(store, first)
+        client = GatedClient(pd.url, session)
+        worker = Deliverer(store, client, Metrics(), clock=clock, concurrency=2,
+                           ready_for=ready_for)
+        reads: list[list[str]] = []
+        read = store.due_events
+
+        async def counted(*args: Any, **kwargs: Any) -> list[Any]:
+            found = await read(*args, **kwargs)
+            reads.append([e.dedup_key for e in found])
+            return found
+
+        store.due_events = counted  # type: ignore[method-assign]
+        assert await worker._start_due() == 1  # the first, held at the gate
+        await commit(store, second, third)
+        assert await worker._start_due() == 1  # the second; the third waits for a slot
+        assert reads[-1] == [second.dedup_key, third.dedup_key]
+        clock.advance(6)
+        await worker._start_due()
+        for _ in range(2):
+            client.passes.release()
+        await worker._finish()
+        before = len(reads)
+
+        assert await worker._start_due() == 1
+        assert [e.dedup_key for e in worker._sending.values()] == [third.dedup_key]
+        # (Reads that found nothing: the free slot looked for more.)
+        again = [keys for keys in reads[before:] if keys]
+        if ready_for is None:
+            assert again == []  # started as read
+        else:
+            assert again == [[third.dedup_key]]  # read afresh first
+        client.passes.release()
+        await worker._finish()
+        assert len(pd.events) == 3
+
     async def test_outcomes_are_recorded_in_one_transaction(
         self, store: SqliteStore, pd: PagerDutyStandIn, session: aiohttp.ClientSession,
         monkeypatch: pytest.MonkeyPatch,

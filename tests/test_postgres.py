@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 import asyncpg
 import pytest
 
+import daemon.dispatch as dispatch_module
 from daemon.config import Config
 from daemon.decide import MERGED, RESOLVE, TRIGGER, Change, Decision, State, apply, decide
 from daemon.dispatch import Dispatcher
@@ -960,6 +961,53 @@ class TestReplicatedDispatch:
         assert second.state.open[incident.id].deadlines == incident.deadlines
         # What it learnt counts as its state: a repeat at the second replica pages no one.
         assert (await second.handle(webhook(db_alert()))).events == ()
+
+
+    @pytest.mark.parametrize(("max_batch", "seconds", "transactions"),
+                             [(64, 60.0, 1), (2, 60.0, 3), (64, 0.0, 5)])
+    async def test_a_batch_under_the_lock_is_bounded_in_size_and_time(
+        self, stores: StoreFactory, config: Config, monkeypatch: pytest.MonkeyPatch,
+        max_batch: int, seconds: float, transactions: int,
+    ) -> None:
+        """Inputs waiting together are decided in one transaction under the cluster-wide
+        lock, but no more than MAX_BATCH of them, and none more once deciding has taken
+        BATCH_SECONDS (the other replicas wait for that lock): the rest go in the next
+        transactions, first, every one decided once and stored."""
+        monkeypatch.setattr(dispatch_module, "MAX_BATCH", max_batch)
+        monkeypatch.setattr(dispatch_module, "BATCH_SECONDS", seconds)
+        store = await stores()
+        dispatcher = Dispatcher(store, config, Metrics(), lambda: NOW, lambda _: None)
+        await dispatcher.load()
+        alerts = unrelated_alerts(5)
+
+        decisions = await asyncio.gather(*(dispatcher.handle(webhook(a)) for a in alerts))
+
+        assert await version_of(store) == dispatcher.version == transactions
+        opened = [i.id for d in decisions for i in d.incidents]
+        assert len(opened) == len(set(opened)) == 5
+        assert set((await store.load_state(NOW, DAY)).open) == set(opened)
+
+    async def test_no_catch_up_before_the_state_is_loaded(
+        self, stores: StoreFactory, config: Config
+    ) -> None:
+        """A notification heard while the state is still loading starts no catch-up (from
+        version 0 it would read every incident ever written); once loaded, a version newer
+        than the loaded one is caught up with."""
+        first = Dispatcher(await stores("replica-a"), config, Metrics(), lambda: NOW,
+                           lambda _: None)
+        await first.load()
+        await first.handle(webhook(db_alert()))
+        second = Dispatcher(await stores("replica-b"), config, Metrics(), lambda: NOW,
+                            lambda _: None)
+
+        second.notified(first.version)
+        assert second._catching_up is None
+        await second.load()
+        assert second.version == first.version
+        assert second._catching_up is None  # current already: nothing to read
+        second.notified(first.version + 1)  # another commit since
+        assert second._catching_up is not None
+        await second._catching_up
 
 
 async def _reopened_state(path: Path) -> State:

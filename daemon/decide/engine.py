@@ -126,7 +126,7 @@ def advance(open_: dict[str, Incident], by_fp: dict[str, str], by_service: dict[
         if seen is not None and decision.now is not None and fp in seen.alerts:
             # One copy of an incident's alerts however many of them were seen again.
             seen_now.setdefault(incident_id_, {})[fp] = evolve(seen.alerts[fp],
-                                                                last_seen=decision.now)
+                                                               last_seen=decision.now)
     for incident_id_, records in seen_now.items():
         seen = open_[incident_id_]
         open_[incident_id_] = evolve(seen, alerts=with_records(seen.alerts, records))
@@ -369,7 +369,7 @@ class Work:
             if service.name not in services:
                 services = (*services, service.name)
             self.put(evolve(incident, alerts=alerts, services=services,
-                             updated_at=self.now, quiet_since=None))
+                            updated_at=self.now, quiet_since=None))
             self.note(ident, "alert_joined", f"{clean(record.name)} on {service.name} "
                       "joined: it is connected to the failing services")
         self.touched.setdefault(ident, set()).add(alert.fingerprint)
@@ -394,7 +394,7 @@ class Work:
                 record, labels=alert.labels, annotations=alert.annotations,
                 severity=severity, last_seen=self.now))
             self.put(evolve(incident, alerts=alerts, updated_at=self.now,
-                             stale_since=None))
+                            stale_since=None))
             self.note(ident, "alert_worse", f"{clean(record.name)} is now {severity} (was "
                       f"{record.severity})")
             self.touched.setdefault(ident, set()).add(alert.fingerprint)
@@ -413,7 +413,7 @@ class Work:
             record, status=FIRING, starts_at=alert.starts_at, ends_at=None,
             labels=alert.labels, annotations=alert.annotations, last_seen=self.now))
         self.put(evolve(incident, alerts=alerts, quiet_since=None,
-                         updated_at=self.now))
+                        updated_at=self.now))
         self.note(ident, "alert_fired_again", f"{clean(record.name)} fired again; the "
                   "incident continues")
         self.touched.setdefault(ident, set()).add(alert.fingerprint)
@@ -472,7 +472,7 @@ class Work:
         )
         # Its pages move with its alerts: the incident that keeps them resolves them.
         self.put(evolve(other, status=MERGED, merged_into=keep_id, resolved_at=self.now,
-                         updated_at=self.now, pages=()))
+                        updated_at=self.now, pages=()))
         self.put(merged)
         self.note(other_id, "merged", f"merged into incident {keep_id}: a new alert connects "
                   "their failing services")
@@ -654,7 +654,7 @@ class Work:
                     incident.severity if loud else "info", self.routing_key(target),
                     reason=BUSINESS_UPDATE, at=self.now)
         incident = evolve(incident, pages=(*incident.pages, page),
-                           business_updated_at=self.now)
+                          business_updated_at=self.now)
         self.put(incident)
         self.send_trigger(incident, page)
         self.note(incident, "business_update", business_summary(incident, self.now))
@@ -729,7 +729,7 @@ class Work:
     def close(self, incident: Incident) -> None:
         """Resolve the incident: a resolve for every page it triggered."""
         incident = evolve(incident, status=RESOLVED, resolved_at=self.now,
-                           updated_at=self.now, quiet_since=None)
+                          updated_at=self.now, quiet_since=None)
         if any(p.reason == BUSINESS_UPDATE for p in incident.pages):
             # The business line hears the end in words too: a last update, resolved below
             # with every other page (its trigger is delivered first: order per dedup key).

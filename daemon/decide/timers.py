@@ -124,7 +124,7 @@ def _escalate(work: Work, incident: Incident, timer: str, reason: str, said: str
         for target, roles in targets.items()
     )
     incident = evolve(incident, fired=(*incident.fired, timer),
-                       pages=(*incident.pages, *pages), updated_at=work.now)
+                      pages=(*incident.pages, *pages), updated_at=work.now)
     work.put(incident)
     whom = ", ".join(targets) or "nobody (the rules name no escalation)"
     work.note(incident, "deadline", f"{said}: escalated to {whom}")
@@ -148,8 +148,8 @@ def on_pagerduty(update: PagerDutyUpdate, config: Config, state: State, now: dat
     status = {"acknowledged": ACKNOWLEDGED, "unacknowledged": TRIGGERED,
               "resolved": RESOLVED_IN_PAGERDUTY, "reopened": TRIGGERED}.get(kind, page.status)
     changed = evolve(page, status=status,
-                      acknowledged_by=who if status == ACKNOWLEDGED else
-                      "" if status == TRIGGERED else page.acknowledged_by)
+                     acknowledged_by=who if status == ACKNOWLEDGED else
+                     "" if status == TRIGGERED else page.acknowledged_by)
     pages = tuple(changed if p.dedup_key == page.dedup_key else p for p in incident.pages)
     acknowledged_at = incident.acknowledged_at
     if status in (ACKNOWLEDGED, RESOLVED_IN_PAGERDUTY) and acknowledged_at is None:
@@ -161,8 +161,8 @@ def on_pagerduty(update: PagerDutyUpdate, config: Config, state: State, now: dat
         acknowledged_at = None
     events = (*incident.pagerduty_events, update.event_id)[-_PAGERDUTY_EVENTS_KEPT:]
     work.put(evolve(incident, pages=pages, acknowledged_at=acknowledged_at,
-                     pagerduty_events=events if update.event_id else incident.pagerduty_events,
-                     updated_at=now))
+                    pagerduty_events=events if update.event_id else incident.pagerduty_events,
+                    updated_at=now))
     message = f"{page.target} page ({page.severity}) {kind} in PagerDuty by {who}"
     if update.detail:
         message += f": {clean(update.detail)}"

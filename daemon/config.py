@@ -177,6 +177,13 @@ class Config:
     # Every file read (settings, maps, rules) -> hash of its content, so that a reload can
     # say which files changed.
     files: Mapping[str, str] = field(default_factory=dict)
+    # The labels any rule's matchers read, sorted (the engine's key for rule outcomes):
+    # derived once here rather than for every decision.
+    matched_labels: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "matched_labels", tuple(sorted(
+            {m.label for rule in self.rules for m in rule.matchers})))
 
     def target_for_role(self, role: str) -> str | None:
         """The target a command-center role (incident lead, …) is mapped to in the settings."""

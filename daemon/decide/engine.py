@@ -189,7 +189,7 @@ class Work:
         # The failing services as a bitset (`failing_mask`), once something asked for it.
         self._failing: int | None = None
         # The labels any rule's matchers read (sorted: a stable key for `_Assessment.add`).
-        self.matched_labels = sorted({m.label for rule in config.rules for m in rule.matchers})
+        self.matched_labels = config.matched_labels
 
     # -- reading and writing the state --------------------------------------------------
 

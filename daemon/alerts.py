@@ -23,6 +23,8 @@ from daemon.errors import PayloadError
 
 FIRING = "firing"
 RESOLVED = "resolved"
+# Set on an alert that arrived malformed and is paged as far as it could be read (`salvage`).
+MALFORMED_LABEL = "firehouse_malformed"
 
 _ZERO_TIME_PREFIX = "0001-01-01T00:00:00"
 _FRACTION = re.compile(r"(\.\d{1,9})")
@@ -232,7 +234,9 @@ def parse_webhook(data: Any) -> Webhook:
         try:
             alerts.append(parse_alert(raw))
         except PayloadError as exc:
-            rejected.append(RejectedAlert(index, f"alerts[{index}]: {exc}"))
+            reason = f"alerts[{index}]: {exc}"
+            rejected.append(RejectedAlert(index, reason))
+            alerts.append(salvage(raw, reason))
     return Webhook(
         receiver=_text(data, "receiver"),
         status=_text(data, "status"),
@@ -271,6 +275,46 @@ def parse_alert(raw: Any) -> Alert:
         ends_at=_time(raw, "endsAt"),
         generator_url=_text(raw, "generatorURL"),
         fingerprint=fp or fingerprint(labels),
+    )
+
+
+def salvage(raw: Any, reason: str) -> Alert:
+    """What can be read of an alert that is not what webhook v4 says, flagged: it still
+    pages (an alert is never dropped), firing unless it plainly says it resolved.
+
+    Its string labels and annotations are kept (so it lands on its service when that can
+    be read), with `firehouse_malformed="true"` and the reason in its summary; its times
+    where they parse; Alertmanager's fingerprint when it is usable, else one of the labels
+    kept, so that the same broken alert sent again is the same alert."""
+    fields = raw if isinstance(raw, dict) else {}
+
+    def strings(key: str) -> dict[str, str]:
+        value = fields.get(key)
+        if not isinstance(value, dict):
+            return {}
+        return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str)
+                and "\x00" not in v}
+
+    labels = {"alertname": "MalformedAlert", **strings("labels"), MALFORMED_LABEL: "true"}
+    annotations = strings("annotations")
+    said = annotations.get("summary")
+    annotations["summary"] = (f"MALFORMED alert, paged as far as it could be read ({reason})"
+                              + (f": {said}" if said else ""))
+    times: list[datetime | None] = []
+    for key in ("startsAt", "endsAt"):
+        try:
+            times.append(_time(fields, key))
+        except PayloadError:
+            times.append(None)
+    fp = fields.get("fingerprint")
+    url = fields.get("generatorURL")
+    return Alert(
+        status=RESOLVED if fields.get("status") == RESOLVED else FIRING,
+        labels=MappingProxyType(labels), annotations=MappingProxyType(annotations),
+        starts_at=times[0], ends_at=times[1],
+        generator_url=url if isinstance(url, str) else "",
+        fingerprint=fp if isinstance(fp, str) and fp and "\x00" not in fp
+        else fingerprint(labels),
     )
 
 

@@ -46,7 +46,8 @@ class Metrics:
         self.alerts = Counter(
             "firehouse_alerts_received", "Alerts received, by status.", ["status"], registry=r)
         self.alerts_rejected = Counter(
-            "firehouse_alerts_rejected", "Malformed alerts skipped inside accepted webhooks.",
+            "firehouse_alerts_rejected",
+            "Malformed alerts inside accepted webhooks, each paged as far as it could be read.",
             registry=r)
         self.incidents_opened = Counter(
             "firehouse_incidents_opened", "Incidents opened, by whether the service is mapped.",

@@ -142,7 +142,8 @@ async def alertmanager_webhook(request: web.Request) -> web.Response:
     if webhook.rejected:
         metrics.alerts_rejected.inc(len(webhook.rejected))
         for rejected in webhook.rejected:
-            log.warning("skipped malformed alert: %s", json.dumps(rejected.reason))
+            log.warning("malformed alert, paged as far as it could be read: %s",
+                        json.dumps(rejected.reason))
     try:
         decision = await firehouse.dispatcher.handle(webhook)
     except StoreError as exc:

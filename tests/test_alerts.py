@@ -357,30 +357,59 @@ class TestParseBodyErrors:
             parse_webhook(envelope(receiver=["r"]))
         assert str(caught.value) == "field 'receiver' must be a string, got list"
 
-    def test_bad_alert_is_rejected_alone(self) -> None:
-        """One bad alert is rejected with a reason naming its field; the others are kept."""
+    def test_bad_alert_is_rejected_alone_and_still_paged(self) -> None:
+        """One bad alert is rejected with a reason naming its field, and kept in its place
+        as far as it can be read, flagged (an alert is never dropped); the others are kept
+        as they are."""
         webhook = parse_webhook(envelope(
             good_alert(labels={"alertname": "A"}),
-            good_alert(status="burning"),
+            good_alert(status="burning", fingerprint="0123456789abcdef"),
             good_alert(labels={"alertname": "C"}),
         ))
-        assert [a.name for a in webhook.alerts] == ["A", "C"]
+        assert [a.name for a in webhook.alerts] == ["A", "DiskFull", "C"]
         assert len(webhook.rejected) == 1
         assert webhook.rejected[0].index == 1
-        assert webhook.rejected[0].reason == (
-            "alerts[1]: field 'status' must be 'firing' or 'resolved', got 'burning'"
-        )
+        reason = "alerts[1]: field 'status' must be 'firing' or 'resolved', got 'burning'"
+        assert webhook.rejected[0].reason == reason
+        salvaged = webhook.alerts[1]
+        assert salvaged.firing
+        assert dict(salvaged.labels) == {"alertname": "DiskFull", "severity": "critical",
+                                         "firehouse_malformed": "true"}
+        assert salvaged.annotations["summary"] == (
+            f"MALFORMED alert, paged as far as it could be read ({reason}): disk full")
+        assert salvaged.fingerprint == "0123456789abcdef"  # Alertmanager's, usable
+        assert salvaged.starts_at == utc(2026, 12, 3, 12, 21, 43, 724000)
+        assert "firehouse_malformed" not in webhook.alerts[0].labels
+
+    def test_what_cannot_be_read_of_a_malformed_alert_is_left_out(self) -> None:
+        """Labels that are not strings, a time that does not parse, a fingerprint that is not
+        one: left out, the fingerprint made from the labels kept (the same broken alert sent
+        again is the same alert); a plain `resolved` is kept; a non-object is an alert too."""
+        broken = good_alert(status="resolved", labels={"alertname": "X", "code": 5},
+                            startsAt="not-a-date", fingerprint=7)
+        webhook = parse_webhook(envelope(broken, "junk"))
+        first, second = webhook.alerts
+        assert not first.firing
+        assert dict(first.labels) == {"alertname": "X", "firehouse_malformed": "true"}
+        assert first.starts_at is None
+        assert first.fingerprint == fingerprint(first.labels)
+        assert parse_webhook(envelope(broken)).alerts[0].fingerprint == first.fingerprint
+        assert second.firing
+        assert dict(second.labels) == {"alertname": "MalformedAlert",
+                                       "firehouse_malformed": "true"}
+        assert [r.index for r in webhook.rejected] == [0, 1]
 
     def test_alert_that_is_not_an_object(self) -> None:
         """An alert that is not an object is rejected saying what it was."""
         webhook = parse_webhook(envelope("oops", good_alert()))
-        assert len(webhook.alerts) == 1
+        assert [a.name for a in webhook.alerts] == ["MalformedAlert", "DiskFull"]
         assert webhook.rejected[0].reason == "alerts[0]: must be an object, got str"
 
     def test_non_string_label_value(self) -> None:
         """A label value that is not a string rejects that alert, naming the label."""
         webhook = parse_webhook(envelope(good_alert(labels={"alertname": "A", "code": 500})))
-        assert webhook.alerts == ()
+        assert [dict(a.labels) for a in webhook.alerts] == [
+            {"alertname": "A", "firehouse_malformed": "true"}]  # paged as far as read
         assert webhook.rejected[0].reason == (
             "alerts[0]: field labels.code must be a string, got int"
         )

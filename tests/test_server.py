@@ -28,6 +28,7 @@ from tests.helpers import (
     NOW,
     PAGERDUTY_FIXTURES,
     SETTINGS,
+    ZERO_TIME,
     BeforeWrite,
     alert,
     body,
@@ -249,6 +250,39 @@ class TestWebhook:
         assert with_token == 200
         assert "firehouse_incidents_open" in text
         assert health == [200, 200]
+
+    async def test_a_malformed_alert_is_answered_and_still_paged(
+        self, tmp_path: Path, database_url: str, pd: PagerDutyStandIn,
+    ) -> None:
+        """An alert Alertmanager would never resend (the notification is answered 200) is
+        not dropped: paged on the service it names, flagged, the reason in its summary;
+        sent again, it is the same alert, paging no one twice."""
+        broken = {"status": "firing", "startsAt": "not-a-date", "endsAt": ZERO_TIME,
+                  "labels": {"alertname": "DnsDown", "service": "dns",
+                             "severity": "critical", "shard": 3}}
+        data = json.dumps({"receiver": "r", "status": "firing", "alerts": [broken]}).encode()
+        async with serving(tmp_path, database_url, pd) as firehouse:
+            status, answer = await firehouse.post(data)
+            again, repeated = await firehouse.post(data)
+            await firehouse.drained()
+
+        assert (status, again) == (200, 200)
+        reason = "alerts[0]: field labels.shard must be a string, got int"  # the first
+        assert answer["rejected"] == [reason]
+        assert answer["events"] > 0
+        assert repeated["events"] == 0
+        triggers = [e for e in pd.events if e["event_action"] == "trigger"]
+        assert {e["routing_key"] for e in triggers} >= {
+            routing_key("network-oncall"), routing_key("command-center")}
+        technical = [e for e in triggers
+                     if e["payload"]["custom_details"].get("alert") == "DnsDown"]
+        assert technical
+        for event in technical:
+            details = event["payload"]["custom_details"]
+            assert details["labels"]["firehouse_malformed"] == "true"
+            assert "shard" not in details["labels"]  # not a string: not read
+            assert reason in details["annotations"]["summary"]
+            assert reason in event["payload"]["summary"]
 
     async def test_replayed_body_pages_once(self, tmp_path: Path, database_url: str,
                                             pd: PagerDutyStandIn) -> None:

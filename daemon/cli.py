@@ -356,8 +356,15 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 async def _migrate(dsn: str, source: Path | None) -> tuple[list[int], dict[str, int] | None]:
     from daemon.store.postgres import PostgresStore  # noqa: PLC0415 - keeps `check` light
+    from daemon.store.sqlite import lock_state_file  # noqa: PLC0415
     from daemon.store.transfer import import_sqlite  # noqa: PLC0415
 
+    if source is not None:
+        # Refused before anything is written: a Firehouse still running on the file.
+        try:
+            os.close(await asyncio.to_thread(lock_state_file, source))
+        except StoreError as exc:
+            raise StoreError(f"{exc}: stop it before moving its state") from exc
     store = PostgresStore(dsn)
     try:
         # `open` applies what is missing too; `migrate` first says which.

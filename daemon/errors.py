@@ -5,10 +5,19 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 
 class FirehouseError(Exception):
     """Base class of every error Firehouse raises on purpose."""
+
+
+def missing(path: Path) -> str:
+    """What a configured path that does not exist is told with: where it was looked for,
+    when the path is relative (to the directory Firehouse was started in)."""
+    if path.is_absolute():
+        return "no such file or directory"
+    return f"no such file or directory (looked for {path.absolute()})"
 
 
 @dataclass(frozen=True, slots=True, order=True)

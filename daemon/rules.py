@@ -21,7 +21,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from daemon.errors import Problem, did_you_mean
+from daemon.errors import Problem, did_you_mean, missing
 from daemon.graph import SEVERITIES, Impact, Service, higher
 from daemon.yamlsrc import LocatedDict, LocatedList, load_file, shown
 
@@ -351,7 +351,7 @@ def load_rules(
     paths = list(paths)
     for path in paths:
         if not path.exists():
-            problems.append(Problem(str(path), 0, "", "no such file or directory"))
+            problems.append(Problem(str(path), 0, "", missing(path)))
     # Each rule with its key path in its file (`rules[3]`), for the checks across rules.
     located: list[tuple[str, Rule]] = []
     # A missing path is reported once above, not again as an unreadable file.
@@ -390,7 +390,8 @@ def _parse_rules_doc(
         return []
     for key in doc:
         if key != "rules":
-            problems.append(Problem(file, doc.line_of(key), key, "unknown key", shown(key)))
+            problems.append(Problem(file, doc.line_of(key), key, "unknown key"
+                                    + did_you_mean(str(key), ("rules",)), shown(key)))
     raw: LocatedList = doc["rules"]
     rules: list[tuple[str, Rule]] = []
     for index, body in enumerate(raw):
@@ -418,7 +419,7 @@ def _parse_rule(
         return None
     for key in body:
         if key not in _RULE_KEYS:
-            bad(key, "unknown key", key, body.line_of(key))
+            bad(key, "unknown key" + did_you_mean(str(key), _RULE_KEYS), key, body.line_of(key))
     name = body.get("name")
     if not isinstance(name, str) or not name:
         bad("name", "missing or not a string", name or "", body.line_of("name"))
@@ -474,7 +475,8 @@ def parse_clock(body: LocatedDict, bad: Reporter, is_name: Callable[[Any], bool]
 
     for key in raw:
         if key not in _CLOCK_KEYS:
-            report(key, "unknown key", key, raw.line_of(key))
+            report(key, "unknown key" + did_you_mean(str(key), _CLOCK_KEYS), key,
+                   raw.line_of(key))
     ack = duration(raw, "ack_within", report)
     resolve = duration(raw, "resolve_within", report)
     names: list[str] = []
@@ -522,7 +524,8 @@ def _parse_business_updates(body: LocatedDict, bad: Reporter) -> timedelta | Non
         return None
     for key in raw:
         if key != "every":
-            bad(f"business_updates.{key}", "unknown key", key, raw.line_of(key))
+            bad(f"business_updates.{key}", "unknown key" + did_you_mean(str(key), ("every",)),
+                key, raw.line_of(key))
     return duration(raw, "every", lambda key, message, value, line: bad(
         f"business_updates.{key}", message, value, line))
 

@@ -63,8 +63,9 @@ class TestCheck:
             "FAILED: 3 problem(s)",
             "  (environment): roles.incident_lead: missing: the command center's target is "
             "required, unmapped alerts page it",
-            "  dependency_maps: no such file or directory",
-            "  rules: no such file or directory",
+            "  dependency_maps: no such file or directory (looked for "
+            f"{tmp_path / 'dependency_maps'})",
+            f"  rules: no such file or directory (looked for {tmp_path / 'rules'})",
         ]
 
     def test_says_nothing_of_a_settings_file_it_was_given(

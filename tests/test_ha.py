@@ -940,7 +940,10 @@ async def test_a_sqlite_firehouse_moves_to_postgresql_with_its_open_incident(
     status, out = await migrate(single.state_path)
     assert status != 0
     assert "in use by another Firehouse" in out, out
-    assert await db_rows(pg_schema, "SELECT id FROM incidents") == []
+    assert "stop it before moving its state" in out, out
+    # Refused before anything was written: not even the schema.
+    assert [r["t"] for r in await db_rows(pg_schema, "SELECT to_regclass('incidents') t")] \
+        == [None]
     assert await single.stop() == 0
 
     status, out = await migrate(single.state_path)

@@ -429,7 +429,8 @@ class TestLoadRules:
         ("unknown_role.yaml", "4: rules[0].page[1]: unknown role or target (got 'the_boss')"),
         ("role_misspelt.yaml", "4: rules[0].page[0]: unknown role or target; did you mean "
          "'service_lead'? (got 'service_laed')"),
-        ("unknown_key.yaml", "4: rules[0].matches: unknown key (got 'matches')"),
+        ("unknown_key.yaml",
+         "4: rules[0].matches: unknown key; did you mean 'match'? (got 'matches')"),
         ("bad_list_matcher.yaml",
          "6: rules[0].match[1]: expected label=\"value\" with one of = != =~ !~ "
          "(got 'service')"),
@@ -819,7 +820,8 @@ rules:
         ("clock_zero_duration.yaml",
          "6: rules[0].clock.resolve_within: must be longer than zero (got '0s')"),
         ("clock_unknown_key.yaml",
-         "7: rules[0].clock.acknowledge_within: unknown key (got 'acknowledge_within')"),
+         "7: rules[0].clock.acknowledge_within: unknown key; did you mean 'ack_within'? "
+         "(got 'acknowledge_within')"),
         ("clock_without_deadline.yaml",
          "5: rules[0].clock: needs ack_within or resolve_within (or both)"),
         ("clock_unknown_escalation.yaml",

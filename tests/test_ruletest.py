@@ -389,7 +389,8 @@ class TestClockExpectations:
         ("clock_bad_duration.yaml", "6: tests[0].expect.clock.ack_within: not a duration such "
          "as 30s, 15m, 4h, 1d or 1h30m (got '5 min')"),
         ("clock_unknown_key.yaml",
-         "8: tests[0].expect.clock.escalate_after: unknown key (got 'escalate_after')"),
+         "8: tests[0].expect.clock.escalate_after: unknown key; did you mean "
+         "'escalate_to'? (got 'escalate_after')"),
         ("clock_unknown_escalation.yaml",
          "6: tests[0].expect.clock.escalate_to[0]: unknown role or target (got 'the_board')"),
         ("business_updates_bad.yaml", "6: tests[0].expect.business_updates: not a duration "

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 
-from daemon.errors import Problem, did_you_mean
+from daemon.errors import Problem, did_you_mean, missing
 from daemon.graph import HARD, Dependency, Service, ServiceGraph, build_graph
 from daemon.maps.backstage import Catalog, is_entity, owner_key
 from daemon.maps.edges import EdgeLists, MapDefaults
@@ -63,7 +63,7 @@ def load_maps(
     paths = list(paths)
     for path in paths:
         if not path.exists():
-            found.problems.append(Problem(str(path), 0, "", "no such file or directory"))
+            found.problems.append(Problem(str(path), 0, "", missing(path)))
     # A missing path is reported once above, not again as an unreadable file.
     for file in map_files(p for p in paths if p.exists()):
         if file.suffix in EDGE_LIST_SUFFIXES:

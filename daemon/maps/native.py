@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Any
 
-from daemon.errors import Problem
+from daemon.errors import Problem, did_you_mean
 from daemon.graph import HARD, OWNER_ROLES, SOFT, Dependency, Service
 from daemon.maps.found import BAD_NAME, SERVICE_NAME, Definition, Found, Mention
 from daemon.yamlsrc import LocatedDict, LocatedList, shown
@@ -53,7 +53,8 @@ def _parse_native(
         return []
     for key in doc:
         if key != "services":
-            problems.append(Problem(file, doc.line_of(key), key, "unknown key", shown(key)))
+            problems.append(Problem(file, doc.line_of(key), key, "unknown key"
+                                    + did_you_mean(str(key), ("services",)), shown(key)))
     raw = doc.get("services")
     if raw is None:
         return []
@@ -89,7 +90,8 @@ def _parse_service(
         return None
     for key in body:
         if key not in _SERVICE_KEYS:
-            bad(key, "unknown key", key, body.line_of(key))
+            bad(key, "unknown key" + did_you_mean(str(key), _SERVICE_KEYS), key,
+                body.line_of(key))
     tier = body.get("tier")
     if "tier" not in body:
         bad("tier", "missing (1 = most critical … 4)")
@@ -186,7 +188,9 @@ def _parse_depends(body: LocatedDict, bad: Any, name: str) -> list[Dependency]:
         elif isinstance(item, LocatedDict):
             for extra in item:
                 if extra not in ("service", "kind"):
-                    bad(f"{key}.{extra}", "unknown key", extra, item.line_of(extra))
+                    bad(f"{key}.{extra}", "unknown key"
+                        + did_you_mean(str(extra), ("service", "kind")), extra,
+                        item.line_of(extra))
             target = item.get("service")
             kind = item.get("kind", HARD)
             if not isinstance(target, str) or not target:

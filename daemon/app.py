@@ -260,7 +260,6 @@ class Firehouse:
         self.metrics.outbox_oldest_pending.set(age)
 
 
-
 def freeze_long_lived() -> None:
     """Keep what lives as long as the configuration out of the garbage collector's passes.
 
@@ -273,6 +272,7 @@ def freeze_long_lived() -> None:
     gc.unfreeze()
     gc.collect()
     gc.freeze()
+
 
 async def serve(config: Config, config_path: Path | None) -> None:
     """Run until SIGTERM or SIGINT; SIGHUP reloads. A second signal exits at once."""

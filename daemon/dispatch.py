@@ -353,10 +353,9 @@ class Dispatcher:
         elif not names:
             return
         else:
-            mask = kept[1]
             by_service = self._by_service
             failing = graph.mask(name for name in names if name in by_service) or 0
-            mask = (mask & ~(graph.mask(names) or 0)) | failing
+            mask = (kept[1] & ~(graph.mask(names) or 0)) | failing
         self.state = evolve(self.state, failing=None if mask is None else (graph, mask))
 
     def _count(self, decision: Decision) -> None:

@@ -292,8 +292,7 @@ def salvage(raw: Any, reason: str) -> Alert:
         value = fields.get(key)
         if not isinstance(value, dict):
             return {}
-        return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str)
-                and "\x00" not in v}
+        return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str)}
 
     labels = {"alertname": "MalformedAlert", **strings("labels"), MALFORMED_LABEL: "true"}
     annotations = strings("annotations")

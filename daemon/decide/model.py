@@ -482,8 +482,6 @@ def _not_after(start: datetime | None, resolved_start: datetime | None) -> bool:
     return start is not None and resolved_start is not None and start <= resolved_start
 
 
-
-
 T = TypeVar("T")
 _UNSET: Any = object()
 _EVOLVERS: dict[type, Callable[..., Any]] = {}

@@ -19,6 +19,8 @@ from daemon.store import StoredEvent
 # resolve frees a responder), then the oldest. Indexed over pending rows only, so that
 # picking the next events reads them in order instead of sorting every pending row.
 URGENCY = f"(CASE WHEN action = '{RESOLVE}' THEN {trigger_priority('critical')} ELSE priority END)"
+
+
 def json_text(value: Any) -> str:
     """A document as the stores keep it: JSON text, by the events' orjson encoder (the
     writer thread holds the GIL while it encodes; json.dumps takes ten times as long)."""

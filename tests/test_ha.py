@@ -44,7 +44,7 @@ import pytest
 import yaml
 from aiohttp import web
 
-from daemon.store.postgres import MIGRATIONS
+from daemon.store.pgsql import MIGRATIONS
 from tests.conftest import FirehouseFactory
 from tests.helpers import alert, resolved, webhook_json
 from tests.pagerduty_standin import EVENT_PATH, PagerDutyStandIn

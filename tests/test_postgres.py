@@ -27,10 +27,10 @@ from daemon.dispatch import Dispatcher
 from daemon.errors import OutboxConflict, StoreError
 from daemon.metrics import Metrics
 from daemon.store import DEAD, DELIVERED, DELIVERY_FAILED, PENDING, Attempt, is_shared
+from daemon.store.pgsql import MIGRATIONS
 from daemon.store.postgres import (
     CONNECT_TIMEOUT,
     MIGRATION_LOCK_CLASS,
-    MIGRATIONS,
     PostgresStore,
     describe_dsn,
 )

@@ -67,9 +67,9 @@ from daemon.store import (
     Delta,
     MarksByRecord,
     StoredEvent,
+    pgsql,
 )
 from daemon.store.rows import (
-    URGENCY,
     alert_from_row,
     alert_json,
     change_from_row,
@@ -99,215 +99,6 @@ RECONNECT_DELAYS = (1.0, 30.0)  # the listener's backoff: first and longest wait
 # Firehouses in different schemas of one database do not wait for each other.
 MIGRATION_LOCK_CLASS = 0x46484D47  # "FHMG"
 APPLICATION_NAME_LIMIT = 63  # PostgreSQL truncates longer names
-
-# The columns of each table in the SQLite store's order: its row helpers index them.
-INCIDENT_COLUMNS = ("id", "status", "opened_at", "updated_at", "resolved_at", "severity",
-                    "title", "doc")
-ALERT_COLUMNS = ("incident_id", "fingerprint", "status", "starts_at", "ends_at", "first_seen",
-                 "last_seen", "service", "severity", "generator_url", "labels", "annotations")
-RESOLUTION_COLUMNS = ("fingerprint", "starts_at", "at")
-TIMELINE_COLUMNS = ("id", "incident_id", "at", "kind", "message")
-OUTBOX_COLUMNS = ("id", "incident_id", "target", "routing_key", "dedup_key", "action", "body",
-                  "priority", "state", "attempts", "created_at", "next_attempt_at", "done_at",
-                  "last_status", "last_error")
-CHANGE_COLUMNS = ("id", "service", "at", "received_at", "summary", "who", "version", "links")
-# The decision version that last wrote a row; `version` is taken by the changes table (the
-# version a change deployed), so all three tables that carry it use this name.
-STAMP = "decision_version"
-
-_INCIDENTS = ", ".join(INCIDENT_COLUMNS)
-_ALERTS = ", ".join(ALERT_COLUMNS)
-_OUTBOX = ", ".join(OUTBOX_COLUMNS)
-_CHANGES = ", ".join(CHANGE_COLUMNS)
-_A_ALERTS = ", ".join(f"a.{c}" for c in ALERT_COLUMNS)
-
-_INITIAL_SCHEMA = f"""
-CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL);
-CREATE TABLE decision_clock (
-    id integer PRIMARY KEY CHECK (id = 1), version bigint NOT NULL
-);
-INSERT INTO decision_clock VALUES (1, 0);
-CREATE TABLE incidents (
-    id text PRIMARY KEY, status text NOT NULL, opened_at double precision NOT NULL,
-    updated_at double precision NOT NULL, resolved_at double precision,
-    severity text NOT NULL, title text NOT NULL, doc text NOT NULL,
-    {STAMP} bigint NOT NULL DEFAULT 0
-);
-CREATE INDEX incidents_by_status ON incidents (status, updated_at);
-CREATE INDEX incidents_by_opened ON incidents (opened_at);
-CREATE INDEX incidents_by_version ON incidents ({STAMP});
-CREATE TABLE alerts (
-    incident_id text NOT NULL, fingerprint text NOT NULL, status text NOT NULL,
-    starts_at double precision, ends_at double precision,
-    first_seen double precision NOT NULL, last_seen double precision NOT NULL,
-    service text, severity text NOT NULL, generator_url text NOT NULL,
-    labels text NOT NULL, annotations text NOT NULL,
-    PRIMARY KEY (incident_id, fingerprint)
-);
-CREATE TABLE resolutions (
-    fingerprint text PRIMARY KEY, starts_at double precision, at double precision NOT NULL,
-    {STAMP} bigint NOT NULL DEFAULT 0
-);
-CREATE INDEX resolutions_by_time ON resolutions (at);
-CREATE INDEX resolutions_by_version ON resolutions ({STAMP});
-CREATE TABLE timeline (
-    id bigserial PRIMARY KEY, incident_id text NOT NULL, at double precision NOT NULL,
-    kind text NOT NULL, message text NOT NULL
-);
-CREATE INDEX timeline_by_incident ON timeline (incident_id, id);
-CREATE TABLE outbox (
-    id bigserial PRIMARY KEY, incident_id text NOT NULL, target text NOT NULL,
-    routing_key text NOT NULL, dedup_key text NOT NULL, action text NOT NULL,
-    body text NOT NULL, priority integer NOT NULL, state text NOT NULL,
-    attempts integer NOT NULL DEFAULT 0, created_at double precision NOT NULL,
-    next_attempt_at double precision NOT NULL, done_at double precision,
-    last_status integer, last_error text,
-    lease_owner text, lease_until double precision
-);
-CREATE INDEX outbox_due ON outbox (state, next_attempt_at);
-CREATE INDEX outbox_by_key ON outbox (dedup_key, id);
-CREATE INDEX outbox_by_incident ON outbox (incident_id, id);
-CREATE INDEX outbox_pending_by_urgency
-    ON outbox ({URGENCY} DESC, id, next_attempt_at) WHERE state = '{PENDING}';
--- Whether an event is the head of its dedup key (no earlier one pending) is asked of every
--- candidate that due_events and next_attempt_at look at.
-CREATE INDEX outbox_pending_by_key ON outbox (dedup_key, id) WHERE state = '{PENDING}';
-CREATE TABLE changes (
-    id text PRIMARY KEY, service text NOT NULL, at double precision NOT NULL,
-    received_at double precision, summary text NOT NULL, who text NOT NULL,
-    version text NOT NULL, links text NOT NULL,
-    {STAMP} bigint NOT NULL DEFAULT 0
-);
-CREATE INDEX changes_by_time ON changes (at);
-CREATE INDEX changes_by_service ON changes (service, at);
-CREATE INDEX changes_by_version ON changes ({STAMP});
-"""  # noqa: S608
-
-# (version, description, SQL), in order. A migration is never edited once released: a
-# change of schema is a new one. Each runs in its own transaction.
-MIGRATIONS: tuple[tuple[int, str, str], ...] = (
-    (1, "incidents, alerts, resolutions, timeline, outbox with leases, changes, "
-        "decision clock", _INITIAL_SCHEMA),
-)
-
-# Text orders as SQLite's BINARY collation does (byte order), not as the database's locale.
-_CHANGES_OLDEST_FIRST = 'at, received_at NULLS FIRST, id COLLATE "C"'
-_ALERTS_BY_INCIDENT = 'a.incident_id, a.first_seen, a.fingerprint COLLATE "C"'
-# The head of a dedup key: no earlier event of that key is pending (on outbox `o`).
-_HEAD = (f"NOT EXISTS (SELECT 1 FROM outbox p WHERE p.dedup_key = o.dedup_key "  # noqa: S608
-         f"AND p.state = '{PENDING}' AND p.id < o.id)")
-# Events of skipped keys ($n: routing keys, $n+1: dedup keys), on outbox `o`.
-_NOT_SKIPPED = "o.routing_key <> ALL({}::text[]) AND o.dedup_key <> ALL({}::text[])"
-
-_LOCK_CLOCK = "SELECT version FROM decision_clock WHERE id = 1 FOR UPDATE"
-_READ_CLOCK = "SELECT version FROM decision_clock WHERE id = 1"
-# Bumps the clock and tells every listener, at commit, in one round trip.
-_ADVANCE_CLOCK = ("WITH bumped AS (UPDATE decision_clock SET version = version + 1 "
-                  "WHERE id = 1 RETURNING version) "
-                  "SELECT version, pg_notify($1, version::text) FROM bumped")
-_NOTIFY_CLOCK = "SELECT pg_notify($1, version::text) FROM decision_clock WHERE id = 1"
-
-# Only constants are formatted into the statements below; values go in as parameters.
-_DUE = f"""
-WITH picked AS (
-    SELECT o.id AS picked_id FROM outbox o
-    WHERE o.state = '{PENDING}' AND o.next_attempt_at <= $1
-      AND (o.lease_owner IS NULL OR o.lease_owner = $2 OR o.lease_until < $1)
-      AND {_NOT_SKIPPED.format("$3", "$4")} AND {_HEAD}
-    ORDER BY {URGENCY} DESC, o.id
-    LIMIT $5
-    FOR UPDATE OF o SKIP LOCKED
-)
-UPDATE outbox SET lease_owner = $2, lease_until = $6 FROM picked WHERE id = picked_id
-RETURNING {_OUTBOX}
-"""  # noqa: S608
-# An event leased by another replica becomes claimable when both it is due and the lease
-# has run out (GREATEST ignores the NULL of an event leased by nobody, or by this replica).
-_NEXT_CLAIMABLE = f"""
-SELECT MIN(GREATEST(o.next_attempt_at,
-                    CASE WHEN o.lease_owner <> $1 THEN o.lease_until END))
-FROM outbox o
-WHERE o.state = '{PENDING}' AND {_NOT_SKIPPED.format("$2", "$3")} AND {_HEAD}
-"""  # noqa: S608
-# An outcome counts only while its event is pending: a replica whose lease ran out while it
-# was sending may report after another replica finished the event; the first report wins.
-_RECORD_DONE = f"""
-UPDATE outbox SET state = u.state, done_at = u.at, attempts = attempts + 1,
-    last_status = u.status, last_error = u.error, lease_owner = NULL, lease_until = NULL
-FROM unnest($1::bigint[], $2::text[], $3::float8[], $4::integer[], $5::text[])
-    AS u(event_id, state, at, status, error)
-WHERE outbox.id = u.event_id AND outbox.state = '{PENDING}'
-RETURNING outbox.id
-"""  # noqa: S608
-_RECORD_RETRY = f"""
-UPDATE outbox SET attempts = attempts + 1, next_attempt_at = u.at, last_status = u.status,
-    last_error = u.error, lease_owner = NULL, lease_until = NULL
-FROM unnest($1::bigint[], $2::float8[], $3::integer[], $4::text[])
-    AS u(event_id, at, status, error)
-WHERE outbox.id = u.event_id AND outbox.state = '{PENDING}'
-RETURNING outbox.id
-"""  # noqa: S608
-_RELEASE_LEASES = (f"UPDATE outbox SET lease_owner = NULL, lease_until = NULL "  # noqa: S608
-                   f"WHERE lease_owner = $1 AND state = '{PENDING}'")
-
-_UPSERT_INCIDENTS = f"""
-INSERT INTO incidents ({_INCIDENTS}, {STAMP})
-SELECT u.*, $9::bigint FROM unnest($1::text[], $2::text[], $3::float8[], $4::float8[],
-    $5::float8[], $6::text[], $7::text[], $8::text[]) AS u
-ON CONFLICT (id) DO UPDATE SET status = excluded.status, opened_at = excluded.opened_at,
-    updated_at = excluded.updated_at, resolved_at = excluded.resolved_at,
-    severity = excluded.severity, title = excluded.title, doc = excluded.doc,
-    {STAMP} = excluded.{STAMP}
-"""  # noqa: S608
-_UPSERT_ALERTS = f"""
-INSERT INTO alerts ({_ALERTS})
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::float8[], $5::float8[],
-    $6::float8[], $7::float8[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[])
-ON CONFLICT (incident_id, fingerprint) DO UPDATE SET status = excluded.status,
-    starts_at = excluded.starts_at, ends_at = excluded.ends_at,
-    first_seen = excluded.first_seen, last_seen = excluded.last_seen,
-    service = excluded.service, severity = excluded.severity,
-    generator_url = excluded.generator_url, labels = excluded.labels,
-    annotations = excluded.annotations
-"""  # noqa: S608
-_TOUCH_ALERTS = """
-UPDATE alerts SET last_seen = u.at
-FROM unnest($1::text[], $2::text[], $3::float8[]) AS u(incident_id, fingerprint, at)
-WHERE alerts.incident_id = u.incident_id AND alerts.fingerprint = u.fingerprint
-"""
-_STAMP_INCIDENTS = f"UPDATE incidents SET {STAMP} = $2 WHERE id = ANY($1::text[])"  # noqa: S608
-_UPSERT_RESOLUTIONS = f"""
-INSERT INTO resolutions (fingerprint, starts_at, at, {STAMP})
-SELECT u.*, $4::bigint FROM unnest($1::text[], $2::float8[], $3::float8[]) AS u
-ON CONFLICT (fingerprint) DO UPDATE SET starts_at = excluded.starts_at, at = excluded.at,
-    {STAMP} = excluded.{STAMP}
-"""  # noqa: S608
-# WITH ORDINALITY ... ORDER BY: ids are drawn in the decisions' order (a trigger before
-# the resolve that follows it on its dedup key).
-_INSERT_TIMELINE = """
-INSERT INTO timeline (incident_id, at, kind, message)
-SELECT incident_id, at, kind, message
-FROM unnest($1::text[], $2::float8[], $3::text[], $4::text[]) WITH ORDINALITY
-    AS u(incident_id, at, kind, message, n)
-ORDER BY n
-"""
-_INSERT_OUTBOX = f"""
-INSERT INTO outbox (incident_id, target, routing_key, dedup_key, action, body, priority,
-    state, created_at, next_attempt_at)
-SELECT incident_id, target, routing_key, dedup_key, action, body, priority,
-    '{PENDING}', at, at
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-    $7::integer[], $8::float8[]) WITH ORDINALITY
-    AS u(incident_id, target, routing_key, dedup_key, action, body, priority, at, n)
-ORDER BY n
-"""  # noqa: S608
-# A repeated id is the same change (the engine skips it; this makes sure).
-_INSERT_CHANGES = f"""
-INSERT INTO changes ({_CHANGES}, {STAMP})
-SELECT u.*, $9::bigint FROM unnest($1::text[], $2::text[], $3::float8[], $4::float8[],
-    $5::text[], $6::text[], $7::text[], $8::text[]) AS u
-ON CONFLICT (id) DO NOTHING
-"""  # noqa: S608
 
 # Errors of the database or of the way to it; anything else is a bug or bad data.
 DATABASE_ERRORS: tuple[type[BaseException], ...] = (
@@ -457,26 +248,27 @@ class _Rows:
     async def write(self, conn: Any, version: int) -> None:
         """Write the rows on `conn`, stamping `version`: one statement per table."""
         if self.incidents:
-            await conn.execute(_UPSERT_INCIDENTS, *as_columns(self.incidents.values()), version)
+            await conn.execute(pgsql.UPSERT_INCIDENTS, *as_columns(self.incidents.values()),
+                               version)
         if self.alerts:
-            await conn.execute(_UPSERT_ALERTS, *as_columns(self.alerts.values()))
+            await conn.execute(pgsql.UPSERT_ALERTS, *as_columns(self.alerts.values()))
         if self.touched:
-            await conn.execute(_TOUCH_ALERTS, *as_columns(
+            await conn.execute(pgsql.TOUCH_ALERTS, *as_columns(
                 [(*key, at) for key, at in self.touched.items()]))
         # Incidents written carry the version already; a seen-only one gets it here, so
         # that other replicas pick up its alerts' new last_seen.
         stamped = sorted(self.seen_incidents.difference(self.incidents))
         if stamped:
-            await conn.execute(_STAMP_INCIDENTS, stamped, version)
+            await conn.execute(pgsql.STAMP_INCIDENTS, stamped, version)
         if self.resolutions:
-            await conn.execute(_UPSERT_RESOLUTIONS, *as_columns(self.resolutions.values()),
+            await conn.execute(pgsql.UPSERT_RESOLUTIONS, *as_columns(self.resolutions.values()),
                                version)
         if self.timeline:
-            await conn.execute(_INSERT_TIMELINE, *as_columns(self.timeline))
+            await conn.execute(pgsql.INSERT_TIMELINE, *as_columns(self.timeline))
         if self.outbox:
-            await conn.execute(_INSERT_OUTBOX, *as_columns(self.outbox))
+            await conn.execute(pgsql.INSERT_OUTBOX, *as_columns(self.outbox))
         if self.changes:
-            await conn.execute(_INSERT_CHANGES, *as_columns(self.changes), version)
+            await conn.execute(pgsql.INSERT_CHANGES, *as_columns(self.changes), version)
 
 
 def _alert_row(incident_id: str, alert: AlertRecord) -> tuple[Any, ...]:
@@ -495,7 +287,7 @@ def as_columns(rows: Collection[tuple[Any, ...]]) -> list[list[Any]]:
 
 
 async def _read_version(conn: Any) -> int:
-    return int(await conn.fetchval(_READ_CLOCK))
+    return int(await conn.fetchval(pgsql.READ_CLOCK))
 
 
 async def _read_alerts(conn: Any, where: str, arg: Any) -> dict[str, dict[str, AlertRecord]]:
@@ -503,15 +295,15 @@ async def _read_alerts(conn: Any, where: str, arg: Any) -> dict[str, dict[str, A
     incident, in the order they were first seen (the order the engine added them)."""
     alerts: dict[str, dict[str, AlertRecord]] = {}
     for row in await conn.fetch(
-            f"SELECT {_A_ALERTS} FROM alerts a JOIN incidents i ON i.id = a.incident_id "  # noqa: S608
-            f"WHERE {where} ORDER BY {_ALERTS_BY_INCIDENT}", arg):
+            f"SELECT {pgsql.A_ALERT_LIST} FROM alerts a JOIN incidents i ON i.id = a.incident_id "  # noqa: S608
+            f"WHERE {where} ORDER BY {pgsql.ALERTS_BY_INCIDENT}", arg):
         alerts.setdefault(row[0], {})[row[1]] = alert_from_row(row)
     return alerts
 
 
 async def _read_state(conn: Any, cutoff: float, changes_cutoff: float) -> State:
     """The SQLite store's `_load_state`, on `conn`."""
-    rows = await conn.fetch(f"SELECT {_INCIDENTS} FROM incidents WHERE status = $1", OPEN)  # noqa: S608
+    rows = await conn.fetch(f"SELECT {pgsql.INCIDENT_LIST} FROM incidents WHERE status = $1", OPEN)  # noqa: S608
     alerts = await _read_alerts(conn, "i.status = $1", OPEN)
     incidents = {row[0]: incident_from_row(row, alerts.get(row[0], {})) for row in rows}
     by_fp = {fp: i.id for i in incidents.values() for fp in i.alerts}
@@ -519,7 +311,8 @@ async def _read_state(conn: Any, cutoff: float, changes_cutoff: float) -> State:
     resolved = {row[0]: from_epoch(row[1]) for row in await conn.fetch(
         "SELECT fingerprint, starts_at FROM resolutions WHERE at >= $1", cutoff)}
     changes = tuple(change_from_row(row) for row in await conn.fetch(
-        f"SELECT {_CHANGES} FROM changes WHERE at >= $1 ORDER BY {_CHANGES_OLDEST_FIRST}",  # noqa: S608
+        f"SELECT {pgsql.CHANGE_LIST} FROM changes WHERE at >= $1 "  # noqa: S608
+        f"ORDER BY {pgsql.CHANGES_OLDEST_FIRST}",
         changes_cutoff))
     return State(MappingProxyType(incidents), MappingProxyType(by_fp),
                  MappingProxyType(resolved), changes=changes,
@@ -530,13 +323,15 @@ async def _read_delta(conn: Any, since: int) -> Delta:
     """What carries a version after `since`, and the clock's version, on `conn`."""
     version = await _read_version(conn)
     rows = await conn.fetch(
-        f"SELECT {_INCIDENTS} FROM incidents WHERE {STAMP} > $1 ORDER BY {STAMP}, id", since)  # noqa: S608
-    alerts = await _read_alerts(conn, f"i.{STAMP} > $1", since)
+        f"SELECT {pgsql.INCIDENT_LIST} FROM incidents WHERE {pgsql.STAMP} > $1 "  # noqa: S608
+        f"ORDER BY {pgsql.STAMP}, id", since)
+    alerts = await _read_alerts(conn, f"i.{pgsql.STAMP} > $1", since)
     resolutions = await conn.fetch(
-        f"SELECT fingerprint, starts_at FROM resolutions WHERE {STAMP} > $1 "  # noqa: S608
-        f"ORDER BY {STAMP}, fingerprint", since)
+        f"SELECT fingerprint, starts_at FROM resolutions WHERE {pgsql.STAMP} > $1 "  # noqa: S608
+        f"ORDER BY {pgsql.STAMP}, fingerprint", since)
     changes = await conn.fetch(
-        f"SELECT {_CHANGES} FROM changes WHERE {STAMP} > $1 ORDER BY {_CHANGES_OLDEST_FIRST}",  # noqa: S608
+        f"SELECT {pgsql.CHANGE_LIST} FROM changes WHERE {pgsql.STAMP} > $1 "  # noqa: S608
+        f"ORDER BY {pgsql.CHANGES_OLDEST_FIRST}",
         since)
     return Delta(
         version=version,
@@ -580,7 +375,7 @@ class PostgresExclusive:
     async def advance(self) -> int:
         """Bump the decision clock in this transaction (listeners hear of the new version
         when it commits); the version."""
-        self.version = int(await self.connection.fetchval(_ADVANCE_CLOCK, self._store.channel))
+        self.version = int(await self.connection.fetchval(pgsql.ADVANCE_CLOCK, self._store.channel))
         self.wrote = True
         return self.version
 
@@ -636,7 +431,7 @@ class PostgresStore(MarksByRecord):
         an advisory lock so that replicas starting together apply each once; the versions
         applied. StoreError for a database migrated by a newer Firehouse. Works before
         `open` too (on a connection of its own)."""
-        known = MIGRATIONS[-1][0]
+        known = pgsql.MIGRATIONS[-1][0]
         async with self._migration_session() as conn:
             schema = await conn.fetchval("SELECT current_schema()")
             if schema is None:
@@ -676,7 +471,7 @@ class PostgresStore(MarksByRecord):
             raise StoreError(f"state database {self.where} has schema version {max(done)}, "
                              f"newer than this Firehouse ({known})")
         applied = []
-        for version, description, sql in MIGRATIONS:
+        for version, description, sql in pgsql.MIGRATIONS:
             if version in done:
                 continue
             async with conn.transaction():
@@ -751,9 +546,9 @@ class PostgresStore(MarksByRecord):
 
     async def _release_leases(self) -> None:
         async with self._transaction("handing back outbox leases") as conn:
-            released = row_count(await conn.execute(_RELEASE_LEASES, self.owner))
+            released = row_count(await conn.execute(pgsql.RELEASE_LEASES, self.owner))
             if released:
-                await conn.execute(_NOTIFY_CLOCK, self.channel)
+                await conn.execute(pgsql.NOTIFY_CLOCK, self.channel)
 
     async def _close_pool(self) -> None:
         pool, self._pool = self._pool, None
@@ -782,7 +577,7 @@ class PostgresStore(MarksByRecord):
             with translated(self.where, "taking the decision lock"):
                 await transaction.start()
                 try:
-                    version = await conn.fetchval(_LOCK_CLOCK)
+                    version = await conn.fetchval(pgsql.LOCK_CLOCK)
                 except BaseException:
                     await _rollback(transaction)
                     raise
@@ -946,7 +741,7 @@ class PostgresStore(MarksByRecord):
         leased by another replica whose lease still runs; leased to this replica for
         `lease_seconds` from `now`."""
         async with self._session("reading due outbox events") as conn:
-            rows = await conn.fetch(_DUE, now.timestamp(), self.owner, list(skip_routing_keys),
+            rows = await conn.fetch(pgsql.DUE, now.timestamp(), self.owner, list(skip_routing_keys),
                                     list(skip_dedup_keys), limit,
                                     now.timestamp() + self.lease_seconds)
         events = [event_from_row(r) for r in rows]
@@ -959,7 +754,7 @@ class PostgresStore(MarksByRecord):
         this replica to take: for one leased by another replica, not before its lease
         runs out."""
         async with self._session("reading the outbox") as conn:
-            at = await conn.fetchval(_NEXT_CLAIMABLE, self.owner, list(skip_routing_keys),
+            at = await conn.fetchval(pgsql.NEXT_CLAIMABLE, self.owner, list(skip_routing_keys),
                                      list(skip_dedup_keys))
         return from_epoch(at)
 
@@ -976,9 +771,10 @@ class PostgresStore(MarksByRecord):
         async def write(conn: Any) -> None:
             recorded: set[int] = set()
             if done:
-                recorded.update(r[0] for r in await conn.fetch(_RECORD_DONE, *as_columns(done)))
+                recorded.update(r[0] for r in await conn.fetch(pgsql.RECORD_DONE,
+                                                               *as_columns(done)))
             if retried:
-                recorded.update(r[0] for r in await conn.fetch(_RECORD_RETRY,
+                recorded.update(r[0] for r in await conn.fetch(pgsql.RECORD_RETRY,
                                                               *as_columns(retried)))
             for attempt in attempts:
                 if attempt.note and attempt.event_id in recorded:
@@ -1006,7 +802,7 @@ class PostgresStore(MarksByRecord):
         async with self._transaction("re-queueing a dead letter") as conn:
             found = await _requeue(conn, event_id, routing_keys, now)
             if found:
-                await conn.execute(_NOTIFY_CLOCK, self.channel)
+                await conn.execute(pgsql.NOTIFY_CLOCK, self.channel)
         return found
 
     async def oldest_pending_at(self) -> datetime | None:
@@ -1020,7 +816,7 @@ class PostgresStore(MarksByRecord):
         """Events still pending that were created before `created_before`, oldest first."""
         async with self._session("reading the outbox") as conn:
             rows = await conn.fetch(
-                f"SELECT {_OUTBOX} FROM outbox WHERE state = $1 AND created_at < $2 "  # noqa: S608
+                f"SELECT {pgsql.OUTBOX_LIST} FROM outbox WHERE state = $1 AND created_at < $2 "  # noqa: S608
                 "ORDER BY id LIMIT $3", PENDING, created_before.timestamp(), limit)
         return [event_from_row(r) for r in rows]
 
@@ -1048,7 +844,7 @@ class PostgresStore(MarksByRecord):
         """Outbox rows, newest first, optionally of one state."""
         async with self._session("reading the outbox") as conn:
             rows = await conn.fetch(
-                f"SELECT {_OUTBOX} FROM outbox WHERE ($1::text IS NULL OR state = $1) "  # noqa: S608
+                f"SELECT {pgsql.OUTBOX_LIST} FROM outbox WHERE ($1::text IS NULL OR state = $1) "  # noqa: S608
                 "ORDER BY id DESC LIMIT $2", _optional_text(state), limit)
         return [event_from_row(r) for r in rows]
 
@@ -1058,7 +854,8 @@ class PostgresStore(MarksByRecord):
         """Incidents as JSON-ready dicts, newest first."""
         async with self._transaction("reading incidents", snapshot=True) as conn:
             rows = await conn.fetch(
-                f"SELECT {_INCIDENTS} FROM incidents WHERE ($1::text IS NULL OR status = $1) "  # noqa: S608
+                f"SELECT {pgsql.INCIDENT_LIST} FROM incidents "  # noqa: S608
+                "WHERE ($1::text IS NULL OR status = $1) "
                 "ORDER BY opened_at DESC, id LIMIT $2", _optional_text(status), limit)
             docs = [json.loads(row[7]) for row in rows]
             deliveries = await _deliveries(
@@ -1069,7 +866,7 @@ class PostgresStore(MarksByRecord):
         """One incident with alerts, pages and timeline."""
         incident_id = pg_text(incident_id)  # as it would have been stored (NUL swapped)
         async with self._transaction("reading an incident", snapshot=True) as conn:
-            row = await conn.fetchrow(f"SELECT {_INCIDENTS} FROM incidents WHERE id = $1",  # noqa: S608
+            row = await conn.fetchrow(f"SELECT {pgsql.INCIDENT_LIST} FROM incidents WHERE id = $1",  # noqa: S608
                                       incident_id)
             if row is None:
                 return None
@@ -1077,13 +874,13 @@ class PostgresStore(MarksByRecord):
             result = incident_json(row, doc, await _deliveries(
                 conn, [page["dedup_key"] for page in doc["pages"]]))
             alerts = await conn.fetch(
-                f"SELECT {_ALERTS} FROM alerts WHERE incident_id = $1 "  # noqa: S608
+                f"SELECT {pgsql.ALERT_LIST} FROM alerts WHERE incident_id = $1 "  # noqa: S608
                 'ORDER BY first_seen, fingerprint COLLATE "C"', incident_id)
             timeline = await conn.fetch(
                 "SELECT at, kind, message FROM timeline WHERE incident_id = $1 ORDER BY id",
                 incident_id)
             events = await conn.fetch(
-                f"SELECT {_OUTBOX} FROM outbox WHERE incident_id = $1 ORDER BY id",  # noqa: S608
+                f"SELECT {pgsql.OUTBOX_LIST} FROM outbox WHERE incident_id = $1 ORDER BY id",  # noqa: S608
                 incident_id)
         result["alerts"] = [alert_json(alert_from_row(a)) for a in alerts]
         result["timeline"] = [
@@ -1101,7 +898,7 @@ class PostgresStore(MarksByRecord):
         """Changes as JSON-ready dicts, newest first, optionally of one service."""
         async with self._session("reading changes") as conn:
             rows = await conn.fetch(
-                f"SELECT {_CHANGES} FROM changes WHERE ($1::text IS NULL OR service = $1) "  # noqa: S608
+                f"SELECT {pgsql.CHANGE_LIST} FROM changes WHERE ($1::text IS NULL OR service = $1) "  # noqa: S608
                 'ORDER BY at DESC, received_at DESC NULLS LAST, id COLLATE "C" LIMIT $2',
                 _optional_text(service), limit)
         return [change_json(change_from_row(r)) for r in rows]
@@ -1151,7 +948,7 @@ async def _note_on_event(conn: Any, event_id: int, at: datetime, kind: str,
 async def _requeue(conn: Any, event_id: int, routing_keys: Mapping[str, str],
                    now: datetime) -> list[StoredEvent] | None:
     # Locked: two operators retrying one letter through two replicas requeue it once.
-    row = await conn.fetchrow(f"SELECT {_OUTBOX} FROM outbox WHERE id = $1 FOR UPDATE",  # noqa: S608
+    row = await conn.fetchrow(f"SELECT {pgsql.OUTBOX_LIST} FROM outbox WHERE id = $1 FOR UPDATE",  # noqa: S608
                               event_id)
     if row is None:
         return None
@@ -1163,7 +960,7 @@ async def _requeue(conn: Any, event_id: int, routing_keys: Mapping[str, str],
         raise OutboxConflict(f"target {event.target!r} of event {event_id} is no longer in "
                              "the settings: there is no routing key to send it with")
     later = [event_from_row(r) for r in await conn.fetch(
-        f"SELECT {_OUTBOX} FROM outbox WHERE dedup_key = $1 AND id > $2 ORDER BY id "  # noqa: S608
+        f"SELECT {pgsql.OUTBOX_LIST} FROM outbox WHERE dedup_key = $1 AND id > $2 ORDER BY id "  # noqa: S608
         "FOR UPDATE", event.dedup_key, event_id)]
     if any(e.action == RESOLVE and e.state in (DELIVERED, DRY_RUN) for e in later):
         # A trigger sent now would open a PagerDuty alert that nothing resolves.
@@ -1180,7 +977,7 @@ async def _requeue(conn: Any, event_id: int, routing_keys: Mapping[str, str],
                          f"re-sending the {event.action} to {event.target}{changed} on request "
                          f"(outbox event {', '.join(str(i) for i in ids)})")
     return [event_from_row(r) for r in await conn.fetch(
-        f"SELECT {_OUTBOX} FROM outbox WHERE id = ANY($1::bigint[]) ORDER BY id", ids)]  # noqa: S608
+        f"SELECT {pgsql.OUTBOX_LIST} FROM outbox WHERE id = ANY($1::bigint[]) ORDER BY id", ids)]  # noqa: S608
 
 
 async def _deliveries(conn: Any, dedup_keys: Collection[str]) -> dict[str, dict[str, Any]]:

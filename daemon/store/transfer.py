@@ -16,15 +16,17 @@ from pathlib import Path
 from typing import Any
 
 from daemon.errors import StoreError
-from daemon.store.postgres import (
+from daemon.store.pgsql import (
     ALERT_COLUMNS,
     CHANGE_COLUMNS,
     INCIDENT_COLUMNS,
-    MIGRATION_TIMEOUT,
     OUTBOX_COLUMNS,
     RESOLUTION_COLUMNS,
     STAMP,
     TIMELINE_COLUMNS,
+)
+from daemon.store.postgres import (
+    MIGRATION_TIMEOUT,
     PostgresStore,
     as_columns,
     pg_text,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 
 from daemon.config import Config
 from daemon.decide import Decision, decide
-from daemon.dispatch import Dispatcher
+from daemon.dispatch import Dispatcher, collector_paused
 from daemon.errors import StoreError
 from daemon.metrics import Metrics
 from tests.conftest import NewStore
@@ -177,3 +178,48 @@ class TestTruncationMetric:
 def resolved_alert(name: str) -> dict[str, object]:
     """A resolved alert never seen firing: the engine remembers its resolution."""
     return alert({"alertname": name, "service": "payments"}, status="resolved")
+
+
+class TestCollectorPaused:
+    """Steps allocate thousands of objects: the cyclic collector waits until they are made."""
+
+    @pytest.mark.parametrize("in_thread", [False, True])
+    async def test_a_step_runs_with_the_collector_off_and_it_is_back_after(
+        self, store: GatedStore, config: Config, in_thread: bool
+    ) -> None:
+        dispatcher = Dispatcher(store, config, Metrics(), lambda: NOW, lambda _: None)
+        await dispatcher.load()
+        seen: list[bool] = []
+
+        def step(config: Config, state: Any, now: Any) -> Decision:
+            seen.append(gc.isenabled())
+            return decide(webhook(on("payments", "PaymentsDown")), config, state, now)
+
+        assert gc.isenabled()
+        decision = await dispatcher.run(step, in_thread=in_thread)
+
+        assert seen == [False]
+        assert gc.isenabled()
+        assert decision.events  # the step's decision was made and committed
+
+    async def test_a_failing_step_turns_the_collector_back_on(
+        self, store: GatedStore, config: Config
+    ) -> None:
+        dispatcher = Dispatcher(store, config, Metrics(), lambda: NOW, lambda _: None)
+        await dispatcher.load()
+
+        def step(config: Config, state: Any, now: Any) -> Decision:
+            raise ValueError("a bug in a step")
+
+        with pytest.raises(ValueError, match="a bug in a step"):
+            await dispatcher.run(step)
+        assert gc.isenabled()
+
+    def test_a_collector_turned_off_by_someone_else_stays_off(self) -> None:
+        gc.disable()
+        try:
+            with collector_paused():
+                assert not gc.isenabled()
+            assert not gc.isenabled()
+        finally:
+            gc.enable()

@@ -29,7 +29,7 @@ from daemon.store import (
     Attempt,
     Store,
 )
-from daemon.store.sqlite import SqliteStore
+from daemon.store.sqlite import INCIDENT_EVENTS, SqliteStore
 from tests.conftest import NewStore, sqlite_only
 from tests.helpers import NOW, alert, resolved, routing_key, target_names, undamped, webhook
 
@@ -423,6 +423,13 @@ class TestIncidentApi:
             assert routing_key(target) not in text
         assert "routing_key" not in text
         assert await store.get_incident("no-such-incident") is None
+
+    @sqlite_only
+    async def test_an_incidents_events_are_read_along_an_index(self, store: Store) -> None:
+        """The incident API reads its events by index, not by a scan of the whole outbox
+        (which keeps delivered events for hours: 6x slower with 1,400 events)."""
+        plan = store.conn.execute(f"EXPLAIN QUERY PLAN {INCIDENT_EVENTS}", ("x",)).fetchall()
+        assert any("USING INDEX outbox_by_incident" in row[-1] for row in plan), plan
 
 
 class TestDelivery:

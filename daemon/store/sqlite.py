@@ -95,6 +95,7 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS outbox_by_key ON outbox (dedup_key, id);
+CREATE INDEX IF NOT EXISTS outbox_by_incident ON outbox (incident_id, id);
 CREATE INDEX IF NOT EXISTS outbox_pending_by_urgency
     ON outbox ({URGENCY} DESC, id, next_attempt_at) WHERE state = '{PENDING}';
 CREATE TABLE IF NOT EXISTS changes (
@@ -105,6 +106,10 @@ CREATE INDEX IF NOT EXISTS changes_by_time ON changes (at);
 CREATE INDEX IF NOT EXISTS changes_by_service ON changes (service, at);
 """
 
+
+# An incident's events, for the API and the incident page; along `outbox_by_incident`, so
+# that it does not read the whole outbox (delivered events are kept for hours).
+INCIDENT_EVENTS = "SELECT * FROM outbox WHERE incident_id = ? ORDER BY id"
 
 # meta key: where `firehouse migrate --from-sqlite` copied this file (it is not used again).
 MOVED_TO = "moved_to"
@@ -615,7 +620,7 @@ class SqliteStore(MarksByRecord):
                 {"id": e.id, "target": e.target, "action": e.action, "dedup_key": e.dedup_key,
                  "state": e.state, "attempts": e.attempts, "last_error": e.last_error}
                 for e in (event_from_row(r) for r in conn.execute(
-                    "SELECT * FROM outbox WHERE incident_id = ? ORDER BY id", (incident_id,)))
+                    INCIDENT_EVENTS, (incident_id,)))
             ]
             return result
         return await self._run(run)

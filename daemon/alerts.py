@@ -259,6 +259,11 @@ def parse_alert(raw: Any) -> Alert:
     status = raw.get("status")
     if status not in (FIRING, RESOLVED):
         raise PayloadError(f"field 'status' must be 'firing' or 'resolved', got {status!r:.60}")
+    if raw.get("labels") is None:
+        # Webhook v4 always sends an alert's labels (its name, its service, its identity):
+        # an alert without them is malformed, not an alert with an empty label set.
+        raise PayloadError("field 'labels' is missing" if "labels" not in raw
+                           else "field 'labels' must be an object of strings, got null")
     labels = _labels(raw, "labels")
     fp = raw.get("fingerprint")
     if fp is not None and not isinstance(fp, str):

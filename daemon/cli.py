@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from daemon import __version__
-from daemon.alerts import parse_body, parse_time
+from daemon.alerts import MALFORMED_LABEL, parse_body, parse_time
 from daemon.config import DEFAULT_SETTINGS_FILE, Config, find_settings_file, load_config, mask
 from daemon.decide import Decision, State, decide
 from daemon.errors import ConfigError, PayloadError, Problem, StoreError
-from daemon.render import impact_dot, impact_json, impact_text
+from daemon.render import impact_dot, impact_json, impact_text, or_none
 from daemon.rules import Outcome, Verdict
 from daemon.ruletest import format_report, load_tests, run_test
 
@@ -173,10 +173,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(f"firehouse: payload rejected: {exc}", file=sys.stderr)
         return 1
     decision = decide(webhook, config, State(), now)
+    rejected = [r.reason for r in webhook.rejected]
     if args.format == "json":
-        print(json.dumps(_decision_json(decision), indent=2, ensure_ascii=False))
+        print(json.dumps(_decision_json(decision, rejected), indent=2, ensure_ascii=False))
     else:
-        _print_decision(decision, [r.reason for r in webhook.rejected])
+        _print_decision(decision, rejected)
     return 0
 
 
@@ -188,8 +189,11 @@ def _parse_at(text: str) -> datetime | None:
         return None
 
 
-def _decision_json(decision: Decision) -> dict[str, Any]:
+def _decision_json(decision: Decision, rejected: list[str]) -> dict[str, Any]:
+    """The decision as JSON, with `rejected`: why each malformed alert is one, as the
+    webhook's answer says (each is in `alerts` too, decided on as far as it was read)."""
     return {
+        "rejected": rejected,
         "alerts": [
             {
                 "fingerprint": e.fingerprint, "alertname": e.alertname, "status": e.status,
@@ -242,7 +246,9 @@ def _verdict_line(verdict: Verdict) -> str:
 
 def _print_decision(decision: Decision, rejected: list[str]) -> None:
     for reason in rejected:
-        print(f"skipped malformed alert: {reason}")
+        # Never skipped: decided on below, like any alert, as far as it could be read.
+        print(f"malformed alert, paged as far as it could be read (flagged "
+              f"{MALFORMED_LABEL}): {reason}")
     for e in decision.explanations:
         mapped = "mapped" if e.mapped else "UNMAPPED"
         print(f"alert {e.alertname} [{e.status}] fingerprint={e.fingerprint}")
@@ -251,9 +257,9 @@ def _print_decision(decision: Decision, rejected: list[str]) -> None:
         if e.impact is not None:
             impact = e.impact
             print(f"  impact: {len(impact.impacted)} service(s) impacted, most critical tier "
-                  f"{impact.most_critical_tier}, business: "
+                  f"{or_none(impact.most_critical_tier)}, business: "
                   f"{', '.join(impact.business_services) or 'none'}, implied severity "
-                  f"{impact.severity}")
+                  f"{or_none(impact.severity)}")
             for item in impact.impacted[:5]:
                 print(f"    {item.explain()}")
         if e.outcome is not None:

@@ -15,6 +15,12 @@ _DOT_STYLE = {
 }
 
 
+def or_none(value: object) -> str:
+    """A value as a person reads it: `none` when it is absent (no tier, no severity for an
+    alert no map knows), never Python's `None`."""
+    return "none" if value is None else str(value)
+
+
 def impact_json(impact: Impact) -> dict[str, Any]:
     """The whole impact as JSON-ready data."""
     return {
@@ -38,15 +44,16 @@ def impact_text(impact: Impact) -> str:
     """The impact as lines for a terminal."""
     lines = [
         f"failing: {', '.join(impact.failing) or 'nothing known to the map'}",
-        f"implied severity: {impact.severity}; most critical tier: "
-        f"{impact.most_critical_tier}; business services: "
+        f"implied severity: {or_none(impact.severity)}; most critical tier: "
+        f"{or_none(impact.most_critical_tier)}; business services: "
         f"{', '.join(impact.business_services) or 'none'}",
         f"impacted: {impact.down_total} down, {impact.degraded_total} degraded",
     ]
     if impact.root_causes:
         lines.append("probable root causes, most damaging first:")
         lines.extend(
-            f"  {c.name}: takes down {c.down_total} (most critical down: tier {c.down_tier}"
+            f"  {c.name}: takes down {c.down_total} "
+            f"(most critical down: tier {or_none(c.down_tier)}"
             + (f", {', '.join(c.business_services)}" if c.business_services else "") + ")"
             for c in impact.root_causes
         )

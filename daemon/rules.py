@@ -439,6 +439,11 @@ def _parse_rule(
                 roles.append(role)
     severity = _severity(body, "severity", bad)
     floor = _severity(body, "severity_floor", bad)
+    if severity is not None and floor is not None:
+        # A fixed severity wins over every floor (`evaluate`): this one would do nothing.
+        bad("severity_floor", f"not allowed next to 'severity: {severity}', which fixes the "
+            "severity and would ignore the floor; give one or the other", floor,
+            body.line_of("severity_floor"))
     cont = body.get("continue", False)
     if not isinstance(cont, bool):
         bad("continue", "must be true or false", cont, body.line_of("continue"))
@@ -598,7 +603,8 @@ def _parse_when(body: LocatedDict, bad: Any, known: MapNames | None) -> When:
         return When()
     for key in raw:
         if key not in _WHEN_KEYS:
-            bad(f"when.{key}", "unknown condition", key, raw.line_of(key))
+            bad(f"when.{key}", "unknown condition" + did_you_mean(str(key), _WHEN_KEYS), key,
+                raw.line_of(key))
     tier = raw.get("tier_at_most")
     if tier is not None and (
         isinstance(tier, bool) or not isinstance(tier, int) or tier not in (1, 2, 3, 4)

@@ -152,10 +152,12 @@ class _Reader:
                                      shown(value) if value != "" else ""))
 
     def keys(self, node: LocatedDict, path: str, allowed: frozenset[str]) -> None:
-        """Report every key of `node` that is not `allowed`."""
+        """Report every key of `node` that is not `allowed`, with the allowed one it most
+        looks like."""
         for key in node:
             if key not in allowed:
-                self.bad(f"{path}.{key}" if path else key, node.line_of(key), "unknown key", key)
+                self.bad(f"{path}.{key}" if path else key, node.line_of(key),
+                         "unknown key" + did_you_mean(str(key), allowed), key)
 
     def document(self, doc: Any) -> list[RuleTest]:
         """The tests of one YAML document."""
@@ -327,7 +329,7 @@ class _Reader:
             if self.is_target(target):
                 resolves.append(target)
             else:
-                self.bad(f"{where}.resolves[{i}]", line, "unknown target", target)
+                self.bad(f"{where}.resolves[{i}]", line, self.unknown_target(target), target)
         rules = None
         if "rules" in node:
             known = {DEFAULT_RULE.name, *(r.name for r in self.config.rules)} \
@@ -335,7 +337,8 @@ class _Reader:
             rules = []
             for i, name, line in self.items(node, "rules", where):
                 if not isinstance(name, str) or (known is not None and name not in known):
-                    self.bad(f"{where}.rules[{i}]", line, "unknown rule", name)
+                    hint = did_you_mean(name, known) if isinstance(name, str) and known else ""
+                    self.bad(f"{where}.rules[{i}]", line, f"unknown rule{hint}", name)
                 else:
                     rules.append(name)
 
@@ -389,7 +392,8 @@ class _Reader:
         target = item.get("target")
         if "target" in item:
             if not isinstance(target, str) or not self.is_target(target):
-                self.bad(f"{path}.target", item.line_of("target"), "unknown target", target)
+                self.bad(f"{path}.target", item.line_of("target"), self.unknown_target(target),
+                         target)
         elif roles:
             target = self.implied_target(roles, f"{path}.target", item.line)
         if len(self.problems) != count or not isinstance(target, str) \
@@ -401,6 +405,12 @@ class _Reader:
         """The roles and the settings' targets, for a "did you mean"."""
         targets = self.config.settings.targets if self.config is not None else ()
         return (*ROLES, *targets)
+
+    def unknown_target(self, name: Any) -> str:
+        """What a name that is no target of the settings is told, with the nearest target."""
+        if not isinstance(name, str) or self.config is None:
+            return "unknown target"
+        return "unknown target" + did_you_mean(name, self.config.settings.targets)
 
     def is_target(self, name: Any) -> bool:
         """Whether `name` is a target of the settings (anything goes when they did not load)."""

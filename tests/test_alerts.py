@@ -405,6 +405,34 @@ class TestParseBodyErrors:
         assert [a.name for a in webhook.alerts] == ["MalformedAlert", "DiskFull"]
         assert webhook.rejected[0].reason == "alerts[0]: must be an object, got str"
 
+    def test_alert_without_labels_is_malformed(self) -> None:
+        """Webhook v4 always sends `labels`: an alert without them is rejected naming the
+        field, and still paged as far as it can be read, flagged, under Alertmanager's
+        fingerprint and with its start time."""
+        body = (b'{"version":"4","status":"firing","alerts":[{"status":"firing",'
+                b'"startsAt":"2026-12-04T10:00:00Z","fingerprint":"aaaa000000000002"}]}')
+        webhook = parse_body(body)
+        assert [(r.index, r.reason) for r in webhook.rejected] == [
+            (0, "alerts[0]: field 'labels' is missing")]
+        (salvaged,) = webhook.alerts
+        assert salvaged.firing
+        assert dict(salvaged.labels) == {"alertname": "MalformedAlert",
+                                         "firehouse_malformed": "true"}
+        assert salvaged.annotations["summary"] == (
+            "MALFORMED alert, paged as far as it could be read (alerts[0]: field 'labels' "
+            "is missing)")
+        assert salvaged.fingerprint == "aaaa000000000002"
+        assert salvaged.starts_at == utc(2026, 12, 4, 10, 0, 0)
+
+    def test_null_labels_are_malformed(self) -> None:
+        """`labels: null` is no label set either: rejected naming the field and the null;
+        an empty label set is still an alert with no labels."""
+        webhook = parse_webhook(envelope(good_alert(labels=None), good_alert(labels={})))
+        assert [r.reason for r in webhook.rejected] == [
+            "alerts[0]: field 'labels' must be an object of strings, got null"]
+        assert webhook.alerts[0].labels["firehouse_malformed"] == "true"
+        assert dict(webhook.alerts[1].labels) == {}
+
     def test_non_string_label_value(self) -> None:
         """A label value that is not a string rejects that alert, naming the label."""
         webhook = parse_webhook(envelope(good_alert(labels={"alertname": "A", "code": 500})))

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from daemon.cli import LogfmtFormatter, logfmt_value, main
+from daemon.graph import Impact
+from daemon.render import impact_text
 from tests.helpers import write_settings
 from tests.procs import require_binary
 
@@ -116,6 +118,24 @@ class TestCheck:
             "characters, got 5",
         ]
 
+    def test_refuses_a_rule_with_severity_and_floor(self, capsys: pytest.CaptureFixture[str],
+                                                     tmp_path: Path) -> None:
+        """A rule that both fixes its severity and sets a floor fails check, at file:line,
+        naming both keys: its floor would be ignored."""
+        rules = tmp_path / "rules.yaml"
+        rules.write_text("rules:\n  - name: databases\n    match: {team: db}\n"
+                         "    severity: warning\n    severity_floor: error\n"
+                         "    page: [incident_lead]\n", encoding="utf-8")
+        settings = write_settings(tmp_path, rules=[str(rules)])
+        code, out, _ = run(capsys, "check", "--config", str(settings))
+        assert code == 1
+        assert out.splitlines() == [
+            "FAILED: 1 problem(s)",
+            f"  {rules}:5: rules[0].severity_floor: not allowed next to 'severity: warning', "
+            "which fixes the severity and would ignore the floor; give one or the other "
+            "(got 'error')",
+        ]
+
     def test_warns_about_maps_without_services(self, capsys: pytest.CaptureFixture[str],
                                                tmp_path: Path) -> None:
         """check succeeds on an empty map directory, and warns that nothing is mapped."""
@@ -215,6 +235,52 @@ class TestExplain:
         assert (code, out) == (2, "")
         assert err == ("firehouse: --at: not an RFC 3339 time with a zone, such as "
                        f"2026-01-31T09:00:00Z: {at!r}\n")
+
+    def test_malformed_alert_is_said_to_be_paged(self, capsys: pytest.CaptureFixture[str],
+                                                 tmp_path: Path) -> None:
+        """A malformed alert is not skipped: explain says it is paged as far as it could be
+        read, flagged, then decides on it; an unmapped impact reads `none`, never `None`."""
+        payload = tmp_path / "malformed.json"
+        payload.write_text('{"alerts":["x"]}')
+        code, out, _ = run(capsys, "explain", str(payload), "--config", str(SETTINGS))
+        assert code == 0
+        lines = out.splitlines()
+        assert lines[0] == ("malformed alert, paged as far as it could be read (flagged "
+                            "firehouse_malformed): alerts[0]: must be an object, got str")
+        assert lines[1].startswith("alert MalformedAlert [firing] ")
+        assert "  action: opened" in lines
+        assert ("  impact: 0 service(s) impacted, most critical tier none, business: none, "
+                "implied severity none") in lines
+        assert "skipped" not in out
+        assert "None" not in out
+        assert "event trigger -> command-center" in out
+
+    def test_alert_without_labels_is_malformed(self, capsys: pytest.CaptureFixture[str],
+                                               tmp_path: Path) -> None:
+        """An alert without `labels` is a malformed one, in text and in JSON."""
+        payload = tmp_path / "no-labels.json"
+        payload.write_text('{"version":"4","status":"firing","alerts":[{"status":"firing",'
+                           '"startsAt":"2026-12-04T10:00:00Z","fingerprint":"aaaa000000000002"}]}')
+        code, out, _ = run(capsys, "explain", str(payload), "--config", str(SETTINGS))
+        assert code == 0
+        assert out.splitlines()[:2] == [
+            "malformed alert, paged as far as it could be read (flagged firehouse_malformed): "
+            "alerts[0]: field 'labels' is missing",
+            "alert MalformedAlert [firing] fingerprint=aaaa000000000002",
+        ]
+        code, out, _ = run(capsys, "explain", str(payload), "--format", "json",
+                           "--config", str(SETTINGS))
+        assert code == 0
+        data = json.loads(out)
+        assert data["rejected"] == ["alerts[0]: field 'labels' is missing"]
+        assert [a["alertname"] for a in data["alerts"]] == ["MalformedAlert"]
+
+    def test_json_without_malformed_alerts(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """A payload without malformed alerts has an empty `rejected` list in JSON."""
+        code, out, _ = run(capsys, "explain", str(EXAMPLE), "--format", "json",
+                           "--config", str(SETTINGS))
+        assert code == 0
+        assert json.loads(out)["rejected"] == []
 
     def test_at(self, capsys: pytest.CaptureFixture[str]) -> None:
         """explain --at takes Alertmanager's timestamps, nanoseconds and offsets included."""
@@ -341,6 +407,15 @@ class TestImpact:
         assert lines[causes + 1].startswith("  postgres-payments: takes down 2")
         assert lines[causes + 2].startswith("  kafka: takes down 2")
         assert "  payments is failing, probably because postgres-payments is" in lines
+
+    def test_absent_values_read_none(self) -> None:
+        """An impact with nothing mapped says `none` for its tier and severity, as explain
+        does, never Python's `None`."""
+        assert impact_text(Impact()).splitlines() == [
+            "failing: nothing known to the map",
+            "implied severity: none; most critical tier: none; business services: none",
+            "impacted: 0 down, 0 degraded",
+        ]
 
     def test_aliases_resolve(self, capsys: pytest.CaptureFixture[str]) -> None:
         """impact accepts a service's alias, as alerts carry it."""

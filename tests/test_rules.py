@@ -486,6 +486,55 @@ rules:
             f"{path}:6: rules[0].continue: must be true or false (got 'maybe')",
         ]
 
+    def test_severity_and_floor_together_are_refused(self, tmp_path: Path) -> None:
+        """A rule that fixes its severity and also gives a floor is refused, naming both
+        keys, at the floor's line: the fixed severity wins, so the floor would be silently
+        ignored (a page at warning under a floor of error)."""
+        path = tmp_path / "rules.yaml"
+        path.write_text("""rules:
+  - name: databases
+    match: {team: db}
+    severity: warning
+    severity_floor: error
+    page: [incident_lead]
+""", encoding="utf-8")
+        rules, problems = load_rules([path], TARGETS)
+        assert rules == ()
+        assert [str(p) for p in problems] == [
+            f"{path}:5: rules[0].severity_floor: not allowed next to 'severity: warning', "
+            "which fixes the severity and would ignore the floor; give one or the other "
+            "(got 'error')"
+        ]
+
+    def test_severity_and_floor_in_two_rules_are_allowed(self, tmp_path: Path) -> None:
+        """A floor in one rule and a fixed severity in another is no contradiction: each
+        rule says one thing (`evaluate` decides between them)."""
+        loaded = load_text(tmp_path, """
+rules:
+  - name: databases are loud
+    match: {team: db}
+    severity_floor: error
+    page: [incident_lead]
+    continue: true
+  - name: batch is quiet
+    when: {component: batch}
+    severity: warning
+    page: [technical_lead]
+""")
+        assert [(r.severity, r.severity_floor) for r in loaded] == [
+            (None, "error"), ("warning", None)]
+
+    def test_misspelt_condition_suggests_the_known_one(self, tmp_path: Path) -> None:
+        """An unknown `when` condition close to a known one says which, as keys do."""
+        path = tmp_path / "rules.yaml"
+        path.write_text("rules:\n  - name: top tier\n    when: {tier_at_mots: 1}\n"
+                        "    page: [incident_lead]\n", encoding="utf-8")
+        _, problems = load_rules([path], TARGETS)
+        assert [str(p) for p in problems] == [
+            f"{path}:3: rules[0].when.tier_at_mots: unknown condition; did you mean "
+            "'tier_at_most'? (got 'tier_at_mots')"
+        ]
+
     def test_missing_path(self, tmp_path: Path) -> None:
         """A rules path that does not exist is reported once."""
         missing = tmp_path / "nope"

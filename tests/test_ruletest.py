@@ -203,16 +203,19 @@ class TestLoadTests:
         assert [str(p) for p in problems] == [f"{tmp_path}: no *.yaml or *.yml test files"]
 
     @pytest.mark.parametrize(("name", "expected"), [
-        ("unknown_key.yaml", "5: tests[0].alerts[0].annotation: unknown key (got 'annotation')"),
+        ("unknown_key.yaml", "5: tests[0].alerts[0].annotation: unknown key; did you mean "
+                             "'annotations'? (got 'annotation')"),
         ("bad_severity.yaml", "7: tests[0].expect.pages[0].severity: must be one of critical, "
                               "error, warning, info (got 'high')"),
         ("unknown_target.yaml",
-         "7: tests[0].expect.pages[0].target: unknown target (got 'dba-on-call')"),
+         "7: tests[0].expect.pages[0].target: unknown target; did you mean 'dba-oncall'? "
+         "(got 'dba-on-call')"),
         ("unknown_role.yaml",
          "7: tests[0].expect.pages[0].roles[0]: unknown role or target; "
          "did you mean 'technical_lead'? (got 'tech_lead')"),
         ("unknown_rule.yaml",
-         "9: tests[0].expect.rules[1]: unknown rule (got 'call the fire brigade first')"),
+         "9: tests[0].expect.rules[1]: unknown rule; did you mean 'call the fire department "
+         "first'? (got 'call the fire brigade first')"),
         ("target_not_implied.yaml",
          "7: tests[0].expect.pages[0].target: missing: only incident_lead, senior_management, "
          "business_line imply their target"),
@@ -239,6 +242,29 @@ class TestLoadTests:
         _, problems = load_tests([BAD / name], config)
         assert [str(p) for p in problems] == [f"{BAD / name}:{expected}"]
 
+    def test_typos_suggest_the_known_name(self, tmp_path: Path, config: Config) -> None:
+        """A misspelt key, target or rule names the one it most looks like, as settings and
+        rules do; a name like none of them gets no suggestion."""
+        _, problems = load_one(tmp_path, """tests:
+  - name: typos
+    alerts: [{labels: {alertname: Lag, service: postgres-payments}}]
+    expect:
+      pagse: []
+      pages: [{target: dba-oncal, roles: [technical_lead], severity: critical}]
+      resolves: [checkout-ownr, nobody-at-all]
+      rules: [call the fire departement first]
+""", config)
+        assert problems == [
+            "5: tests[0].expect.pagse: unknown key; did you mean 'pages'? (got 'pagse')",
+            "6: tests[0].expect.pages[0].target: unknown target; did you mean 'dba-oncall'? "
+            "(got 'dba-oncal')",
+            "7: tests[0].expect.resolves[0]: unknown target; did you mean 'checkout-owner'? "
+            "(got 'checkout-ownr')",
+            "7: tests[0].expect.resolves[1]: unknown target (got 'nobody-at-all')",
+            "8: tests[0].expect.rules[0]: unknown rule; did you mean 'call the fire "
+            "department first'? (got 'call the fire departement first')",
+        ]
+
     def test_every_problem_at_once(self, config: Config) -> None:
         """All the problems of a file are reported together, each at its own line."""
         file = BAD / "several_problems.yaml"
@@ -252,7 +278,8 @@ class TestLoadTests:
             "(technical_lead, service_lead, incident_lead, senior_management, business_line) "
             "or target names (got 'technical_lead')",
             "10: tests[0].steps[0].expect.resolves[0]: unknown target (got 'nobody')",
-            "11: tests[0].steps[0].expect.resolved: unknown key (got 'resolved')",
+            "11: tests[0].steps[0].expect.resolved: unknown key; did you mean 'resolves'? "
+            "(got 'resolved')",
             "12: tests[0].steps[1].alerts: must be a non-empty list of alerts ({labels, "
             "annotations, status, startsAt})",
         ]
@@ -544,8 +571,8 @@ class TestCommand:
             "firehouse: cannot run the rule tests: 2 problem(s)",
             f"  {BAD / 'bad_status.yaml'}:5: tests[0].alerts[0].status: must be firing or "
             "resolved (got 'pending')",
-            f"  {BAD / 'unknown_rule.yaml'}:9: tests[0].expect.rules[1]: unknown rule "
-            "(got 'call the fire brigade first')",
+            f"  {BAD / 'unknown_rule.yaml'}:9: tests[0].expect.rules[1]: unknown rule; did "
+            "you mean 'call the fire department first'? (got 'call the fire brigade first')",
         ]
 
     def test_invalid_configuration_exits_2(self, capsys: pytest.CaptureFixture[str],

@@ -21,17 +21,18 @@ from daemon.clock import Timekeeper
 from daemon.config import Config, Settings, load_config
 from daemon.decide import Decision
 from daemon.dispatch import Dispatcher
-from daemon.errors import ConfigError
+from daemon.errors import ConfigError, StoreError
 from daemon.metrics import Metrics
 from daemon.outbox import Deliverer, Housekeeper, utcnow
 from daemon.pagerduty import PagerDutyClient
 from daemon.reconcile import Reconciler
-from daemon.server import make_app
+from daemon.server import StoreProbe, make_app
 from daemon.store import Store, is_shared
-from daemon.store.sqlite import SqliteStore, unmoved_incidents
+from daemon.store.sqlite import SqliteStore, open_incident_ids, unmoved_incidents
 
 log = logging.getLogger("firehouse")
 # Settings built into the store, the socket, the HTTP app or the PagerDuty client at start.
+UNMOVED_SHOWN = 5  # open incidents of an unmovable SQLite file the warning names
 RESTART_ONLY = ("state", "database_url", "database_lease", "listen_host", "listen_port",
                 "max_body_bytes", "pagerduty_url", "pagerduty_timeout")
 
@@ -68,8 +69,7 @@ class Firehouse:
         self.store: Store = store or make_store(config.settings)
         self.accepting = False
         self.last_auth_warning = 0.0
-        self.last_store_probe = float("-inf")  # monotonic; see server.ready
-        self.store_answers = True  # whether the last readiness probe of the store succeeded
+        self.probe = StoreProbe(self.store)  # readiness: whether the store answers
         self.session: aiohttp.ClientSession | None = None
         self.deliverer: Deliverer | None = None
         self.housekeeper: Housekeeper | None = None
@@ -177,11 +177,7 @@ class Firehouse:
         if settings.database_url:
             left = await asyncio.to_thread(unmoved_incidents, settings.state)
             if left:
-                log.warning("the SQLite state file %s holds %d open incident(s) not moved "
-                            "here; this Firehouse keeps its state in PostgreSQL, without "
-                            "them: stop it and run `firehouse migrate --from-sqlite %s` before "
-                            "the replicas take webhooks, or remove the file",
-                            settings.state, left, settings.state)
+                log.warning("%s", await self._unmoved_advice(settings.state, left))
         await self.dispatcher.load()
         self._activate(self.config)
         freeze_long_lived()
@@ -202,6 +198,7 @@ class Firehouse:
         # Asks Alertmanager about stale incidents; reads the settings afresh each round.
         self.reconciler = Reconciler(self.dispatcher, self.session, self.metrics)
         self._tasks.append(asyncio.create_task(self.reconciler.run(), name="reconciler"))
+        self._tasks.append(asyncio.create_task(self.probe.run(), name="store probe"))
         self.runner = web.AppRunner(make_app(self), access_log=None, shutdown_timeout=10.0)
         await self.runner.setup()
         site = web.TCPSite(self.runner, settings.listen_host, settings.listen_port)
@@ -213,6 +210,36 @@ class Firehouse:
         log.info("listening on http://%s:%d, %d services, %d rules, %s, state in %s",
                  settings.listen_host, self.port, len(self.config.graph.services),
                  len(self.config.rules), mode, describe_store(settings))
+
+    async def _unmoved_advice(self, path: Path, count: int) -> str:
+        """What to do about a SQLite state file beside PostgreSQL that still holds `count`
+        open incidents: import it, while the database has not been used; once it has,
+        `firehouse migrate --from-sqlite` refuses it, and the pages those incidents sent
+        are closed in PagerDuty by hand (or the file goes to a fresh database)."""
+        from daemon.store.postgres import PostgresStore  # noqa: PLC0415 - only when used
+        from daemon.store.transfer import used_tables  # noqa: PLC0415 - only when used
+
+        used: list[str] = []
+        if isinstance(self.store, PostgresStore):
+            try:
+                used = await used_tables(self.store)
+            except StoreError as exc:
+                log.debug("could not tell whether %s has been used: %s", self.store.where, exc)
+        head = (f"the SQLite state file {path} holds {count} open incident(s) not moved "
+                "here; this Firehouse keeps its state in PostgreSQL, without them")
+        if not used:
+            return (f"{head}: stop it and run `firehouse migrate --from-sqlite {path}` before "
+                    "the replicas take webhooks, or remove the file")
+        ids = await asyncio.to_thread(open_incident_ids, path, UNMOVED_SHOWN)
+        shown = ", ".join(ids) + (", …" if count > len(ids) else "")
+        return (f"{head}, and they cannot be imported into it: this database already holds "
+                f"{', '.join(used)} rows (`firehouse migrate --from-sqlite` only imports into a "
+                "database no Firehouse has used). Their pages may still be open in PagerDuty, "
+                f"where nothing will resolve them: resolve them there by hand (dedup keys "
+                f"firehouse/<incident>/…, incidents {shown}), or stop every replica and import "
+                "the file into a fresh database (an empty database or schema for "
+                "database.url). Then move the file aside: this warning stops once it is "
+                "gone")
 
     async def stop(self) -> None:
         """Stop in stages, each with its own timeout: intake, reloads, requests, workers,
@@ -235,6 +262,7 @@ class Firehouse:
             self.reconciler.stop()
         if self.timekeeper is not None:
             self.timekeeper.stop()
+        self.probe.stop()
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             try:

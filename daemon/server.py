@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hmac
 import json
 import logging
@@ -28,7 +29,7 @@ from daemon.decide import on_pagerduty, rekey
 from daemon.errors import ConfigError, OutboxConflict, PayloadError, StoreError
 from daemon.outbox import utcnow
 from daemon.pdwebhook import SIGNATURE_HEADER, parse, verify
-from daemon.store import PENDING, StoredEvent
+from daemon.store import PENDING, Store, StoredEvent
 
 if TYPE_CHECKING:
     from daemon.app import Firehouse
@@ -41,8 +42,12 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _JSON_TYPES = ("application/json", "application/octet-stream")
 BIG_BODY = 1 << 20  # bytes: about 1,000 alerts
 LIMIT_MAX = 1000  # items a list endpoint answers at most (`?limit=`)
+# The store is probed in the background, a probe starting every STORE_PROBE_SECONDS (start
+# to start) and counting as failed once it has taken STORE_PROBE_TIMEOUT: a database that
+# hangs turns readiness to 503 within their sum (8 s), whatever the probe's own clean-up
+# then takes; readiness itself only reads the last outcome.
 STORE_PROBE_SECONDS = 5.0
-STORE_PROBE_TIMEOUT = 3.0  # seconds a probe may take before readiness says no
+STORE_PROBE_TIMEOUT = 3.0
 
 
 def error(status: int, message: str) -> web.Response:
@@ -232,39 +237,98 @@ async def healthy(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
-    """Readiness: webhooks are accepted and the store's last write succeeded.
-
-    A store that failed a write is probed with a small committed write, at most every
-    STORE_PROBE_SECONDS: a load balancer that waits for readiness sends no webhook whose
-    write would show that the disk is fixed. A shared store (PostgreSQL) is probed so even
-    while healthy: the database can go away while this replica has nothing to write, and
-    Alertmanager must then be sent to a replica that can store its webhooks."""
+    """Readiness: webhooks are accepted, the store's last write succeeded and its last
+    probe was answered in time (see `StoreProbe`). Answered at once from what is known:
+    never waits for the store."""
     firehouse = request.app[APP_KEY]
-    store = firehouse.store
-    now = time.monotonic()
-    if ((not store.healthy or store.shared)
-            and now - firehouse.last_store_probe >= STORE_PROBE_SECONDS):
-        firehouse.last_store_probe = now
-        was_healthy = store.healthy and firehouse.store_answers
-        try:
-            # Bounded: a database that hangs (rather than refusing) must not hold the
-            # load balancer's probe until it times out without an answer.
-            await asyncio.wait_for(store.probe(utcnow()), STORE_PROBE_TIMEOUT)
-        except StoreError:
-            pass  # still failing: the failed writes were logged, and `healthy` says so
-        except TimeoutError:
-            # A hang sets no `healthy`: remembered until a probe is answered again.
-            if firehouse.store_answers:
-                log.warning("the store did not answer a probe within %gs: not ready",
-                            STORE_PROBE_TIMEOUT)
-            firehouse.store_answers = False
-        else:
-            firehouse.store_answers = True
-            if not was_healthy:
-                log.info("the store accepts writes again: ready")
-    if firehouse.accepting and store.healthy and firehouse.store_answers:
+    if firehouse.accepting and firehouse.store.healthy and firehouse.probe.answers:
         return web.Response(text="Ready.\n")
     return web.Response(text="Not ready.\n", status=503)
+
+
+class StoreProbe:
+    """Probes the store for readiness in the background, with a small committed write.
+
+    A store that failed a write is probed so: a load balancer that waits for readiness
+    sends no webhook whose write would show that the disk is fixed. A shared store
+    (PostgreSQL) is probed so even while healthy: the database can go away while this
+    replica has nothing to write, and Alertmanager must then be sent to a replica that can
+    store its webhooks.
+
+    A probe starts every STORE_PROBE_SECONDS (start to start), and one not answered within
+    STORE_PROBE_TIMEOUT counts as failed at that moment (`answers` False), though it may
+    take much longer to give up (a connection to a hung database is cancelled and cleaned
+    up with the driver's own timeouts); no other probe starts until it has, and readiness
+    stays 503 meanwhile. So a database that hangs is seen within STORE_PROBE_SECONDS +
+    STORE_PROBE_TIMEOUT."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.answers = True  # whether the last probe was answered in time (or none was due)
+        self.probes = 0  # probes started
+        self._stop = asyncio.Event()
+        self._probing: asyncio.Task[None] | None = None
+
+    def stop(self) -> None:
+        """Ask the loop to return."""
+        self._stop.set()
+
+    def due(self) -> bool:
+        """Whether the store is to be probed now."""
+        return not self.store.healthy or self.store.shared
+
+    async def run(self) -> None:
+        """Probe until stopped; a probe still out when stopped is cancelled."""
+        try:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                if self.due():
+                    await self.probe()
+                left = STORE_PROBE_SECONDS - (time.monotonic() - started)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), max(0.0, left))
+        finally:
+            if self._probing is not None:
+                self._probing.cancel()
+
+    async def probe(self) -> None:
+        """One probe, waited for STORE_PROBE_TIMEOUT at most; none while the last one is
+        still out (`answers` stays False)."""
+        if self._probing is not None and not self._probing.done():
+            return
+        was_ready = self.store.healthy and self.answers
+        self.probes += 1
+        task = asyncio.create_task(self.store.probe(utcnow()), name="store probe")
+        self._probing = task
+        task.add_done_callback(_consume)
+        await asyncio.wait({task}, timeout=STORE_PROBE_TIMEOUT)
+        if not task.done():
+            # A hang sets no `healthy`: remembered until a probe is answered again.
+            if self.answers:
+                log.warning("the store did not answer a probe within %gs: not ready",
+                            STORE_PROBE_TIMEOUT)
+            self.answers = False
+            task.cancel()
+            return
+        error = task.exception() if not task.cancelled() else None
+        if error is None:
+            self.answers = True
+            if not was_ready and self.store.healthy:
+                log.info("the store accepts writes again: ready")
+        elif isinstance(error, StoreError):
+            # Refused in time: the store answered, and `healthy` says how (the failure was
+            # logged where it happened).
+            self.answers = True
+        else:
+            if self.answers:
+                log.error("probing the store failed unexpectedly: not ready", exc_info=error)
+            self.answers = False
+
+
+def _consume(task: asyncio.Task[None]) -> None:
+    """Retrieve a probe's outcome, so that one given up on is never reported as unread."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
@@ -283,7 +347,8 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
         firehouse.metrics.store_up.set(0)
         log.warning("metrics: the store's gauges are stale: %s", exc)
     else:
-        firehouse.metrics.store_up.set(1 if firehouse.store.healthy else 0)
+        firehouse.metrics.store_up.set(
+            1 if firehouse.store.healthy and firehouse.probe.answers else 0)
     body = generate_latest(firehouse.metrics.registry)
     response = web.Response(body=body)
     response.content_type = CONTENT_TYPE_LATEST.split(";")[0]

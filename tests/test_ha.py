@@ -26,12 +26,13 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -47,7 +48,7 @@ from aiohttp import web
 from daemon.store.pgsql import MIGRATIONS
 from tests.conftest import FirehouseFactory
 from tests.helpers import alert, resolved, webhook_json
-from tests.pagerduty_standin import EVENT_PATH, PagerDutyStandIn
+from tests.pagerduty_standin import EVENT_PATH, HUNG, PagerDutyStandIn
 from tests.procs import REQUIRE_E2E_ENV, FirehouseProcess, free_port
 
 pytestmark = pytest.mark.e2e
@@ -744,6 +745,71 @@ def assert_in_order(pd: PagerDutyStandIn) -> None:
             triggered.add(key)
         elif body["event_action"] == "resolve":
             assert key in triggered, f"resolve of {key} before its trigger:\n{pd.dump()}"
+
+
+@contextlib.contextmanager
+def frozen(fh: FirehouseProcess) -> Iterator[None]:
+    """The replica stopped with SIGSTOP for the block (it claims nothing, hears nothing
+    until it goes on), and always continued with SIGCONT."""
+    assert fh.proc is not None
+    fh.proc.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        fh.proc.send_signal(signal.SIGCONT)
+
+
+async def test_a_replica_stopped_during_a_send_hands_its_event_over_at_once(
+    pg_schema: str,
+    pagerduty: PagerDutyStandIn,
+    firehouse: FirehouseFactory,
+    tmp_path: Path,
+) -> None:
+    """README: a replica that stops cleanly gives its claims back at once. Three replicas
+    with a 30 s lease; two are frozen, so the third claims the pages of a new fire, and
+    PagerDuty hangs on the first one it sends. The frozen two go on (they see the events
+    claimed until the lease runs out), then the third is stopped with SIGTERM: it waits out
+    its PagerDuty timeout, records a retry and exits. Another replica sends the page within
+    a few seconds of that exit, not when the third's lease would have run out (~25 s
+    later), and PagerDuty has every page once."""
+    lease = 30.0
+    settings = ha_settings(pg_schema, tmp_path / "st", pagerduty.url, fire_services("st"))
+    settings["database"]["lease_seconds"] = lease
+    replicas = [await firehouse(settings=settings, start=False) for _ in range(3)]
+    await asyncio.gather(*(r.start() for r in replicas))
+    r2, r3, r4 = replicas
+    pagerduty.set_mode("hang", 1)
+    started = datetime.now(UTC) - timedelta(seconds=30)
+
+    with frozen(r2), frozen(r3):
+        async with aiohttp.ClientSession() as session:
+            assert await post(session, r4, webhook_json(*fire_alerts("st", started))) == 200
+
+        async def hung() -> bool:
+            return any(r.status == HUNG for r in pagerduty.received)
+
+        await eventually(hung, 10.0, pagerduty.dump)
+        claimed_at = time.monotonic()
+        # Every page claimed by r4 (the others are frozen): none is left to them.
+        await pagerduty.wait_for_count(len(FIRE_TARGETS) - 1, 10.0)
+    (stuck,) = [r.body for r in pagerduty.received if r.status == HUNG]
+    assert stuck is not None
+    await asyncio.sleep(1.5)  # r2 and r3 catch up: r4's lease runs ~28 s more
+
+    assert await r4.stop() == 0, r4.logs()
+    exited = time.monotonic()
+    await pagerduty.wait_for(lambda b: b["dedup_key"] == stuck["dedup_key"], lease)
+    delivered_after = time.monotonic() - exited
+    print(f"\nr4 exited {exited - claimed_at:.1f}s after the claim; the hung page was "
+          f"delivered {delivered_after:.1f}s after that")
+
+    assert delivered_after < 5.0, (
+        f"the page r4 gave back was sent {delivered_after:.1f}s after r4 exited (its lease "
+        f"would have run out {lease - (exited - claimed_at):.1f}s after the exit)\n"
+        f"{r2.logs()}\n{r3.logs()}")
+    triggers = accepted(pagerduty, "trigger")
+    assert len(triggers) == len(set(triggers)) == len(FIRE_TARGETS), pagerduty.dump()
+    assert_opened_once(pagerduty, set(triggers))
 
 
 async def test_database_outage_answers_503_and_loses_no_page(

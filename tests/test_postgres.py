@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -21,7 +22,8 @@ import asyncpg
 import pytest
 
 import daemon.dispatch as dispatch_module
-from daemon.config import Config
+from daemon.app import Firehouse
+from daemon.config import Config, load_config
 from daemon.decide import MERGED, RESOLVE, TRIGGER, Change, Decision, State, apply, decide
 from daemon.dispatch import Dispatcher
 from daemon.errors import OutboxConflict, StoreError
@@ -37,7 +39,16 @@ from daemon.store.postgres import (
 from daemon.store.sqlite import SqliteStore, unmoved_incidents
 from daemon.store.transfer import import_sqlite
 from tests.conftest import PostgresDatabase
-from tests.helpers import NOW, free_port, resolved, undamped, wait_until, webhook
+from tests.helpers import (
+    NOW,
+    SETTINGS,
+    config_env,
+    free_port,
+    resolved,
+    undamped,
+    wait_until,
+    webhook,
+)
 from tests.test_store import db_alert, open_and_resolve, unrelated_alerts
 
 DAY = 24 * 3600.0
@@ -540,6 +551,57 @@ class TestLeases:
         assert [e.id for e in await b.due_events(NOW, 10)] == [e.id for e in taken]
         await eventually(lambda: len(heard) == 3, what="b heard the leases freed")
 
+    async def test_a_retry_gives_the_event_back_and_wakes_the_others(
+        self, stores: StoreFactory, config: Config
+    ) -> None:
+        """A retry recorded by the lease holder (say, on its way out after a send timed
+        out) tells every replica at once: the event is theirs at its retry time, not when
+        the lease they last saw runs out (which is what they were waiting for)."""
+        heard: list[int] = []
+        a = await stores("replica-a")
+        b = await stores("replica-b", listen=heard.append)
+        await eventually(lambda: heard == [0], what="b listening")
+        await a.commit(decide(webhook(db_alert()), config, State(), NOW))
+        first, *_ = await a.due_events(NOW, 10)
+        await eventually(lambda: heard == [0, 1], what="b heard the commit")
+        assert await b.next_attempt_at() == NOW + timedelta(seconds=LEASE)
+
+        retry_at = NOW + timedelta(seconds=1)
+        await a.mark_retry(first.id, retry_at, 0, "timeout: no answer")
+
+        await eventually(lambda: len(heard) == 3, what="b told of the event given back")
+        assert await b.next_attempt_at() == retry_at
+
+    async def test_a_finished_event_wakes_the_others_for_the_event_behind_it(
+        self, stores: StoreFactory, config: Config
+    ) -> None:
+        """A trigger recorded (delivered or dead) lets its resolve go: every replica is
+        told, so that the resolve does not wait for a lease that no longer matters. An
+        event with nothing behind it tells nobody."""
+        heard: list[int] = []
+        a = await stores("replica-a")
+        b = await stores("replica-b", listen=heard.append)
+        await eventually(lambda: heard == [0], what="b listening")
+        opened, closed = open_and_resolve(config)
+        await a.commit(opened)
+        await a.commit(closed)
+        await eventually(lambda: heard == [0, 1, 2], what="b heard both commits")
+        later = NOW + timedelta(hours=1)
+        first, second, *_ = await a.due_events(later, 100)
+
+        await a.mark_delivered(first.id, later, DELIVERED, 202)
+        await eventually(lambda: len(heard) == 4, what="b told of the resolve let go")
+        await a.mark_dead(second.id, later, 400, "client_error: refused")
+        await eventually(lambda: len(heard) == 5, what="b told of the other resolve")
+        resolves = await b.due_events(later, 100)
+        assert sorted(e.dedup_key for e in resolves) == sorted([first.dedup_key,
+                                                                 second.dedup_key])
+        await b.record([Attempt(e.id, DELIVERED, later, 202) for e in resolves])
+        await a.commit(chain(config, *unrelated_alerts(1))[0])  # heard as version 3
+
+        await eventually(lambda: heard[-1:] == [3], what="the next commit")
+        assert len(heard) == 6, heard  # the resolves had nothing behind them
+
     async def test_an_outcome_ends_the_lease(self, stores: StoreFactory, config: Config) -> None:
         """A retry recorded by the lease holder is due for any replica at its time."""
         a, b = await stores("replica-a"), await stores("replica-b")
@@ -660,7 +722,9 @@ class TestListen:
 
 
 class Proxy:
-    """A TCP relay to the test server, to take PostgreSQL away and bring it back."""
+    """A TCP relay to the test server, to take PostgreSQL away and bring it back, or to
+    make it hang: `freeze()` holds every byte either way (connections stay open, new ones
+    are accepted, nothing is answered) until `thaw()`."""
 
     def __init__(self, port: int, dsn: str) -> None:
         parts = urlsplit(dsn)
@@ -668,9 +732,19 @@ class Proxy:
         self.port = port
         self.server: asyncio.Server | None = None
         self.writers: set[asyncio.StreamWriter] = set()
+        self.flowing = asyncio.Event()
+        self.flowing.set()
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+
+    def freeze(self) -> None:
+        """Hang: hold every byte until `thaw()`."""
+        self.flowing.clear()
+
+    def thaw(self) -> None:
+        """Pass the bytes held, and the next ones, again."""
+        self.flowing.set()
 
     async def stop(self) -> None:
         """Refuse new connections and cut the open ones."""
@@ -684,16 +758,19 @@ class Proxy:
         up_reader, up_writer = await asyncio.open_connection(*self.target)
         self.writers |= {writer, up_writer}
         try:
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+            await asyncio.gather(_pipe(reader, up_writer, self.flowing),
+                                 _pipe(up_reader, writer, self.flowing))
         finally:
             for w in (writer, up_writer):
                 self.writers.discard(w)
                 w.transport.abort()
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                flowing: asyncio.Event) -> None:
     try:
         while data := await reader.read(65536):
+            await flowing.wait()
             writer.write(data)
             await writer.drain()
     except (ConnectionError, OSError):
@@ -798,6 +875,47 @@ class TestImport:
         assert unmoved_incidents(path) == 0
         with pytest.raises(StoreError, match="was moved to postgresql://"):
             await SqliteStore(path).open()
+
+    @pytest.mark.parametrize("used", [False, True], ids=["fresh database", "used database"])
+    async def test_the_warning_about_an_unmoved_file_gives_advice_that_works(
+        self, tmp_path: Path, dsn: str, pg: PostgresStore, config: Config,
+        caplog: pytest.LogCaptureFixture, used: bool
+    ) -> None:
+        """A replica started beside a SQLite file with open incidents warns of them. On a
+        database no Firehouse has used, it says to run `firehouse migrate --from-sqlite`,
+        which then works; on one that holds incidents already, that command would be
+        refused: the warning says the file cannot be imported there, and what to do
+        instead (resolve the pages in PagerDuty by hand, naming the incidents, or import
+        into a fresh database)."""
+        path = tmp_path / "state.db"
+        await (await sqlite_file(path, config)).close()
+        opened = sorted((await _reopened_state(path)).open)
+        if used:
+            await pg.commit(decide(webhook(db_alert("legacy-99", "Elsewhere")), config,
+                                   State(), NOW))
+        env = config_env(state=path, database_url=dsn, listen="127.0.0.1:0",
+                         pagerduty_url=f"http://127.0.0.1:{free_port()}")
+        firehouse = Firehouse(load_config(SETTINGS, env=env), SETTINGS, env=env)
+        with caplog.at_level(logging.WARNING, logger="firehouse"):
+            await firehouse.start()
+            await firehouse.stop()
+
+        (warning,) = [r.getMessage() for r in caplog.records
+                      if r.getMessage().startswith(f"the SQLite state file {path}")]
+        assert f"holds {len(opened)} open incident(s)" in warning
+        if not used:
+            assert f"run `firehouse migrate --from-sqlite {path}`" in warning
+            counts = await import_sqlite(path, pg)
+            assert counts["incidents"] > 0
+            return
+        assert "cannot be imported into it" in warning
+        assert "already holds incidents" in warning
+        assert "run `firehouse migrate --from-sqlite" not in warning
+        assert "resolve them there by hand" in warning
+        assert "fresh database" in warning
+        assert all(ident in warning for ident in opened), (opened, warning)
+        with pytest.raises(StoreError, match="already holds incidents rows"):
+            await import_sqlite(path, pg)
 
     async def test_a_sqlite_file_moves_over_whole(
         self, tmp_path: Path, stores: StoreFactory, config: Config

@@ -35,8 +35,10 @@ from tests.helpers import (
     config_env,
     env_var,
     fixture_files,
+    free_port,
     make_config,
     pagerduty_webhook,
+    resolved,
     routing_key,
     sign_pagerduty,
     target_names,
@@ -378,14 +380,62 @@ class BrokenDiskStore:
 
 class HangingProbeStore:
     """In front of a store class: probes hang while `hang` is set (a database that stopped
-    answering without closing its connections)."""
+    answering without closing its connections), and a hung probe takes `linger` seconds to
+    give up once cancelled (the driver cancelling the query and cleaning its connection up
+    with a database that still does not answer)."""
 
     hang = False
+    linger = 0.0
 
     async def probe(self, now: Any) -> None:
         if self.hang:
-            await asyncio.sleep(30)
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                await asyncio.sleep(self.linger)
+                raise
         await super().probe(now)  # type: ignore[misc]
+
+
+class CountingProbeStore:
+    """In front of a store class: counts the probes."""
+
+    probes = 0
+
+    async def probe(self, now: Any) -> None:
+        self.probes += 1
+        await super().probe(now)  # type: ignore[misc]
+
+
+async def timed_ready(firehouse: Running) -> tuple[int, float]:
+    """GET /-/ready: its status and how long it took to answer (seconds)."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    status, _ = await firehouse.get("/-/ready")
+    return status, loop.time() - started
+
+
+async def sample_readiness(firehouse: Running, since: float, seconds: float
+                           ) -> list[tuple[float, int, float]]:
+    """GET /-/ready every 50 ms until `seconds` after the loop time `since`: (time since,
+    status, how long it took) each."""
+    loop = asyncio.get_running_loop()
+    seen: list[tuple[float, int, float]] = []
+    while (elapsed := loop.time() - since) < seconds:
+        seen.append((elapsed, *await timed_ready(firehouse)))
+        await asyncio.sleep(0.05)
+    return seen
+
+
+def assert_503_at_once_within(seen: list[tuple[float, int, float]], bound: float) -> None:
+    """Every readiness check answered at once; 503 from within `bound` of the hang, and
+    from then on."""
+    slowest = max(took for _, _, took in seen)
+    assert slowest < 0.2, f"a readiness check took {slowest:.2f}s: {seen}"
+    first_503 = next((since for since, status, _ in seen if status == 503), None)
+    assert first_503 is not None, seen
+    assert first_503 <= bound + 0.2, f"503 only {first_503:.2f}s after the hang: {seen}"
+    assert {status for since, status, _ in seen if since >= first_503} == {503}, seen
 
 
 class TestStoreHealth:
@@ -439,60 +489,112 @@ class TestStoreHealth:
         monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """A database that hangs instead of refusing fails no write (none is tried) and sets
-        no error: readiness must not wait for it, and says no until a probe is answered."""
+        no error. Readiness answers at once all along, from the background probe's last
+        outcome: 503 once a probe has gone unanswered for STORE_PROBE_TIMEOUT (within the
+        probe interval plus timeout of the hang, however long the hung probe then takes to
+        give up), until a probe is answered again."""
         from daemon import server  # noqa: PLC0415
 
-        monkeypatch.setattr(server, "STORE_PROBE_TIMEOUT", 0.2)
-        monkeypatch.setattr(server, "STORE_PROBE_SECONDS", 0.0)
+        monkeypatch.setattr(server, "STORE_PROBE_TIMEOUT", 0.3)
+        monkeypatch.setattr(server, "STORE_PROBE_SECONDS", 0.5)
+        bound = 0.3 + 0.5
         store = new_store(HangingProbeStore)
+        store.linger = 2.0
         async with serving(tmp_path, database_url, pd, store=store) as firehouse:
-            firehouse.firehouse.last_store_probe = float("-inf")
+            before = await timed_ready(firehouse)
             store.hang = True
-            started = asyncio.get_running_loop().time()
-            hung, _ = await firehouse.get("/-/ready")
-            answered_in = asyncio.get_running_loop().time() - started
-            still, _ = await firehouse.get("/-/ready")
+            hung_at = asyncio.get_running_loop().time()
+            seen = await sample_readiness(firehouse, hung_at, bound + 3.0)
             store.hang = False
-            back, _ = await firehouse.get("/-/ready")
 
-        assert (hung, still, back) == (503, 503, 200)
-        assert answered_in < 5
+            async def ready_again() -> bool:
+                return (await timed_ready(firehouse))[0] == 200
+
+            await wait_until(ready_again, 10.0, "ready again once probes are answered")
+
+        assert before[0] == 200
+        assert_503_at_once_within(seen, bound)
+
+    @pytest.mark.parametrize("backend", ["postgres"])
+    async def test_a_hung_postgresql_turns_readiness_503_within_the_bound(
+        self, tmp_path: Path, database_url: str, pd: PagerDutyStandIn,
+        monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The real thing: PostgreSQL stops answering (every byte to and from it held, its
+        connections open). Every /-/ready answers at once, and says 503 within the probe
+        interval plus the probe timeout; /-/healthy stays 200. Once PostgreSQL answers
+        again, readiness comes back."""
+        from daemon import server  # noqa: PLC0415
+        from tests.test_postgres import Proxy, through  # noqa: PLC0415
+
+        monkeypatch.setattr(server, "STORE_PROBE_TIMEOUT", 0.5)
+        monkeypatch.setattr(server, "STORE_PROBE_SECONDS", 1.0)
+        bound = 0.5 + 1.0
+        proxy = Proxy(free_port(), database_url)
+        await proxy.start()
+        try:
+            async with serving(tmp_path, through(proxy.port, database_url), pd) as firehouse:
+                before = await timed_ready(firehouse)
+                proxy.freeze()
+                hung_at = asyncio.get_running_loop().time()
+                seen = await sample_readiness(firehouse, hung_at, bound + 3.0)
+                healthy, _ = await firehouse.get("/-/healthy")
+                proxy.thaw()
+
+                async def ready_again() -> bool:
+                    return (await timed_ready(firehouse))[0] == 200
+
+                await wait_until(ready_again, 30.0, "ready again once PostgreSQL answers")
+        finally:
+            proxy.thaw()
+            await proxy.stop()
+
+        assert (before[0], healthy) == (200, 200)
+        assert_503_at_once_within(seen, bound)
 
     async def test_readiness_comes_back_without_a_webhook_once_the_disk_is_fixed(
         self, tmp_path: Path, database_url: str, new_store: NewStore,
         pd: PagerDutyStandIn, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """While the store is unhealthy, /-/ready probes it with a committed write: fixing
-        the disk makes the daemon ready again though no webhook gets through (a load
-        balancer gated on readiness would send none)."""
-        monkeypatch.setattr("daemon.server.STORE_PROBE_SECONDS", 0.0)
+        """While the store is unhealthy, it is probed in the background with a committed
+        write: fixing the disk makes the daemon ready again though no webhook gets through
+        (a load balancer gated on readiness would send none)."""
+        monkeypatch.setattr("daemon.server.STORE_PROBE_SECONDS", 0.1)
         store = new_store(BrokenDiskStore)
         async with serving(tmp_path, database_url, pd, store=store) as firehouse:
             await store.set_broken(True)
             refused, _ = await firehouse.post(pg_down())
             still_broken, _ = await firehouse.get("/-/ready")
             await store.set_broken(False)
-            fixed, _ = await firehouse.get("/-/ready")
+
+            async def fixed() -> bool:
+                return (await firehouse.get("/-/ready"))[0] == 200
+
+            await wait_until(fixed, 10.0, "ready once the disk is fixed")
             probed = await store.probed_at()
 
-        assert (refused, still_broken, fixed) == (503, 503, 200)
+        assert (refused, still_broken) == (503, 503)
         assert probed is not None
 
-    async def test_the_store_is_probed_at_most_every_few_seconds(
-        self, tmp_path: Path, database_url: str, new_store: NewStore, pd: PagerDutyStandIn
+    async def test_readiness_checks_never_probe_the_store_themselves(
+        self, tmp_path: Path, database_url: str, new_store: NewStore, pd: PagerDutyStandIn,
+        monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """A burst of readiness checks on a broken store probes it once, not per request."""
-        store = new_store(BrokenDiskStore)
+        """A burst of readiness checks on a broken store probes nothing: they answer from
+        the background probe's last outcome, which runs on its own schedule."""
+        monkeypatch.setattr("daemon.server.STORE_PROBE_SECONDS", 3600.0)
+        store = new_store(CountingProbeStore, BrokenDiskStore)
         async with serving(tmp_path, database_url, pd, store=store) as firehouse:
             await store.set_broken(True)
             await firehouse.post(pg_down())
-            first, _ = await firehouse.get("/-/ready")
+            probes = store.probes
+            answers = [await timed_ready(firehouse) for _ in range(20)]
             await store.set_broken(False)
-            # Within STORE_PROBE_SECONDS of the failed probe: not probed again yet.
-            second, _ = await firehouse.get("/-/ready")
+            after = [await timed_ready(firehouse) for _ in range(5)]
+            probes_after = store.probes
 
-        assert (first, second) == (503, 503)
-
+        assert {status for status, _ in answers + after} == {503}
+        assert probes_after == probes
 
 class TestDeadLetters:
     async def test_a_refused_page_shows_and_is_sent_again_with_the_rotated_key(
@@ -546,6 +648,45 @@ class TestDeadLetters:
                                                                      "rekeyed"}
         assert remembered == rotated
         assert rotated not in after
+
+    async def test_a_refused_resolve_shows_the_page_still_open_in_pagerduty(
+        self, tmp_path: Path, database_url: str, pd: PagerDutyStandIn
+    ) -> None:
+        """The incident resolves, but PagerDuty refuses the resolves (400): each page's
+        `delivery` in the API is its resolve's, dead with PagerDuty's reason, not the
+        trigger's "delivered"; the board lists the incident under "Recently resolved" with
+        "resolve not delivered", and so does the incident page."""
+        settings = write_settings(tmp_path, incidents={"flap_damping_seconds": 0})
+        firing = alert({"alertname": "PostgresDown", "service": "postgres-payments",
+                        "severity": "critical"})
+        async with serving(tmp_path, database_url, pd, settings) as firehouse:
+            _, answer = await firehouse.post(body(firing))
+            (incident_id,) = answer["incidents_opened"]
+            await firehouse.drained()
+            pd.set_mode(400)
+            status, _ = await firehouse.post(body(resolved(firing)))
+            await firehouse.drained()
+            _, one = await firehouse.get(f"/api/v1/incidents/{incident_id}")
+            _, listed = await firehouse.get("/api/v1/incidents?status=resolved")
+            _, board = await firehouse.get("/")
+            _, page = await firehouse.get(f"/incidents/{incident_id}")
+
+        incident = json.loads(one)
+        assert status == 200
+        assert incident["status"] == "resolved"
+        pages = incident["pages"]
+        assert {p["status"] for p in pages} == {"resolved"}
+        assert {p["delivery"]["action"] for p in pages} == {"resolve"}
+        assert {p["delivery"]["state"] for p in pages} == {"dead"}
+        assert {p["delivery"]["last_status"] for p in pages} == {400}
+        assert [p["delivery"] for p in json.loads(listed)["incidents"][0]["pages"]] == [
+            p["delivery"] for p in pages]
+        resolves = {e["id"] for e in incident["events"] if e["action"] == "resolve"}
+        assert {p["delivery"]["event_id"] for p in pages} <= resolves
+        recently = board.split('id="resolved-h"', 1)[1]
+        assert "✖ resolve not delivered: client_error" in recently
+        assert "still open in PagerDuty" in recently
+        assert "✖ resolve not delivered: client_error" in page
 
     async def test_retry_needs_the_api_credentials(
         self, tmp_path: Path, database_url: str, pd: PagerDutyStandIn

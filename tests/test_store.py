@@ -436,7 +436,7 @@ class TestDelivery:
     """Whether PagerDuty has each page, from the outbox: shown with the page, noted on the
     timeline when refused, and retried on request."""
 
-    async def test_each_page_carries_the_delivery_of_its_trigger(
+    async def test_each_open_page_carries_the_delivery_of_its_trigger(
         self, store: Store, config: Config
     ) -> None:
         """A page's `delivery` is its trigger's outbox state, with the error while it is
@@ -460,16 +460,66 @@ class TestDelivery:
         assert cleaned is not None
         delivery = {p["dedup_key"]: p["delivery"] for p in one["pages"]}
         assert delivery == {p["dedup_key"]: p["delivery"] for p in listed["pages"]}
-        assert delivery[a.dedup_key] == {"state": PENDING, "event_id": a.id, "attempts": 1,
-                                         "last_error": "server_error: busy", "last_status": 503}
+        assert delivery[a.dedup_key] == {"action": TRIGGER, "state": PENDING, "event_id": a.id,
+                                         "attempts": 1, "last_error": "server_error: busy",
+                                         "last_status": 503}
         assert delivery[b.dedup_key] == {
-            "state": DEAD, "event_id": b.id, "attempts": 1,
+            "action": TRIGGER, "state": DEAD, "event_id": b.id, "attempts": 1,
             "last_error": "client_error: Invalid routing key", "last_status": 400}
-        assert delivery[c.dedup_key] == {"state": DELIVERED, "event_id": c.id, "attempts": 1}
-        assert delivery[d.dedup_key] == {"state": DRY_RUN, "event_id": d.id, "attempts": 1}
+        assert delivery[c.dedup_key] == {"action": TRIGGER, "state": DELIVERED,
+                                         "event_id": c.id, "attempts": 1}
+        assert delivery[d.dedup_key] == {"action": TRIGGER, "state": DRY_RUN,
+                                         "event_id": d.id, "attempts": 1}
         after = {p["dedup_key"]: p["delivery"] for p in cleaned["pages"]}
         assert (after[c.dedup_key], after[d.dedup_key]) == (None, None)
         assert after[b.dedup_key]["state"] == DEAD  # dead letters stay
+
+    async def test_a_page_carries_the_delivery_of_its_resolve_once_there_is_one(
+        self, store: Store, config: Config
+    ) -> None:
+        """Once a page is resolved its `delivery` is its resolve's (action `resolve`): a
+        resolve PagerDuty refused is dead with PagerDuty's reason, one being retried is
+        pending with the error, a sent one delivered. While the trigger is still being
+        sent, the resolve waits behind it, and the delivery is the trigger's."""
+        opened, closed = open_and_resolve(config)
+        await store.commit(opened)
+        await store.commit(closed)
+        later = NOW + timedelta(minutes=10)
+        a, b, c, d = await store.due_events(later, 10)
+        assert {e.action for e in (a, b, c, d)} == {TRIGGER}
+        await store.record([
+            Attempt(a.id, DELIVERED, later, 202), Attempt(b.id, DELIVERED, later, 202),
+            Attempt(c.id, DELIVERED, later, 202),
+            Attempt(d.id, PENDING, later + timedelta(hours=1), 503, "server_error: busy"),
+        ])
+        ra, rb, rc = sorted(await store.due_events(later, 10), key=lambda e: e.id)
+        assert [(e.action, e.dedup_key) for e in (ra, rb, rc)] == [
+            (RESOLVE, a.dedup_key), (RESOLVE, b.dedup_key), (RESOLVE, c.dedup_key)]
+        await store.record([
+            Attempt(ra.id, DEAD, later, 400, "client_error: Invalid routing key",
+                    note="refused"),
+            Attempt(rb.id, PENDING, later + timedelta(seconds=30), 429, "rate_limited: slow"),
+            Attempt(rc.id, DELIVERED, later, 202),
+        ])
+
+        one = await store.get_incident(opened.incidents[0].id)
+        (listed,) = await store.list_incidents("resolved", 10)
+
+        assert one is not None
+        assert one["status"] == "resolved"
+        delivery = {p["dedup_key"]: p["delivery"] for p in one["pages"]}
+        assert delivery == {p["dedup_key"]: p["delivery"] for p in listed["pages"]}
+        assert delivery[a.dedup_key] == {
+            "action": RESOLVE, "state": DEAD, "event_id": ra.id, "attempts": 1,
+            "last_error": "client_error: Invalid routing key", "last_status": 400}
+        assert delivery[b.dedup_key] == {
+            "action": RESOLVE, "state": PENDING, "event_id": rb.id, "attempts": 1,
+            "last_error": "rate_limited: slow", "last_status": 429}
+        assert delivery[c.dedup_key] == {"action": RESOLVE, "state": DELIVERED,
+                                         "event_id": rc.id, "attempts": 1}
+        assert delivery[d.dedup_key] == {  # its resolve waits behind it
+            "action": TRIGGER, "state": PENDING, "event_id": d.id, "attempts": 1,
+            "last_error": "server_error: busy", "last_status": 503}
 
     async def test_a_dead_letter_note_is_written_with_the_dead_mark(
         self, store: Store, config: Config

@@ -320,6 +320,96 @@ class TestDelivery:
         assert "waiting to be sent" not in html
 
 
+class TestUndeliveredResolve:
+    """An incident resolved here whose resolve PagerDuty refused, or has not been sent yet,
+    is still open in PagerDuty: the board's "Recently resolved" and the incident page say
+    so as loudly as they say it of a page's trigger."""
+
+    @staticmethod
+    def resolved_with(delivery: dict[str, Any] | None) -> dict[str, Any]:
+        data = incident_json(id="r", status="resolved", phase="resolved",
+                             resolved_at=NOW.isoformat())
+        data["pages"] = [{**page, "status": "resolved", "delivery": {
+            "action": "resolve", "state": "delivered", "event_id": 3, "attempts": 1}}
+            for page in data["pages"]]
+        data["pages"][1] = {**data["pages"][1], "delivery": delivery}
+        return data
+
+    def test_a_refused_resolve_says_not_delivered_and_still_open(self, config: Config
+                                                                 ) -> None:
+        data = self.resolved_with({"action": "resolve", "state": "dead", "event_id": 8,
+                                   "attempts": 1, "last_status": 400,
+                                   "last_error": f"client_error: Invalid {EVIL}"})
+
+        board = render.board([], [data], {}, NOW)
+        page = render_incident(config, data)
+
+        row = re.search(r'<tr data-incident="r"[^>]*>.*?</tr>', board, re.S)
+        assert row is not None
+        assert 'class="undelivered"' in row.group(0)
+        for html in (row.group(0), page):
+            assert (f"✖ resolve not delivered: client_error: Invalid {escape(EVIL)} (HTTP 400)"
+                    in html)
+            assert "still open in PagerDuty" in html
+            assert "POST /api/v1/outbox/8/retry" in html
+            assert "command-center" in html
+            assert "<script" not in html
+        assert "<dt>PagerDuty</dt>" in page
+
+    @pytest.mark.parametrize(("delivery", "text"), [
+        ({"action": "resolve", "state": "pending", "event_id": 8, "attempts": 0},
+         "… resolve waiting to be sent</span>"),
+        ({"action": "resolve", "state": "pending", "event_id": 8, "attempts": 2,
+          "last_status": 503, "last_error": "server_error: busy"},
+         "… resolve waiting to be sent (retrying)</span> <small>still open in PagerDuty; "
+         "server_error: busy (HTTP 503)"),
+        ({"action": "trigger", "state": "pending", "event_id": 7, "attempts": 2,
+          "last_status": 503, "last_error": "server_error: busy"},
+         "… waiting to be sent (retrying)</span> <small>server_error: busy (HTTP 503)"),
+    ])
+    def test_a_resolve_still_in_the_outbox_is_waiting(self, config: Config,
+                                                      delivery: dict[str, Any], text: str
+                                                      ) -> None:
+        data = self.resolved_with(delivery)
+
+        for html in (render.board([], [data], {}, NOW), render_incident(config, data)):
+            assert text in html
+
+    @pytest.mark.parametrize("delivery", [
+        None, {"action": "resolve", "state": "delivered", "event_id": 8, "attempts": 1}])
+    def test_a_delivered_resolve_shows_nothing_more(self, config: Config,
+                                                    delivery: dict[str, Any] | None) -> None:
+        data = self.resolved_with(delivery)
+
+        board = render.board([], [data], {}, NOW)
+        page = render_incident(config, data)
+
+        assert "undelivered" not in board
+        assert "<dt>PagerDuty</dt>" not in page
+        for html in (board, page):
+            assert "not delivered" not in html
+            assert "waiting to be sent" not in html
+
+    def test_an_open_incident_keeps_a_resolved_page_whose_resolve_is_refused(self) -> None:
+        """A page Firehouse resolved while the incident goes on (a superseded business
+        update) leaves the card once PagerDuty has the resolve, not before."""
+        dead = {"action": "resolve", "state": "dead", "event_id": 9, "attempts": 1,
+                "last_error": "client_error: refused"}
+        pages = [page_json("biz", ["business_line"], 3, status="resolved", delivery=dead),
+                 page_json("biz", ["business_line"], 1),
+                 page_json("ops", ["incident_lead"], 3, status="resolved", delivery={
+                     "action": "resolve", "state": "delivered", "event_id": 4, "attempts": 1}),
+                 page_json("ops", ["incident_lead"], 1, status="acknowledged")]
+        html = render.board([incident_json(pages=pages)], [], {}, NOW)
+
+        biz = next(v for v in TestBoardPages.board_pages(html) if "<small>biz</small>" in v)
+        assert "✖ not acknowledged" in biz
+        assert "✖ resolve not delivered: client_error: refused" in biz
+        assert "1 of 2 targets acknowledged" in html
+        assert "1 not delivered" in html
+        assert html.count("resolve not delivered") == 1
+
+
 class TestBusiness:
     def test_plain_words_only(self) -> None:
         """The business view shows the sentence it is given and the business services."""

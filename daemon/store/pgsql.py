@@ -147,7 +147,7 @@ UPDATE outbox SET state = u.state, done_at = u.at, attempts = attempts + 1,
 FROM unnest($1::bigint[], $2::text[], $3::float8[], $4::integer[], $5::text[])
     AS u(event_id, state, at, status, error)
 WHERE outbox.id = u.event_id AND outbox.state = '{PENDING}'
-RETURNING outbox.id
+RETURNING outbox.id, outbox.dedup_key
 """  # noqa: S608
 RECORD_RETRY = f"""
 UPDATE outbox SET attempts = attempts + 1, next_attempt_at = u.at, last_status = u.status,
@@ -159,6 +159,10 @@ RETURNING outbox.id
 """  # noqa: S608
 RELEASE_LEASES = (f"UPDATE outbox SET lease_owner = NULL, lease_until = NULL "  # noqa: S608
                    f"WHERE lease_owner = $1 AND state = '{PENDING}'")
+# Whether an event of these dedup keys is still pending: one that waited behind an event
+# just finished, and that any replica may now send.
+PENDING_OF_KEYS = (f"SELECT EXISTS (SELECT 1 FROM outbox WHERE dedup_key = ANY($1::text[]) "  # noqa: S608
+                   f"AND state = '{PENDING}')")
 
 UPSERT_INCIDENTS = f"""
 INSERT INTO incidents ({INCIDENT_LIST}, {STAMP})

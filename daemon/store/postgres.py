@@ -8,7 +8,10 @@ version (`delta`), and hears that there is something to read by LISTEN/NOTIFY.
 
 The outbox is shared: an event handed out by `due_events` is leased to this replica for
 `lease_seconds`, so that each event is sent by one replica at a time; a replica that stops
-hands its leases back, one that dies leaves them to run out.
+hands its leases back, one that dies leaves them to run out. Whatever frees an event for
+another replica (a lease handed back, a retry recorded, a finished event with the next of
+its dedup key behind it) is announced on the channel, so that the others do not sleep
+until a lease that no longer holds would have run out.
 
 The tables are the SQLite store's, column for column and in the same order (the helpers
 of daemon/store/rows.py read both), with times as epoch seconds and JSON documents as
@@ -49,7 +52,6 @@ from daemon.changes import change_json
 from daemon.decide import (
     OPEN,
     RESOLVE,
-    TRIGGER,
     AlertRecord,
     Decision,
     State,
@@ -70,9 +72,13 @@ from daemon.store import (
     pgsql,
 )
 from daemon.store.rows import (
+    DELIVERY_COLUMNS,
+    DELIVERY_ORDER,
+    PAGE_ACTIONS,
     alert_from_row,
     alert_json,
     change_from_row,
+    delivery_json,
     epoch,
     event_from_row,
     from_epoch,
@@ -162,6 +168,12 @@ def pg_text(value: str) -> str:
 
 def _optional_text(value: str | None) -> str | None:
     return None if value is None else pg_text(value)
+
+
+async def tables_with_rows(conn: Any, tables: Sequence[str]) -> list[str]:
+    """Those of `tables` (names this code gives, never input) that hold a row."""
+    return [table for table in tables
+            if await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {table})")]  # noqa: S608
 
 
 def row_count(status: str) -> int:
@@ -574,13 +586,19 @@ class PostgresStore(MarksByRecord):
     async def _exclusive(self) -> AsyncIterator[PostgresExclusive]:
         async with self._acquired("taking the decision lock") as conn:
             transaction = conn.transaction()
-            with translated(self.where, "taking the decision lock"):
-                await transaction.start()
-                try:
-                    version = await conn.fetchval(pgsql.LOCK_CLOCK)
-                except BaseException:
-                    await _rollback(transaction)
-                    raise
+            try:
+                with translated(self.where, "taking the decision lock"):
+                    await transaction.start()
+                    try:
+                        version = await conn.fetchval(pgsql.LOCK_CLOCK)
+                    except BaseException:
+                        await _rollback(transaction)
+                        raise
+            except StoreError:
+                # No decision can be written: readiness says so at once, not at the next
+                # probe (which makes the store healthy again once writes work).
+                self.healthy = False
+                raise
             held = PostgresExclusive(self, conn, int(version))
             try:
                 yield held
@@ -761,7 +779,13 @@ class PostgresStore(MarksByRecord):
     async def record(self, attempts: Sequence[Attempt]) -> None:
         """Record the outcomes of many delivery attempts in one transaction, handing their
         leases back; an outcome for an event no longer pending (finished by another
-        replica after this one's lease ran out) is ignored, with its note."""
+        replica after this one's lease ran out) is ignored, with its note.
+
+        Every replica is told (at commit) when an outcome frees something for the others:
+        a retry gives its event back (due at its retry time, not when the lease would have
+        run out), and a finished event lets the next event of its dedup key go (a resolve
+        waiting behind its trigger). Without this, the others would sleep until the lease
+        they last saw ran out -- this replica may be stopping, and send neither."""
         assert all(a.state in (PENDING, DELIVERED, DRY_RUN, DEAD) for a in attempts)
         done = [(a.event_id, a.state, a.at.timestamp(), a.status, a.error or None)
                 for a in attempts if a.state != PENDING]
@@ -770,16 +794,23 @@ class PostgresStore(MarksByRecord):
 
         async def write(conn: Any) -> None:
             recorded: set[int] = set()
+            finished: set[str] = set()  # the dedup keys of the events finished here
             if done:
-                recorded.update(r[0] for r in await conn.fetch(pgsql.RECORD_DONE,
-                                                               *as_columns(done)))
+                for row in await conn.fetch(pgsql.RECORD_DONE, *as_columns(done)):
+                    recorded.add(row[0])
+                    finished.add(row[1])
+            given_back = False
             if retried:
-                recorded.update(r[0] for r in await conn.fetch(pgsql.RECORD_RETRY,
-                                                              *as_columns(retried)))
+                rows = await conn.fetch(pgsql.RECORD_RETRY, *as_columns(retried))
+                recorded.update(r[0] for r in rows)
+                given_back = bool(rows)
             for attempt in attempts:
                 if attempt.note and attempt.event_id in recorded:
                     await _note_on_event(conn, attempt.event_id, attempt.at, DELIVERY_FAILED,
                                          attempt.note)
+            if given_back or (finished and await conn.fetchval(pgsql.PENDING_OF_KEYS,
+                                                               sorted(finished))):
+                await conn.execute(pgsql.NOTIFY_CLOCK, self.channel)
 
         await self._written("recording delivery outcomes", write)
 
@@ -804,6 +835,11 @@ class PostgresStore(MarksByRecord):
             if found:
                 await conn.execute(pgsql.NOTIFY_CLOCK, self.channel)
         return found
+
+    async def tables_with_rows(self, tables: Sequence[str], doing: str) -> list[str]:
+        """Those of `tables` (names this code gives, never input) that hold a row."""
+        async with self._session(doing) as conn:
+            return await tables_with_rows(conn, tables)
 
     async def oldest_pending_at(self) -> datetime | None:
         """When the oldest event still waiting for delivery was created."""
@@ -981,19 +1017,17 @@ async def _requeue(conn: Any, event_id: int, routing_keys: Mapping[str, str],
 
 
 async def _deliveries(conn: Any, dedup_keys: Collection[str]) -> dict[str, dict[str, Any]]:
-    """Per dedup key, the delivery of its latest trigger still in the outbox (delivered
-    and dry-run rows are deleted after `delivered_retention_hours`)."""
+    """Per dedup key, the delivery of its page's latest word still in the outbox (see
+    `rows.DELIVERY_ORDER`: the first of its events still pending, else its latest: the
+    resolve once there is one); delivered and dry-run rows are deleted after
+    `delivered_retention_hours`."""
     if not dedup_keys:
         return {}
     found: dict[str, dict[str, Any]] = {}
-    for key, ident, state, attempts, status, error in await conn.fetch(
-            "SELECT DISTINCT ON (dedup_key) dedup_key, id, state, attempts, last_status, "
-            "last_error FROM outbox WHERE dedup_key = ANY($1::text[]) AND action = $2 "
-            "ORDER BY dedup_key, id DESC", list(set(dedup_keys)), TRIGGER):
-        delivery: dict[str, Any] = {"state": state, "event_id": ident, "attempts": attempts}
-        if error and state in (DEAD, PENDING):
-            delivery["last_error"] = error
-            delivery["last_status"] = status
-        found[key] = delivery
+    for row in await conn.fetch(
+            f"SELECT DISTINCT ON (dedup_key) {DELIVERY_COLUMNS} FROM outbox "  # noqa: S608
+            "WHERE dedup_key = ANY($1::text[]) AND action = ANY($2::text[]) "
+            f"ORDER BY dedup_key, {DELIVERY_ORDER}",
+            list(set(dedup_keys)), list(PAGE_ACTIONS)):
+        found[row[0]] = delivery_json(row)
     return found
-

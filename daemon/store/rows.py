@@ -10,15 +10,47 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
-from daemon.decide import OPEN, RESOLVE, AlertRecord, Change, Deadlines, Incident, trigger_priority
+from daemon.decide import (
+    OPEN,
+    RESOLVE,
+    TRIGGER,
+    AlertRecord,
+    Change,
+    Deadlines,
+    Incident,
+    trigger_priority,
+)
 from daemon.decide.bodies import encode_event
-from daemon.store import StoredEvent
+from daemon.store import DEAD, PENDING, StoredEvent
 
 # The order in which pending events go out when they cannot all go at once (a backlog, a
 # routing key out of budget): the most urgent first, resolves with critical triggers (a
 # resolve frees a responder), then the oldest. Indexed over pending rows only, so that
 # picking the next events reads them in order instead of sorting every pending row.
 URGENCY = f"(CASE WHEN action = '{RESOLVE}' THEN {trigger_priority('critical')} ELSE priority END)"
+
+# A page's delivery (the `delivery` of each page in the API) is that of one of the outbox
+# events of its dedup key: the first one still pending, if any (a resolve waits behind its
+# trigger: the trigger is what is being sent), else the latest (the resolve, once there is
+# one): so that a page PagerDuty still has open because its resolve was refused, or is
+# still being sent, does not read as resolved. Both stores order the rows of a key alike.
+PAGE_ACTIONS = (TRIGGER, RESOLVE)
+DELIVERY_COLUMNS = "dedup_key, id, action, state, attempts, last_status, last_error"
+DELIVERY_ORDER = (f"(CASE WHEN state = '{PENDING}' THEN 0 ELSE 1 END), "
+                  f"(CASE WHEN state = '{PENDING}' THEN id ELSE -id END)")
+
+
+def delivery_json(row: Sequence[Any]) -> dict[str, Any]:
+    """A page's delivery as the API shows it, from a row of DELIVERY_COLUMNS: which event
+    (`action`, `event_id`), its `state` and `attempts`, and PagerDuty's last answer while it
+    is dead or being retried."""
+    _key, ident, action, state, attempts, status, error = row
+    delivery: dict[str, Any] = {"action": action, "state": state, "event_id": ident,
+                                "attempts": attempts}
+    if error and state in (DEAD, PENDING):
+        delivery["last_error"] = error
+        delivery["last_status"] = status
+    return delivery
 
 
 def json_text(value: Any) -> str:
@@ -65,8 +97,9 @@ def incident_json(row: Sequence[Any], doc: dict[str, Any],
     outbox says of each page's delivery (by dedup key); both stores share it."""
     for page in doc["pages"]:
         del page["routing_key"]
-        # Whether PagerDuty has the page: `status` alone says "triggered" for a page it
-        # refused (a dead letter) or that still waits in the outbox. None: no longer in the
+        # Whether PagerDuty has the page's latest word (DELIVERY_ORDER): `status` alone
+        # says "triggered" for a page it refused (a dead letter) or that still waits in the
+        # outbox, and "resolved" for one whose resolve it refused. None: no longer in the
         # outbox (delivered or dry-run rows are deleted after their retention).
         page["delivery"] = deliveries.get(page["dedup_key"])
     status = row[1]

@@ -24,7 +24,6 @@ from daemon.changes import change_json
 from daemon.decide import (
     OPEN,
     RESOLVE,
-    TRIGGER,
     AlertRecord,
     Decision,
     Incident,
@@ -43,10 +42,14 @@ from daemon.store import (
     StoredEvent,
 )
 from daemon.store.rows import (
+    DELIVERY_COLUMNS,
+    DELIVERY_ORDER,
+    PAGE_ACTIONS,
     URGENCY,
     alert_from_row,
     alert_json,
     change_from_row,
+    delivery_json,
     epoch,
     event_from_row,
     from_epoch,
@@ -133,6 +136,24 @@ def unmoved_incidents(path: Path) -> int:
     except sqlite3.Error:
         return 0  # not a state file: nothing to say about it
     return opened
+
+
+def open_incident_ids(path: Path, limit: int) -> list[str]:
+    """The ids of the first `limit` open incidents of a state file, oldest first (their
+    pages' dedup keys start `firehouse/<id>/`); read-only, no lock, [] for a missing or
+    unreadable file."""
+    if not path.is_file():
+        return []
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            return [row[0] for row in conn.execute(
+                "SELECT id FROM incidents WHERE status = ? ORDER BY opened_at, id LIMIT ?",
+                (OPEN, limit))]
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return []
 
 
 def lock_state_file(path: Path) -> int:
@@ -709,22 +730,18 @@ def _requeue(conn: sqlite3.Connection, event_id: int, routing_keys: Mapping[str,
 
 def _deliveries(conn: sqlite3.Connection, dedup_keys: Collection[str]
                 ) -> dict[str, dict[str, Any]]:
-    """Per dedup key, the delivery of its latest trigger still in the outbox (delivered
-    and dry-run rows are deleted after `delivered_retention_hours`)."""
+    """Per dedup key, the delivery of its page's latest word still in the outbox (see
+    `rows.DELIVERY_ORDER`: the first of its events still pending, else its latest: the
+    resolve once there is one); delivered and dry-run rows are deleted after
+    `delivered_retention_hours`."""
     found: dict[str, dict[str, Any]] = {}
     for key in dedup_keys:
         row = conn.execute(
-            "SELECT id, state, attempts, last_status, last_error FROM outbox "
-            "WHERE dedup_key = ? AND action = ? ORDER BY id DESC LIMIT 1",
-            (key, TRIGGER)).fetchone()
-        if row is None:
-            continue
-        ident, state, attempts, status, error = row
-        delivery: dict[str, Any] = {"state": state, "event_id": ident, "attempts": attempts}
-        if error and state in (DEAD, PENDING):
-            delivery["last_error"] = error
-            delivery["last_status"] = status
-        found[key] = delivery
+            f"SELECT {DELIVERY_COLUMNS} FROM outbox WHERE dedup_key = ? "  # noqa: S608
+            f"AND action IN ({','.join('?' * len(PAGE_ACTIONS))}) "
+            f"ORDER BY {DELIVERY_ORDER} LIMIT 1", (key, *PAGE_ACTIONS)).fetchone()
+        if row is not None:
+            found[key] = delivery_json(row)
     return found
 
 

@@ -31,11 +31,12 @@ from daemon.store.postgres import (
     as_columns,
     pg_text,
     row_count,
+    tables_with_rows,
     translated,
 )
 from daemon.store.sqlite import MOVED_TO, SCHEMA_VERSION, lock_state_file
 
-__all__ = ["import_sqlite"]
+__all__ = ["import_sqlite", "used_tables"]
 
 # Table -> its columns, in copying order; the tables whose rows carry the decision version.
 TABLES: dict[str, tuple[str, ...]] = {
@@ -155,12 +156,20 @@ def _check_schema(conn: sqlite3.Connection, path: Path) -> None:
                          f"({SCHEMA_VERSION}): import it with that version")
 
 
+async def used_tables(target: PostgresStore) -> list[str]:
+    """The tables of `target` (open) whose rows make `import_sqlite` refuse it: none for a
+    database no Firehouse has decided in yet."""
+    return await target.tables_with_rows(_EMPTY_NEEDED, "looking for incidents")
+
+
 async def _refuse_unless_empty(conn: Any, where: str) -> None:
-    for table in _EMPTY_NEEDED:
-        if await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {table})"):  # noqa: S608
-            raise StoreError(f"state database {where} already holds {table} rows: a "
-                             "SQLite file can only be imported into a Firehouse database "
-                             "that has not been used yet")
+    used = await tables_with_rows(conn, _EMPTY_NEEDED)
+    if used:
+        raise StoreError(f"state database {where} already holds {used[0]} rows: a "
+                         "SQLite file can only be imported into a Firehouse database "
+                         "that has not been used yet; import it into a fresh one (an empty "
+                         "database or schema), or resolve the pages of its open incidents "
+                         "in PagerDuty by hand")
 
 
 async def _copy(conn: Any, table: str, rows: Sequence[tuple[Any, ...]], version: int) -> int:

@@ -142,9 +142,13 @@ def _resolved_table(resolved: Sequence[Mapping[str, Any]], now: datetime) -> str
         # A merged incident was not resolved: its alerts live on in the other one.
         ended = (f'<span class="merged-into">merged into {_incident_link(merged)}</span>'
                  if merged is not None else _time(closed, now))
+        stuck = _undelivered(item.get("pages", ()))
+        marked = ' class="undelivered"' if stuck else ""
         rows.append(
-            f'<tr data-incident="{ident}"><td>{_severity(str(item["severity"]))}</td>'
-            f'<td><a href="/incidents/{ident}">{escape(_what(item))}</a></td>'
+            f'<tr data-incident="{ident}"{marked}>'
+            f'<td>{_severity(str(item["severity"]))}</td>'
+            f'<td><a href="/incidents/{ident}">{escape(_what(item))}</a>'
+            f"{_undelivered_list(stuck)}</td>"
             f"<td>{_time(opened, now)}</td><td>{ended}</td>"
             f"<td>{'' if merged is not None else _span(closed - opened)}</td></tr>")
     return (head + '<div class="scroll"><table class="resolved"><thead><tr>'
@@ -180,6 +184,9 @@ def incident(data: Mapping[str, Any], picture: Picture | None,
         facts.append(_fact("Next deadline", _deadline(data, now)))
     elif merged is None:
         facts.append(_fact("Resolved", _time(parse_time(data.get("resolved_at")) or now, now)))
+        stuck = _undelivered(data.get("pages", ()))
+        if stuck:
+            facts.append(_fact("PagerDuty", _undelivered_list(stuck), "undelivered"))
     facts.append(_fact("Probable root cause", _roots(data)))
     external = _link(str(data.get("external_url") or ""), "Open in Alertmanager")
     head = (
@@ -428,8 +435,9 @@ def _pages_list(pages: Iterable[Mapping[str, Any]]) -> str:
     """One line per target and role set: an incident holds several pages per target after
     merges, severity rises and missed deadlines (the incident page lists them all)."""
     pages = list(pages)
-    # Pages Firehouse resolved itself (a superseded business update) are history.
-    pages = [p for p in pages if p.get("status") != "resolved"] or pages
+    # Pages Firehouse resolved itself (a superseded business update) are history, once
+    # PagerDuty has their resolve.
+    pages = [p for p in pages if p.get("status") != "resolved" or _undelivered([p])] or pages
     if not pages:
         return "nobody"
     groups: dict[tuple[str, tuple[str, ...]], list[Mapping[str, Any]]] = {}
@@ -441,13 +449,17 @@ def _pages_list(pages: Iterable[Mapping[str, Any]]) -> str:
     for (target, roles), group in groups.items():
         newest = _newest(group)
         answered = _answered(group)
+        shown = answered or newest
+        # An older page of the target whose resolve PagerDuty lacks is still open there.
+        unresolved = [p for p in _undelivered(group) if p is not shown
+                      and _action(p) == "resolve"]
         if answered is not None:
             acked += 1
-        elif _delivery(newest) == "dead":
+        if (answered is None and _delivery(newest) == "dead") or any(
+                _delivery(p) == "dead" for p in unresolved):
             dead += 1
-        shown = answered or newest
         status = str(shown.get("status", ""))
-        state = _ack(shown)
+        state = _ack(shown) + "".join(f"<br>{_ack(p)}" for p in unresolved)
         more = f" <small>({len(group)} pages)</small>" if len(group) > 1 else ""
         lines.append(
             f'<li class="page page-{_token(status)}">{state} '
@@ -482,8 +494,29 @@ def _answered(group: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
 
 
 def _delivery(page: Mapping[str, Any]) -> str:
-    """The outbox state of a page's trigger (`delivery.state` in the API), or ""."""
+    """The outbox state of a page's latest event (`delivery.state` in the API), or ""."""
     return str((page.get("delivery") or {}).get("state") or "")
+
+
+def _action(page: Mapping[str, Any]) -> str:
+    """Which event of the page `delivery` is about: "trigger" (also when the API does not
+    say) or "resolve"."""
+    return str((page.get("delivery") or {}).get("action") or "trigger")
+
+
+def _undelivered(pages: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The pages whose latest event PagerDuty does not have: refused (dead) or still
+    waiting in the outbox. On a resolved incident, a page PagerDuty still has open."""
+    return [p for p in pages if _delivery(p) in ("dead", "pending")]
+
+
+def _undelivered_list(pages: Sequence[Mapping[str, Any]]) -> str:
+    """Each undelivered page with its target, as loud as on an open incident's card."""
+    if not pages:
+        return ""
+    items = "".join(f"<li><small>{escape(str(p.get('target', '')))}:</small> {_ack(p)}</li>"
+                    for p in pages)
+    return f'<ul class="undelivered">{items}</ul>'
 
 
 def _ack(page: Mapping[str, Any]) -> str:
@@ -495,6 +528,9 @@ def _ack(page: Mapping[str, Any]) -> str:
     error = str(delivery.get("last_error") or "")
     if delivery.get("last_status"):
         error += f" (HTTP {int(delivery['last_status'])})"
+    if _action(page) == "resolve" and state in ("dead", "pending"):
+        # Resolved here, but not in PagerDuty: the alert there stays open until it is.
+        return _resolve_not_out(state, error, int(delivery.get("event_id") or 0))
     if status == RESOLVED_IN_PAGERDUTY:
         who = page.get("acknowledged_by")
         return ('<span class="ack yes">✔ resolved in PagerDuty</span>'
@@ -516,6 +552,19 @@ def _ack(page: Mapping[str, Any]) -> str:
         dry = " <small>(dry-run: logged, not sent)</small>" if state == "dry_run" else ""
         return f'<span class="ack no">✖ not acknowledged</span>{dry}'
     return f'<span class="ack done">{escape(status)}</span>'
+
+
+def _resolve_not_out(state: str, error: str, event_id: int) -> str:
+    """A resolve PagerDuty refused, or that still waits to be sent."""
+    if state == "dead":
+        return (f'<span class="ack dead">✖ resolve not delivered: '
+                f'{escape(error or "refused")}</span> <small>still open in PagerDuty; fix the '
+                f"cause, then <code>POST /api/v1/outbox/{event_id}/retry</code></small>")
+    if error:
+        return ('<span class="ack waiting">… resolve waiting to be sent (retrying)</span> '
+                f"<small>still open in PagerDuty; {escape(error)}</small>")
+    return ('<span class="ack waiting">… resolve waiting to be sent</span> '
+            "<small>still open in PagerDuty</small>")
 
 
 def _merged_into(data: Mapping[str, Any]) -> str | None:

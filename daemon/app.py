@@ -179,6 +179,8 @@ class Firehouse:
             if left:
                 log.warning("%s", await self._unmoved_advice(settings.state, left))
         await self.dispatcher.load()
+        if not settings.dry_run:
+            await self._warn_of_dry_run_incidents()
         self._activate(self.config)
         freeze_long_lived()
         self.session = aiohttp.ClientSession()
@@ -210,6 +212,20 @@ class Firehouse:
         log.info("listening on http://%s:%d, %d services, %d rules, %s, state in %s",
                  settings.listen_host, self.port, len(self.config.graph.services),
                  len(self.config.rules), mode, describe_store(settings))
+
+    async def _warn_of_dry_run_incidents(self) -> None:
+        """Sending for real on a state decided in dry-run: its open incidents' pages were
+        only logged (and their resolves will be), yet their new pages (escalations,
+        business updates) would now be sent, for incidents PagerDuty never saw. The
+        README's advice is a fresh state file; this says so where it matters."""
+        ids = await self.store.dry_run_incidents(UNMOVED_SHOWN + 1)
+        if not ids:
+            return
+        shown = ", ".join(ids[:UNMOVED_SHOWN]) + (", …" if len(ids) > UNMOVED_SHOWN else "")
+        log.warning("the state holds open incidents decided in dry-run (%s): their pages were "
+                    "only logged, never sent, but their new pages (escalations, business "
+                    "updates) will now be sent for real; to start clean, stop and point state "
+                    "(or FIREHOUSE_STATE) at a fresh file", shown)
 
     async def _unmoved_advice(self, path: Path, count: int) -> str:
         """What to do about a SQLite state file beside PostgreSQL that still holds `count`

@@ -92,12 +92,13 @@ class Running:
 
 @asynccontextmanager
 async def serving(tmp_path: Path, database_url: str, pd: PagerDutyStandIn,
-                  settings: Path = SETTINGS, store: Store | None = None
-                  ) -> AsyncIterator[Running]:
-    """Firehouse started on 127.0.0.1:0 with routing keys, paging the stand-in; its state in
-    PostgreSQL at `database_url`, or when that is empty in a file in `tmp_path`."""
+                  settings: Path = SETTINGS, store: Store | None = None, *,
+                  dry_run: bool = False) -> AsyncIterator[Running]:
+    """Firehouse started on 127.0.0.1:0 with routing keys (none in `dry_run`), paging the
+    stand-in; its state in PostgreSQL at `database_url`, or when that is empty in a file in
+    `tmp_path`."""
     env = config_env(pagerduty_url=pd.url, state=tmp_path / "state.db",
-                     listen="127.0.0.1:0", database_url=database_url)
+                     listen="127.0.0.1:0", database_url=database_url, dry_run=dry_run)
     firehouse = Firehouse(load_config(settings, env=env), settings, store=store, env=env)
     await firehouse.start()
     try:
@@ -1012,3 +1013,43 @@ class TestPagerDutyWebhook:
         assert "retry" in answer["error"]
         assert accepted["matched"] is True
         assert 'firehouse_pagerduty_webhooks_total{outcome="error"} 1.0' in metrics
+
+
+class TestDryRunState:
+    async def test_keys_added_to_a_dry_run_state_warn_naming_its_open_incidents(
+        self, tmp_path: Path, database_url: str, pd: PagerDutyStandIn,
+        caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A Firehouse given keys on a state whose open incidents were decided in dry-run
+        says so at start, naming them: their new pages would go out about incidents
+        PagerDuty never saw."""
+        async with serving(tmp_path, database_url, pd, dry_run=True) as firehouse:
+            status, answer = await firehouse.post(pg_down())
+            await firehouse.drained()
+        assert status == 200
+        (opened,) = answer["incidents_opened"]
+
+        with caplog.at_level(logging.WARNING, logger="firehouse"):
+            async with serving(tmp_path, database_url, pd):
+                pass
+
+        warnings = [r.getMessage() for r in caplog.records
+                    if "decided in dry-run" in r.getMessage()]
+        assert len(warnings) == 1, warnings
+        assert opened in warnings[0]
+        assert "fresh file" in warnings[0]
+
+    async def test_a_state_that_paged_for_real_gives_no_such_warning(
+        self, tmp_path: Path, database_url: str, pd: PagerDutyStandIn,
+        caplog: pytest.LogCaptureFixture
+    ) -> None:
+        async with serving(tmp_path, database_url, pd) as firehouse:
+            status, _ = await firehouse.post(pg_down())
+            await firehouse.drained()
+        assert status == 200
+
+        with caplog.at_level(logging.WARNING, logger="firehouse"):
+            async with serving(tmp_path, database_url, pd):
+                pass
+
+        assert not [r for r in caplog.records if "decided in dry-run" in r.getMessage()]

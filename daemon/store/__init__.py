@@ -144,6 +144,9 @@ class Store(Protocol):
         made before it, and remembered resolutions older than the second; dead letters stay.
         How many rows."""
 
+    async def dry_run_incidents(self, limit: int) -> list[str]:
+        """Open incidents with events logged in dry-run (never sent), at most `limit` ids."""
+
     async def outbox_counts(self) -> dict[str, int]:
         """Number of outbox rows per state."""
 

@@ -74,6 +74,7 @@ from daemon.store import (
 from daemon.store.rows import (
     DELIVERY_COLUMNS,
     DELIVERY_ORDER,
+    DRY_RUN_INCIDENTS,
     PAGE_ACTIONS,
     alert_from_row,
     alert_json,
@@ -869,6 +870,12 @@ class PostgresStore(MarksByRecord):
             gone += row_count(await conn.execute("DELETE FROM changes WHERE at < $1",
                                               delivered_before.timestamp()))
         return gone
+
+    async def dry_run_incidents(self, limit: int) -> list[str]:
+        """Open incidents with events logged in dry-run (never sent), at most `limit` ids."""
+        async with self._session("reading dry-run incidents") as conn:
+            rows = await conn.fetch(DRY_RUN_INCIDENTS.format(limit="$1"), limit)
+        return [row[0] for row in rows]
 
     async def outbox_counts(self) -> dict[str, int]:
         """Number of outbox rows per state."""

@@ -21,7 +21,7 @@ from daemon.decide import (
     trigger_priority,
 )
 from daemon.decide.bodies import encode_event
-from daemon.store import DEAD, PENDING, StoredEvent
+from daemon.store import DEAD, DRY_RUN, PENDING, StoredEvent
 
 # The order in which pending events go out when they cannot all go at once (a backlog, a
 # routing key out of budget): the most urgent first, resolves with critical triggers (a
@@ -51,6 +51,13 @@ def delivery_json(row: Sequence[Any]) -> dict[str, Any]:
         delivery["last_error"] = error
         delivery["last_status"] = status
     return delivery
+
+
+# Open incidents with events that were logged in dry-run and never sent; `{limit}` is the
+# store's placeholder for how many at most.
+DRY_RUN_INCIDENTS = (
+    "SELECT DISTINCT o.incident_id FROM outbox o JOIN incidents i ON i.id = o.incident_id "  # noqa: S608
+    f"WHERE o.state = '{DRY_RUN}' AND i.status = '{OPEN}' ORDER BY o.incident_id LIMIT {{limit}}")
 
 
 def json_text(value: Any) -> str:

@@ -44,6 +44,7 @@ from daemon.store import (
 from daemon.store.rows import (
     DELIVERY_COLUMNS,
     DELIVERY_ORDER,
+    DRY_RUN_INCIDENTS,
     PAGE_ACTIONS,
     URGENCY,
     alert_from_row,
@@ -580,6 +581,12 @@ class SqliteStore(MarksByRecord):
             conn.execute("COMMIT")
             return int(gone)
         return await self._run(run)
+
+    async def dry_run_incidents(self, limit: int) -> list[str]:
+        """Open incidents with events logged in dry-run (never sent), at most `limit` ids."""
+        rows = await self._run(lambda: self.conn.execute(
+            DRY_RUN_INCIDENTS.format(limit="?"), (limit,)).fetchall())
+        return [row[0] for row in rows]
 
     async def outbox_counts(self) -> dict[str, int]:
         """Number of outbox rows per state."""

@@ -207,8 +207,11 @@ class Firehouse:
         await site.start()
         self.port = self.runner.addresses[0][1]
         self.accepting = True
-        mode = "DRY-RUN (no routing keys: events are logged, not sent)" if settings.dry_run \
-            else f"sending to {settings.pagerduty_url}"
+        mode = f"sending to {settings.pagerduty_url}"
+        if settings.dry_run:
+            keyed = sum(1 for t in settings.targets.values() if t.routing_key)
+            why = "dry_run is set" if keyed else "no target has a routing key"
+            mode = f"DRY-RUN ({why}: events are logged, not sent)"
         log.info("listening on http://%s:%d, %d services, %d rules, %s, state in %s",
                  settings.listen_host, self.port, len(self.config.graph.services),
                  len(self.config.rules), mode, describe_store(settings))

@@ -100,6 +100,19 @@ class TestEscaping:
         assert "script" not in tags(html).tags
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
 
+    def test_control_and_bidi_characters_never_reach_the_page(self, config: Config) -> None:
+        """A NUL, an escape sequence, a carriage return or a right-to-left override in a label
+        value would make the page lie (or hide what follows): each shows as U+FFFD."""
+        hidden = "a\x00b\x1b[31mc\rd\u202eevil\u2066e\x85f"
+        data = incident_json()
+        data["title"] = hidden
+        data["alerts"][0]["labels"] = {"instance": hidden}
+        data["alerts"][0]["annotations"] = {"summary": hidden}
+        html = render_incident(config, data) + render.board([data], [], {}, NOW)
+
+        assert not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]", html)
+        assert "a\ufffdb\ufffd[31mc\ufffdd\ufffdevil\ufffde\ufffdf" in html
+
     def test_the_board_escapes_titles_and_acknowledgers(self) -> None:
         """The board shows an incident's title and who acknowledged as text."""
         html = render.board([incident_json()], [], {}, NOW)
@@ -561,6 +574,14 @@ class TestMerged:
         assert "Lasted" not in html
         assert "<dt>Resolved</dt>" not in html
         assert "/incidents/keep2" in tags(html).hrefs
+
+    def test_a_merged_incidents_pages_say_where_they_went(self, config: Config) -> None:
+        """A merged incident hands its pages to the one it joined: its page says so rather
+        than "nobody was paged"."""
+        html = render_incident(config, {**self.merged(), "pages": []})
+
+        assert "Nobody was paged" not in html
+        assert 'Its pages moved to incident <a href="/incidents/keep2">keep2</a>' in html
 
     def test_merged_into_is_escaped(self, config: Config) -> None:
         html = render_incident(config, {**self.merged(), "merged_into": EVIL})

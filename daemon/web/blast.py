@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from html import escape
 from itertools import pairwise
 
 import networkx as nx
 
 from daemon.graph import DEGRADED, DOWN, SOFT, ServiceGraph
+from daemon.web.text import escape
 
 ROOT = "root"
 FAILING = "failing"

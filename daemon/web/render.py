@@ -13,13 +13,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from html import escape
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 from daemon.graph import DEGRADED, DOWN, SEVERITIES
 from daemon.web.blast import FAILING, HEALTHY, ROOT, Picture, edge_swatch, svg
 from daemon.web.blast import swatch as state_swatch
+from daemon.web.text import escape
 
 # A page's status once a responder resolved it in PagerDuty (daemon.decide.model).
 RESOLVED_IN_PAGERDUTY = "resolved in PagerDuty"
@@ -240,6 +240,11 @@ def _pages_section(data: Mapping[str, Any], now: datetime) -> str:
     pages = data.get("pages", ())
     head = '<section aria-labelledby="pages-h"><h2 id="pages-h">Paged</h2>'
     if not pages:
+        merged = _merged_into(data)
+        if merged is not None:
+            # Its pages moved with its alerts: they are resolved or escalated from there.
+            return (head + f'<p class="quiet">Its pages moved to incident '
+                    f"{_incident_link(merged)}, with its alerts.</p></section>")
         return head + '<p class="quiet">Nobody was paged.</p></section>'
     rows = "".join(
         f'<tr class="page page-{_token(str(p.get("status", "")))}">'

@@ -561,6 +561,23 @@ class TestBoardPages:
         assert "1 of 1 target acknowledged" in html
 
 
+class TestWideOutage:
+    def test_the_board_shows_the_most_severe_and_counts_the_rest(self) -> None:
+        """Hundreds of incidents: the first BOARD_CARDS cards by severity, then a count
+        and a link to the API for the others."""
+        extra = 7
+        many = [incident_json(id=f"w{k:04d}", severity="warning")
+                for k in range(render.BOARD_CARDS + extra)]
+        many.append(incident_json(id="crit", severity="critical"))
+        html = render.board(many, [], {}, NOW)
+
+        assert html.count('<article class="incident') == render.BOARD_CARDS
+        assert 'data-incident="crit"' in html
+        assert f'<span class="count">{len(many)}</span>' in html
+        assert f"and {extra + 1} more open incidents" in html
+        assert "/api/v1/incidents?status=open&limit=1000" in tags(html).hrefs
+
+
 class TestMerged:
     @staticmethod
     def merged() -> dict[str, Any]:

@@ -39,7 +39,8 @@ NOT_A_DURATION = "not a duration such as 30s, 15m, 4h, 1d or 1h30m"
 # ("" to show none) and line.
 Reporter = Callable[[str, str, Any, int], None]
 _WHEN_KEYS = frozenset(
-    {"tier_at_most", "impacted_at_least", "business_service", "component", "mapped"}
+    {"tier_at_most", "impacted_at_least", "business_service", "component", "mapped",
+     "alert_severity"}
 )
 
 
@@ -172,13 +173,17 @@ def tightest(durations: Iterable[timedelta | None]) -> timedelta | None:
 
 @dataclass(frozen=True, slots=True)
 class When:
-    """Conditions on the computed impact; an absent condition always holds."""
+    """Conditions on the computed impact and on the alert's normalised severity; an absent
+    condition always holds."""
 
     tier_at_most: int | None = None
     impacted_at_least: int | None = None
     business_service: tuple[str, ...] | None = None
     component: tuple[str, ...] | None = None
     mapped: bool | None = None
+    # The alert's own severity as Firehouse maps it (`page`, `P1`, `CRITICAL` are all
+    # critical), not the raw text of a label, which a `match` would see.
+    alert_severity: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,11 +239,13 @@ DEFAULT_RULE = Rule(
 
 @dataclass(frozen=True, slots=True)
 class Subject:
-    """What a rule is evaluated against: one alert's labels and its computed impact."""
+    """What a rule is evaluated against: one alert's labels, its computed impact and its
+    own severity, normalised from its `severity_labels` to one of `SEVERITIES`."""
 
     labels: Mapping[str, str]
     service: Service | None
     impact: Impact
+    severity: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,6 +306,9 @@ def check(rule: Rule, subject: Subject) -> Verdict:
     if when.component is not None and (service is None or service.component not in when.component):
         component = service.component if service else "none"
         failures.append(f"component is {component}, needs one of {list(when.component)}")
+    if when.alert_severity is not None and subject.severity not in when.alert_severity:
+        failures.append(f"alert severity is {subject.severity}, "
+                        f"needs one of {list(when.alert_severity)}")
     return Verdict(rule, not failures, "; ".join(failures) or "matched", tuple(failures))
 
 
@@ -625,8 +635,12 @@ def _parse_when(body: LocatedDict, bad: Any, known: MapNames | None) -> When:
                       "no dependency map has this business service")
     component = _names(raw, "component", bad, None if known is None else known.components,
                        "no service of the dependency maps has this component")
+    # Always checked, maps or not: a severity Firehouse never maps to would never match.
+    severity = _names(raw, "alert_severity", bad, frozenset(SEVERITIES),
+                      f"not one of {', '.join(SEVERITIES)}, which alert severities are "
+                      "mapped to")
     return When(tier_at_most=tier, impacted_at_least=count, business_service=business,
-                component=component, mapped=mapped)
+                component=component, mapped=mapped, alert_severity=severity)
 
 
 def _names(
@@ -645,7 +659,7 @@ def _names(
         return None
     for name, path, line in located:
         if defined is not None and name not in defined:
-            hint = did_you_mean(name, defined)
+            hint = did_you_mean(name, defined) or did_you_mean(name.lower(), defined)
             bad(path, f"{unknown}: the rule would never match{hint}", name, line)
     return tuple(name for name, _, _ in located)
 

@@ -442,6 +442,29 @@ class TestSummary:
         assert "links" not in plain
         technical = by_target["dba-oncall"].body
         assert technical["payload"]["custom_details"]["labels"]["instance"] == "pg-payments-1:9187"
+        assert (technical["payload"]["source"], technical["client_url"]) == (
+            "postgres-payments", "http://alertmanager:9093")
+
+    @pytest.mark.parametrize(("role", "target"), [("senior_management", "ops-management"),
+                                                  ("business_line", "business-line")])
+    def test_summary_pages_name_no_service_and_link_nowhere(
+        self, config: Config, role: str, target: str
+    ) -> None:
+        """A summary page's source is Firehouse, not the failing service, and it has no
+        client_url to Alertmanager: plain words only, and still a valid event."""
+        first = Rule(name="summary roles too", page=(role, "technical_lead"))
+        with_role = dataclasses.replace(config, rules=(first,))
+        labels = {"alertname": "PostgresDown", "service": "postgres-payments",
+                  "severity": "critical"}
+        decision = decide(webhook(alert(labels)), with_role, State(), NOW)
+
+        plain = next(e for e in triggers(decision) if e.target == target).body
+        assert plain["payload"]["source"] == "firehouse"
+        assert "client_url" not in plain
+        text = json.dumps(dict(plain), ensure_ascii=False)
+        assert "postgres-payments" not in text
+        assert "alertmanager" not in text
+        assert validate(EVENT_PATH, {**plain, "routing_key": routing_key(target)}) == []
 
 
 class TestEventSize:

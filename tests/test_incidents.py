@@ -164,6 +164,38 @@ class TestCorrelation:
              "business update", ("business_line",)),
         }
 
+    def test_an_alert_joining_an_incident_of_the_same_notification_is_explained_as_joined(
+        self, config: Config
+    ) -> None:
+        """The first alert of a webhook opens the incident; a connected one later in the
+        same webhook joined it, and its explanation says so, with the incident's impact
+        (as it would had it come in a notification of its own)."""
+        payments = alert({"alertname": "A1", "service": "frontend-xyz", "job": "payments-api",
+                          "severity": "critical"})
+        checkout = alert({"alertname": "A2", "service": "", "job": "checkout-api",
+                          "severity": "critical"})
+
+        decision, state = run(config, State(), payments, checkout)
+
+        incident = only(state)
+        assert [(e.alertname, e.service, e.action, e.incident_id)
+                for e in decision.explanations] == [
+            ("A1", "payments", "opened", incident.id),
+            ("A2", "checkout", "joined", incident.id),
+        ]
+        impact = config.graph.impact(["checkout", "payments"])
+        for explanation in decision.explanations:
+            assert explanation.impact is not None
+            assert explanation.impact.failing == impact.failing == ("checkout", "payments")
+            assert explanation.impact.business_services == ("online-checkout",)
+        # Separately, the second would have joined with that same impact.
+        _, alone = run(config, State(), payments)
+        joined, _ = run(config, alone, checkout, at=NOW + timedelta(minutes=1))
+        (later,) = [e for e in joined.explanations if e.alertname == "A2"]
+        assert later.action == "joined"
+        assert later.impact is not None
+        assert later.impact.failing == impact.failing
+
     def test_an_alert_connected_to_two_incidents_merges_them_into_the_oldest(
         self, config: Config
     ) -> None:
@@ -328,6 +360,8 @@ class TestEscalation:
                                              "online-checkout, product-search")
         assert not {"labels", "annotations", "alerts", "impact"} & set(payload["custom_details"])
         assert "links" not in management.body
+        assert payload["source"] == "firehouse"
+        assert "client_url" not in management.body
 
         missed = tick(config, state, NOW + timedelta(minutes=5))
 
@@ -337,6 +371,33 @@ class TestEscalation:
         assert details["reason"] == "not acknowledged in time"
         assert details["labels"]["alertname"] == "SwitchPortErrors"  # the root cause's
         assert escalated.body["payload"]["summary"].startswith("[NOT ACKNOWLEDGED IN TIME] ")
+        # Escalated, it gets the technical page whole: the failing service, the link back.
+        assert escalated.body["payload"]["source"] == "core-network"
+        assert escalated.body["client_url"] == "http://alertmanager:9093"
+
+    def test_a_severity_rise_pages_senior_management_the_summary_again(
+        self, config: Config
+    ) -> None:
+        """When the severity rises, senior management is paged again at the new severity,
+        still with the plain summary: firehouse as source, no link to Alertmanager."""
+        loud = dataclasses.replace(config, rules=(
+            Rule(name="management hears of all", page=("senior_management", "technical_lead")),))
+        _, state = run(loud, State(), report_late())
+        incident = only(state)
+        worse = alert({"alertname": "NightlyReportFailed", "service": "nightly-reports",
+                       "severity": "critical"})
+
+        rose, state = run(loud, state, worse, at=NOW + timedelta(minutes=1))
+
+        (management,) = [e for e in rose.events if e.target == "ops-management"]
+        assert management.dedup_key == key(incident, "ops-management", "critical")
+        payload = management.body["payload"]
+        assert payload["summary"] == business_summary(only(state))
+        assert payload["source"] == "firehouse"
+        assert not {"labels", "alerts", "impact"} & set(payload["custom_details"])
+        assert not {"client_url", "links"} & set(management.body)
+        (technical,) = [e for e in rose.events if e.target == "data-oncall"]
+        assert technical.body["payload"]["source"] == "nightly-reports"
 
     @pytest.mark.parametrize(("role", "target"), [("technical_lead", "dba-oncall"),
                                                   ("service_lead", "checkout-owner")])

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from daemon.cli import main
+from daemon.decide.model import map_severity
 from daemon.errors import ConfigError
 from daemon.graph import Dependency, Service, ServiceGraph, build_graph
 from daemon.maps import load_maps
@@ -64,8 +65,10 @@ def graph() -> ServiceGraph:
 
 
 def subject(graph: ServiceGraph, name: str | None, **labels: str) -> Subject:
+    """The subject of an alert on `name`, its severity mapped as the engine maps it."""
     found = graph.services[name] if name else None
-    return Subject(labels, found, graph.impact([name] if name else []))
+    return Subject(labels, found, graph.impact([name] if name else []),
+                   map_severity(labels, ("severity", "priority")))
 
 
 def load_text(tmp_path: Path, text: str, targets: set[str] = TARGETS) -> tuple[Rule, ...]:
@@ -303,12 +306,42 @@ class TestCheck:
         miss = check(databases, subject(graph, None))
         assert miss.reason == "component is none, needs one of ['dbms', 'cache']"
 
+    @pytest.mark.parametrize("labels", [
+        {"severity": "CRITICAL"}, {"severity": "page"}, {"priority": "P1"},
+        {"severity": "klaxon"},  # unknown words err upward, to critical
+    ])
+    def test_alert_severity_reads_the_normalised_severity(
+        self, graph: ServiceGraph, labels: dict[str, str]
+    ) -> None:
+        """`alert_severity` looks at the severity Firehouse maps the alert's labels to, not
+        at a label's text, which a raw matcher on `severity` would see."""
+        quiet = rule("r", when=When(alert_severity=("info", "warning", "error")))
+        raw = rule("r", match='severity!="critical"')
+        alert = subject(graph, "report", **labels)
+        assert check(raw, alert).matched  # the raw label misses every one of these
+        miss = check(quiet, alert)
+        assert (miss.matched, miss.reason) == (
+            False, "alert severity is critical, needs one of ['info', 'warning', 'error']")
+
+    @pytest.mark.parametrize(("labels", "expected"), [
+        ({"severity": "warning"}, True), ({"severity": "WARN"}, True),
+        ({"priority": "low"}, True), ({}, True),  # a missing severity counts as error
+        ({"severity": "critical"}, False),
+    ])
+    def test_alert_severity_matches_listed_severities(
+        self, graph: ServiceGraph, labels: dict[str, str], expected: bool
+    ) -> None:
+        """A listed severity matches, whatever word the alert spelt it with."""
+        quiet = rule("r", when=When(alert_severity=("info", "warning", "error")))
+        assert check(quiet, subject(graph, "report", **labels)).matched is expected
+
     def test_all_conditions_hold(self, graph: ServiceGraph) -> None:
         """A rule whose matchers and conditions all hold matches."""
         verdict = check(
             rule("r", match='severity=~"warn.*"',
                  when=When(mapped=True, tier_at_most=1, impacted_at_least=1,
-                           business_service=("online-checkout",), component=("dbms",))),
+                           business_service=("online-checkout",), component=("dbms",),
+                           alert_severity=("warning",))),
             subject(graph, "db", severity="warning"),
         )
         assert (verdict.matched, verdict.reason) == (True, "matched")
@@ -418,9 +451,74 @@ class TestLoadRules:
         shop, _ = load_maps([ROOT / "dependency_maps"])
         db = shop.services["postgres-payments"]
         outcome = evaluate(rules, Subject({"severity": "warning"}, db,
-                                          shop.impact([db.name])), "critical")
+                                          shop.impact([db.name]), "warning"), "critical")
         assert outcome.roles == ("service_lead", "technical_lead", "incident_lead")
         assert outcome.severity == "critical"
+
+    @pytest.mark.parametrize(("labels", "rule_name", "severity"), [
+        ({"severity": "error"}, "tier-4 batch jobs page only their own team", "warning"),
+        ({"severity": "critical"}, "call the fire department first", "critical"),
+        ({"severity": "CRITICAL"}, "call the fire department first", "critical"),
+        ({"severity": "page"}, "call the fire department first", "critical"),
+        ({"priority": "P1"}, "call the fire department first", "critical"),
+    ])
+    def test_shipped_batch_rule_reads_the_normalised_severity(
+        self, labels: dict[str, str], rule_name: str, severity: str
+    ) -> None:
+        """A batch alert Firehouse counts as critical, however it is spelt, falls through
+        the quiet batch rule to the default, as the README promises."""
+        settings = yaml.safe_load((ROOT / "firehouse.yml").read_text(encoding="utf-8"))
+        rules, _ = load_rules([ROOT / "rules"], set(settings["targets"]))
+        shop, _ = load_maps([ROOT / "dependency_maps"])
+        report = shop.services["nightly-reports"]
+        mapped = map_severity(labels, settings["severity_labels"])
+        outcome = evaluate(rules, Subject(labels, report, shop.impact([report.name]), mapped),
+                           mapped)
+        assert [r.name for r in outcome.matched] == [rule_name]
+        assert outcome.severity == severity
+
+    def test_alert_severity_takes_one_or_a_list(self, tmp_path: Path) -> None:
+        """`alert_severity` names one severity or a list of them."""
+        one, many = load_text(tmp_path, """
+rules:
+  - name: critical only
+    when: {alert_severity: critical}
+    page: [incident_lead]
+    continue: true
+  - name: quiet ones
+    when: {alert_severity: [info, warning]}
+    page: [incident_lead]
+""")
+        assert one.when.alert_severity == ("critical",)
+        assert many.when.alert_severity == ("info", "warning")
+        assert many.conditions == 1
+
+    def test_unknown_alert_severity_is_refused(self, tmp_path: Path) -> None:
+        """A severity the alerts are never mapped to is refused, each at its own place, with
+        the nearest known one; maps or not."""
+        path = tmp_path / "rules.yaml"
+        path.write_text("""rules:
+  - name: quiet ones
+    when:
+      alert_severity: [warnig, CRITICAL, page, info]
+    page: [incident_lead]
+  - name: numbers
+    when: {alert_severity: 3}
+    page: [incident_lead]
+""", encoding="utf-8")
+        rules, problems = load_rules([path], TARGETS)
+        assert rules == ()
+        known = "not one of info, warning, error, critical, which alert severities are mapped to"
+        assert [str(p) for p in problems] == [
+            f"{path}:4: rules[0].when.alert_severity[0]: {known}: the rule would never "
+            "match; did you mean 'warning'? (got 'warnig')",
+            f"{path}:4: rules[0].when.alert_severity[1]: {known}: the rule would never "
+            "match; did you mean 'critical'? (got 'CRITICAL')",
+            f"{path}:4: rules[0].when.alert_severity[2]: {known}: the rule would never "
+            "match (got 'page')",
+            f"{path}:7: rules[1].when.alert_severity: must be a name or a list of names "
+            "(got 3)",
+        ]
 
     @pytest.mark.parametrize(("name", "expected"), [
         ("invalid_regex.yaml",
@@ -551,6 +649,8 @@ class TestMisses:
         assert rule("r", match='env="prod"').conditions == 1
         assert rule("r", match='env="prod"',
                     when=When(tier_at_most=1, component=("dbms",), mapped=True)).conditions == 4
+        assert rule("r", when=When(component=("batch",),
+                                   alert_severity=("info", "warning"))).conditions == 2
 
     def test_every_failed_condition_is_reported(self, graph: ServiceGraph) -> None:
         """A miss lists every condition that failed, in order, not only the first."""

@@ -73,9 +73,9 @@ class TestLoadTests:
         """The shipped test file loads without a problem, every test with its steps."""
         tests, problems = load_tests([SHIPPED], config)
         assert problems == []
-        assert len(tests) == 12
+        assert len(tests) == 15
         assert tests[0].name == "database warning pages the checkout service lead at critical"
-        assert [len(t.steps) for t in tests] == [1] * 11 + [4]
+        assert [len(t.steps) for t in tests] == [1] * 14 + [4]
 
     def test_directory_gives_its_files(self, config: Config) -> None:
         """A directory stands for the *.yaml and *.yml files directly in it."""
@@ -552,7 +552,7 @@ class TestCommand:
         assert lines[0] == str(SHIPPED)
         assert lines[1] == "  PASS  database warning pages the checkout service lead at critical"
         assert all(line.startswith("  PASS  ") for line in lines[1:-1])
-        assert lines[-1] == "SUCCESS: 12 test(s) passed"
+        assert lines[-1] == "SUCCESS: 15 test(s) passed"
 
     def test_failure_exits_1(self, capsys: pytest.CaptureFixture[str]) -> None:
         """A wrong expectation makes the command fail with the report on stdout."""
@@ -602,7 +602,7 @@ class TestCommand:
         assert code == 1
         code, out, err = run(capsys, "test", str(SHIPPED), "--config", str(settings))
         assert (code, err) == (0, "")
-        assert out.endswith("SUCCESS: 12 test(s) passed\n")
+        assert out.endswith("SUCCESS: 15 test(s) passed\n")
 
     def test_python_dash_m(self) -> None:
         """`python -m daemon test` runs the shipped tests from the repository root."""
@@ -612,4 +612,4 @@ class TestCommand:
             capture_output=True, text=True, cwd=ROOT, env=env, check=False)
         assert (result.returncode, result.stderr) == (0, "")
         assert result.stdout.startswith("rules/tests/example.yaml\n  PASS  ")
-        assert result.stdout.endswith("SUCCESS: 12 test(s) passed\n")
+        assert result.stdout.endswith("SUCCESS: 15 test(s) passed\n")

@@ -110,7 +110,10 @@ def title(incident: Incident, severity: str, graph_business: Sequence[str] = ())
 def trigger_body(incident: Incident, page: Page, now: datetime,
                  rollback: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
     """A trigger for one page: technical detail for technical roles, a plain summary for
-    senior management and the business line (unless a missed deadline escalated to them)."""
+    senior management and the business line (unless a missed deadline escalated to them).
+
+    A summary page names no service, host or link: its `source` (which PagerDuty requires)
+    is Firehouse itself, and it has no `client_url` to Alertmanager and no `links`."""
     record = main_alert(incident)
     # Management and the business line get words, not the technical page, unless a missed
     # deadline escalated to them.
@@ -125,7 +128,7 @@ def trigger_body(incident: Incident, page: Page, now: datetime,
     }
     payload: dict[str, Any] = {
         "summary": incident.title,
-        "source": record.service or "firehouse",
+        "source": "firehouse" if summary_only else record.service or "firehouse",
         "severity": page.severity,
         "timestamp": (record.starts_at or now).isoformat(),
     }
@@ -161,9 +164,9 @@ def trigger_body(incident: Incident, page: Page, now: datetime,
         "payload": payload,
         "client": CLIENT,
     }
-    if incident.external_url.startswith(("http://", "https://")):
-        body["client_url"] = incident.external_url
     if not summary_only:
+        if incident.external_url.startswith(("http://", "https://")):
+            body["client_url"] = incident.external_url
         links = [{"href": a.generator_url, "text": f"{cut(clean(a.name), 200)} (alert source)"}
                  for a in islice(incident.alerts.values(), 5)
                  if a.generator_url.startswith(("http://", "https://"))]

@@ -175,6 +175,9 @@ class Work:
         self.events: list[OutboundEvent] = []
         self.explanations: list[Explanation] = []
         self.resolutions: dict[str, datetime | None] = {}
+        # Incidents opened in this decision -> the alert that opened them: the others
+        # assessed with it joined it, though it pages for the first time.
+        self.openers: dict[str, str] = {}
         # Incident -> fingerprints to (re-)assess at the end of the decision.
         self.touched: dict[str, set[str]] = {}
         self._rollback: dict[tuple[str, tuple[str, ...], tuple[str, ...]],
@@ -441,6 +444,7 @@ class Work:
     def _open(self, record: AlertRecord, service: Service | None) -> str:
         ident = incident_id(record.fingerprint, self.now)
         self.records[(ident, record.fingerprint)] = record
+        self.openers[ident] = record.fingerprint
         self.put(Incident(
             id=ident, status=OPEN, opened_at=self.now, updated_at=self.now, resolved_at=None,
             severity=record.severity, title="", services=(record.service,)
@@ -527,11 +531,15 @@ class Work:
             if not has_business or rose or ident in self.business_stale \
                     or before != list(summary["business_services"]):
                 self.business_update(self.incident(ident), loud=True)
+        opener = self.openers.get(ident)
         for record, outcome in verdict.outcomes:
+            # Only the alert that opened the incident opened it: another alert of the same
+            # notification that correlated with it (or an incident merged into it) joined.
+            opened = first and opener in (None, record.fingerprint)
             self.explanations.append(Explanation(
                 fingerprint=record.fingerprint, alertname=record.name, status=record.status,
                 service=record.service, mapped=record.service in self.graph.services,
-                action="opened" if first else "joined", incident_id=ident,
+                action="opened" if opened else "joined", incident_id=ident,
                 severity=outcome.severity, impact=impact, outcome=outcome,
                 deadlines=verdict.deadlines,
             ))
@@ -786,7 +794,8 @@ class _Assessment:
             return
         service = work.graph.services.get(record.service or "")
         potential = higher(record.severity, impact.severity) or record.severity
-        outcome = evaluate(work.config.rules, Subject(labels, service, impact), potential)
+        outcome = evaluate(work.config.rules, Subject(labels, service, impact, record.severity),
+                           potential)
         self._seen[key] = outcome
         self.outcomes.append((record, outcome))
         self.severity = higher(self.severity or None, outcome.severity) or outcome.severity

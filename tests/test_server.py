@@ -591,10 +591,11 @@ class TestStoreHealth:
             probes = store.probes
             answers = [await timed_ready(firehouse) for _ in range(20)]
             await store.set_broken(False)
-            after = [await timed_ready(firehouse) for _ in range(5)]
+            for _ in range(5):  # what they answer now depends on other writes, not on them
+                await timed_ready(firehouse)
             probes_after = store.probes
 
-        assert {status for status, _ in answers + after} == {503}
+        assert {status for status, _ in answers} == {503}
         assert probes_after == probes
 
 class TestDeadLetters:

@@ -40,8 +40,16 @@ _DIRECT_ROLES = ("incident_lead", "senior_management", "business_line")
 # A little more than Alertmanager's default repeat_interval (4h): an alert it still has is
 # normally re-sent, and so refreshed, before the incident counts as stale.
 DEFAULT_STALE_AFTER = 4 * 3600.0 + 15 * 60
-_ALERTMANAGER_KEYS = ("url", "stale_after", "check_interval", "timeout_seconds", "bearer_token",
-                      "bearer_token_file", "basic_auth")
+# How long an Alertmanager must have been up before an alert missing from it counts as
+# resolved (daemon/reconcile.py). It keeps alerts in memory only: after a restart it lacks
+# every firing alert until Prometheus sends it again, which Prometheus does each
+# `resend_delay` (1m by default) at the rule's next evaluation (`evaluation_interval`, 1m by
+# default). Five minutes covers those defaults several times over. Not `stale_after`: that
+# is unrelated to Prometheus' pace (30s would be too short; at 4h15m a resolve lost in a
+# restart would wait hours more).
+DEFAULT_RESTART_GRACE = 300.0
+_ALERTMANAGER_KEYS = ("url", "stale_after", "check_interval", "restart_grace", "timeout_seconds",
+                      "bearer_token", "bearer_token_file", "basic_auth")
 
 ENV_VARS = {
     "FIREHOUSE_LISTEN": "listen",
@@ -151,6 +159,8 @@ class Settings:
     alertmanager_urls: tuple[str, ...] = ()
     stale_after: float = DEFAULT_STALE_AFTER
     stale_check_interval: float = 60.0
+    # An Alertmanager up for less than this since it (re)started proves no alert absent.
+    alertmanager_restart_grace: float = DEFAULT_RESTART_GRACE
     alertmanager_timeout: float = 10.0
     alertmanager_bearer_token: str = field(default="", repr=False)
     alertmanager_basic_auth: tuple[str, str] | None = field(default=None, repr=False)
@@ -785,6 +795,8 @@ class _Reader:
                                           1.0, 28 * 86400.0),
             "stale_check_interval": self._duration("alertmanager.check_interval", 60.0,
                                                    0.1, 86400.0),
+            "alertmanager_restart_grace": self._duration(
+                "alertmanager.restart_grace", DEFAULT_RESTART_GRACE, 0.0, 86400.0),
             "alertmanager_timeout": self._number("alertmanager.timeout_seconds", 10.0, 0.1, 60.0),
             "alertmanager_bearer_token": bearer,
             "alertmanager_basic_auth": basic,

@@ -7,6 +7,12 @@ repeat_interval, which refreshes it here; an alert not refreshed for longer than
 (`decide.stale_fingerprints`) are looked up in Alertmanager's own API, and the engine
 (`decide.reconcile`) resolves those it no longer has, refreshes those it still has, and
 flags the incidents stale when it cannot be asked: never silently left open or closed.
+
+An Alertmanager keeps alerts in memory only: just after a restart it lacks every alert until
+Prometheus sends them again. So an alert's absence proves it gone only when some
+Alertmanager that answered has been up (`GET /api/v2/status`'s `uptime`) for at least
+`alertmanager.restart_grace`; otherwise the alerts it lacks are left waiting, untouched,
+for a later round.
 """
 
 from __future__ import annotations
@@ -15,8 +21,10 @@ import asyncio
 import base64
 import json
 import logging
-from collections.abc import Callable, Sequence
-from datetime import datetime
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
 import aiohttp
@@ -30,6 +38,7 @@ from daemon.outbox import Clock, every, utcnow
 log = logging.getLogger("firehouse.reconcile")
 
 ALERTS_PATH = "/api/v2/alerts"
+STATUS_PATH = "/api/v2/status"
 # Every alert Alertmanager holds, whatever its state: a silenced, inhibited or not yet
 # processed alert is still firing and must not be resolved. (Alertmanager never lists an
 # alert whose endsAt has passed, although it keeps it in memory for a while.)
@@ -41,6 +50,41 @@ OK = "ok"
 UNREACHABLE = "unreachable"
 UNCONFIGURED = "unconfigured"
 ERROR = "error"
+_UNKNOWN = "unknown"  # an uptime that could not be read
+
+
+@dataclass(frozen=True)
+class Member:
+    """What one Alertmanager that answered has, and how long it had been up."""
+
+    url: str
+    present: frozenset[str]
+    started: datetime | None = None  # its `uptime`: when it started; None when unknown
+    up_for: float = 0.0  # seconds, by its own clock, when it answered
+    unknown: str = ""  # why its uptime is unknown: it is trusted as it was before uptimes
+
+    def proves_absence(self, grace: float) -> bool:
+        """Whether an alert it lacks is gone: it has been up long enough to have heard
+        from Prometheus again (or its uptime is unknown)."""
+        return self.started is None or self.up_for >= grace
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the Alertmanagers that answered have."""
+
+    members: tuple[Member, ...]
+
+    @property
+    def present(self) -> frozenset[str]:
+        """The alerts any of them has: each member of an HA pair normally has them all."""
+        return frozenset().union(*(m.present for m in self.members))
+
+    def proves_absence(self, grace: float) -> bool:
+        """Whether an alert none of them has is gone: one that has been up long enough
+        lacks it. A member just restarted proves nothing, but does not undo another's word."""
+        return any(m.proves_absence(grace) for m in self.members)
+
 
 StaleStep = Callable[[Config, State, datetime], tuple[str, ...]]
 ReconcileStep = Callable[[tuple[str, ...], frozenset[str] | None, Config, State, datetime],
@@ -73,9 +117,14 @@ class AlertmanagerClient:
     async def fingerprints(self) -> frozenset[str]:
         """The fingerprints of the alerts that any reachable Alertmanager has; raises
         `ReconcileError` only when none could be asked."""
-        results = await asyncio.gather(*(self.fetch(url) for url in self.urls),
+        return (await self.ask()).present
+
+    async def ask(self) -> Answer:
+        """What each reachable Alertmanager has, and how long it has been up; raises
+        `ReconcileError` only when none could be asked."""
+        results = await asyncio.gather(*(self.member(url) for url in self.urls),
                                        return_exceptions=True)
-        found: set[str] = set()
+        members: list[Member] = []
         failures: list[ReconcileError] = []
         for result in results:
             if isinstance(result, ReconcileError):
@@ -83,7 +132,7 @@ class AlertmanagerClient:
             elif isinstance(result, BaseException):
                 raise result
             else:
-                found |= result
+                members.append(result)
         if not self.urls:
             raise ReconcileError("no Alertmanager URL configured")
         if len(failures) == len(self.urls):
@@ -94,16 +143,57 @@ class AlertmanagerClient:
             # Each member of an HA pair normally has every alert: the others' answer counts.
             log.warning("alertmanager unreachable; using the others' answer",
                         extra={"fields": {"error": str(failure)}})
-        return frozenset(found)
+        return Answer(tuple(members))
+
+    async def member(self, url: str) -> Member:
+        """What one Alertmanager has, then how long it has been up. In that order: an
+        uptime read after the alerts covers them, a restart in between included."""
+        present = await self.fetch(url)
+        try:
+            started, now = await self.uptime(url)
+        except ReconcileError as exc:
+            return Member(url, present, unknown=str(exc))
+        return Member(url, present, started, (now - started).total_seconds())
+
+    async def uptime(self, url: str) -> tuple[datetime, datetime]:
+        """When one Alertmanager started (`uptime` of `GET /api/v2/status`) and its time
+        then (its `Date` header: both from its clock, whatever ours says; ours without
+        one); every failure is a `ReconcileError` that starts with the URL."""
+        text, headers = await self._get(url, STATUS_PATH)
+        try:
+            data = json.loads(text)
+        except ValueError:
+            raise ReconcileError(f"{url}: the status is not JSON: {_short(text)}") from None
+        uptime = data.get("uptime") if isinstance(data, dict) else None
+        try:
+            started = datetime.fromisoformat(uptime) if isinstance(uptime, str) else None
+        except ValueError:
+            started = None
+        if started is None or started.tzinfo is None:
+            raise ReconcileError(f"{url}: the status has no RFC 3339 uptime: "
+                                 f"{_short(json.dumps(uptime))}")
+        try:
+            now = parsedate_to_datetime(headers.get("Date", ""))
+        except (TypeError, ValueError):
+            now = datetime.now(UTC)
+        if now.tzinfo is None:
+            now = now.replace(tzinfo=UTC)
+        return started, now
 
     async def fetch(self, url: str) -> frozenset[str]:
         """The fingerprints of the alerts one Alertmanager has; every failure is a
         `ReconcileError` that starts with the URL and says what went wrong."""
+        text, _ = await self._get(url, ALERTS_PATH, ALL_STATES)
+        return parse_fingerprints(url, text)
+
+    async def _get(self, url: str, path: str, params: dict[str, str] | None = None
+                   ) -> tuple[str, Mapping[str, str]]:
+        """The text and headers of a `200` answer; anything else a `ReconcileError`."""
         try:
-            async with self.session.get(url + ALERTS_PATH, params=ALL_STATES,
-                                        headers=self.headers,
+            async with self.session.get(url + path, params=params, headers=self.headers,
                                         timeout=self.timeout) as response:
                 status = response.status
+                headers = response.headers
                 text = await response.text(errors="replace")
         except TimeoutError:
             raise ReconcileError(f"{url}: no answer within {self.timeout.total:g}s") from None
@@ -115,7 +205,7 @@ class AlertmanagerClient:
             raise ReconcileError(f"{url}: {type(exc).__name__}: {exc}") from exc
         if status != 200:
             raise ReconcileError(f"{url}: HTTP {status}: {_short(text)}")
-        return parse_fingerprints(url, text)
+        return text, headers
 
 
 def parse_fingerprints(url: str, text: str) -> frozenset[str]:
@@ -175,6 +265,9 @@ class Reconciler:
         self.reconcile = reconcile
         self._stop = asyncio.Event()
         self._warned_unconfigured = False
+        # Per Alertmanager URL, what was last said about its uptime: the start time it
+        # reported (a restart is told about once), or _UNKNOWN (warned about once).
+        self._uptimes: dict[str, datetime | str] = {}
 
     def stop(self) -> None:
         """Ask the loop to return (a question to Alertmanager in flight is abandoned)."""
@@ -207,7 +300,7 @@ class Reconciler:
             return None
         settings = config.settings
         present: frozenset[str] | None = None
-        error = ""
+        asked, error = checked, ""
         if not settings.alertmanager_urls:
             outcome = UNCONFIGURED
             if not self._warned_unconfigured:
@@ -218,18 +311,24 @@ class Reconciler:
         else:
             self._warned_unconfigured = False
             try:
-                present = await self._ask(AlertmanagerClient.of(settings, self.session))
+                answer = await self._ask(AlertmanagerClient.of(settings, self.session))
             except ReconcileError as exc:
                 outcome, error = UNREACHABLE, str(exc)
             else:
-                if present is None:
+                if answer is None:
                     return None
-                outcome = OK
+                outcome, present = OK, answer.present
+                grace = settings.alertmanager_restart_grace
+                self._tell_uptimes(answer, grace)
+                if not answer.proves_absence(grace):
+                    # Only just restarted: what it lacks may still fire. Those alerts are
+                    # left out, neither resolved nor flagged, and asked about next round.
+                    asked = tuple(fp for fp in checked if fp in present)
         resolved = 0
 
         def step(config: Config, state: State, now: datetime) -> Decision:
             nonlocal resolved
-            decision = self.reconcile(checked, present, config, state, now)
+            decision = self.reconcile(asked, present, config, state, now)
             resolved = newly_resolved(checked, state, decision)
             return decision
 
@@ -242,15 +341,39 @@ class Reconciler:
                                      "incidents": len(incidents), "resolved": resolved}
         if error:
             fields["error"] = error
+        if len(asked) < len(checked):
+            fields["waiting"] = len(checked) - len(asked)
         # Unconfigured was warned about once; unreachable is worth a warning every round.
         level = logging.WARNING if outcome == UNREACHABLE else logging.INFO
         log.log(level, "stale check", extra={"fields": fields})
         return outcome
 
-    async def _ask(self, client: AlertmanagerClient) -> frozenset[str] | None:
+    def _tell_uptimes(self, answer: Answer, grace: float) -> None:
+        """Log, once each, an Alertmanager restarted less than `grace` ago (INFO) and one
+        whose uptime cannot be read (WARNING)."""
+        for member in answer.members:
+            said = self._uptimes.get(member.url)
+            if member.started is None:
+                if said != _UNKNOWN:
+                    log.warning(
+                        "cannot read Alertmanager's uptime: an alert it lacks is taken as "
+                        "resolved even just after it restarted",
+                        extra={"fields": {"alertmanager": member.url, "error": member.unknown}})
+                self._uptimes[member.url] = _UNKNOWN
+                continue
+            if said != member.started and not member.proves_absence(grace):
+                log.info("Alertmanager restarted recently: until it has been up for "
+                         "alertmanager.restart_grace, an alert it lacks is not resolved",
+                         extra={"fields": {"alertmanager": member.url,
+                                           "started": member.started.isoformat(),
+                                           "up_for": round(member.up_for, 1),
+                                           "restart_grace": grace}})
+            self._uptimes[member.url] = member.started
+
+    async def _ask(self, client: AlertmanagerClient) -> Answer | None:
         """Alertmanager's answer, or None when the worker is stopped before it comes: a
         stopping daemon must not wait for a timeout."""
-        fetch = asyncio.ensure_future(client.fingerprints())
+        fetch = asyncio.ensure_future(client.ask())
         stopped = asyncio.ensure_future(self._stop.wait())
         try:
             await asyncio.wait((fetch, stopped), return_when=asyncio.FIRST_COMPLETED)

@@ -901,11 +901,12 @@ class TestAlertmanagerSettings:
     """The `alertmanager` section: where to check stale incidents, and when."""
 
     def test_defaults(self, tmp_path: Path) -> None:
-        """Without the section, no URL is set and the windows are 4h15m, 60s and 10s."""
+        """Without the section, no URL is set and the windows are 4h15m, 60s, 5m and 10s."""
         settings = load_config(write(tmp_path), {}).settings
         assert settings.alertmanager_urls == ()
         assert settings.stale_after == 4 * 3600 + 15 * 60
         assert settings.stale_check_interval == 60.0
+        assert settings.alertmanager_restart_grace == 300.0
         assert settings.alertmanager_timeout == 10.0
         assert settings.alertmanager_bearer_token == ""
         assert settings.alertmanager_basic_auth is None
@@ -913,10 +914,12 @@ class TestAlertmanagerSettings:
     def test_one_url_and_durations(self, tmp_path: Path) -> None:
         """A URL loses its trailing slash; durations are Prometheus-style, in seconds."""
         path = write(tmp_path, SETTINGS + "alertmanager:\n  url: http://am.example:9093/\n"
-                     "  stale_after: 4h30m\n  check_interval: 30s\n  timeout_seconds: 5\n")
+                     "  stale_after: 4h30m\n  check_interval: 30s\n  restart_grace: 10m\n"
+                     "  timeout_seconds: 5\n")
         settings = load_config(path, {}).settings
         assert settings.alertmanager_urls == ("http://am.example:9093",)
         assert (settings.stale_after, settings.stale_check_interval) == (16200.0, 30.0)
+        assert settings.alertmanager_restart_grace == 600.0
         assert settings.alertmanager_timeout == 5.0
 
     def test_plain_seconds(self, tmp_path: Path) -> None:
@@ -952,7 +955,7 @@ class TestAlertmanagerSettings:
         """Unknown keys, bad URLs, durations and numbers are all reported, located."""
         path = write(tmp_path, SETTINGS + "alertmanager:\n  url: [ftp://am:21, http://a:1, "
                      "http://a:1/]\n  stale_after: soon\n  check_interval: 0s\n"
-                     "  timeout_seconds: 100\n  retries: 3\n")
+                     "  timeout_seconds: 100\n  retries: 3\n  restart_grace: -1m\n")
         duration = "must be a duration such as 30s, 15m or 4h15m, or a number of seconds"
         assert problems_of(path) == [
             f"{path}:11: alertmanager.url: must be an http:// or https:// URL (got 'ftp://am:21')",
@@ -961,6 +964,7 @@ class TestAlertmanagerSettings:
             f"{path}:13: alertmanager.check_interval: {duration}, from 0.1s to 1d (got '0s')",
             f"{path}:14: alertmanager.timeout_seconds: must be a number from 0.1 to 60 (got 100)",
             f"{path}:15: alertmanager.retries: unknown setting (got 'retries')",
+            f"{path}:16: alertmanager.restart_grace: {duration}, from 0s to 1d (got '-1m')",
         ]
 
     def test_url_with_credentials_is_refused_unquoted(self, tmp_path: Path) -> None:

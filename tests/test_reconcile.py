@@ -24,7 +24,13 @@ from daemon.config import Config
 from daemon.decide import RESOLVED, Decision, State, apply, decide
 from daemon.errors import ReconcileError, StoreError
 from daemon.metrics import Metrics
-from daemon.reconcile import ALERTS_PATH, AlertmanagerClient, Reconciler, newly_resolved
+from daemon.reconcile import (
+    ALERTS_PATH,
+    STATUS_PATH,
+    AlertmanagerClient,
+    Reconciler,
+    newly_resolved,
+)
 from tests.conftest import AlertmanagerFactory, FirehouseFactory
 from tests.helpers import FIXTURES, NOW, alert, free_port, wait_until, webhook
 from tests.pagerduty_standin import PagerDutyStandIn
@@ -42,12 +48,14 @@ Step = Callable[[Config, State, datetime], Decision]
 
 @dataclass
 class FakeAlertmanager:
-    """A local HTTP server standing in for Alertmanager's `GET /api/v2/alerts`."""
+    """A local HTTP server standing in for Alertmanager's `GET /api/v2/alerts` and
+    `GET /api/v2/status` (up for years, unless told otherwise)."""
 
     status: int = 200
     body: str = "[]"
     hang: bool = False
     requests: list[web.Request] = field(default_factory=list)
+    status_body: str | None = '{"uptime": "2020-01-01T00:00:00.000Z"}'  # None: 404
     url: str = ""
     _runner: web.AppRunner | None = None
 
@@ -60,6 +68,16 @@ class FakeAlertmanager:
             for fp in fingerprints
         ])
 
+    def up_since(self, moment: datetime) -> None:
+        """Answer the status of an Alertmanager started at `moment`, as 0.25 words it."""
+        self.status_body = json.dumps({"cluster": {"status": "disabled"},
+                                       "uptime": rfc3339(moment)})
+
+    async def _status(self, request: web.Request) -> web.Response:
+        if self.status_body is None:
+            return web.Response(status=404, text="404 page not found")
+        return web.Response(text=self.status_body, content_type="application/json")
+
     async def _handle(self, request: web.Request) -> web.Response:
         self.requests.append(request)
         if self.hang:
@@ -69,6 +87,7 @@ class FakeAlertmanager:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_get(ALERTS_PATH, self._handle)
+        app.router.add_get(STATUS_PATH, self._status)
         self._runner = web.AppRunner(app, shutdown_timeout=0.1)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -167,6 +186,14 @@ def open_incidents(config: Config, *names: str) -> tuple[State, list[str]]:
     decision = decide(webhook(*alerts), config, State(), NOW)
     state = apply(State(), decision)
     return state, [a["fingerprint"] for a in alerts]
+
+
+def alert_status(dispatcher: FakeDispatcher, fingerprint: str) -> str:
+    """The status of an alert of an open incident; RESOLVED once it is not in one."""
+    ident = dispatcher.state.by_fingerprint.get(fingerprint)
+    if ident is None or ident not in dispatcher.state.open:
+        return RESOLVED
+    return dispatcher.state.open[ident].alerts[fingerprint].status
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float:
@@ -556,6 +583,86 @@ class TestReconciler:
         assert dispatcher.decisions == []
 
 
+    async def test_just_restarted_alertmanager_proves_nothing(
+            self, config: Config, fake_am: FakeAlertmanager, session: aiohttp.ClientSession,
+            caplog: pytest.LogCaptureFixture) -> None:
+        """An Alertmanager up for less than restart_grace may lack alerts that still fire:
+        they are neither resolved nor flagged, and wait (said once per restart, at INFO);
+        once it has been up that long and still lacks them, they are resolved."""
+        dispatcher, fps = self.quiet_for_an_hour(config, "A", "B",
+                                                 alertmanager_urls=(fake_am.url,),
+                                                 alertmanager_restart_grace=300.0)
+        fake_am.answer(fps[0])
+        fake_am.up_since(datetime.now(UTC) - timedelta(seconds=10))
+        metrics = Metrics()
+        worker = self.worker(dispatcher, session, metrics=metrics)
+        with caplog.at_level(logging.INFO, "firehouse.reconcile"):
+            assert await worker.check() == "ok"
+            assert await worker.check() == "ok"  # B, still stale: the same restart
+            fake_am.up_since(datetime.now(UTC) - timedelta(seconds=5))
+            assert await worker.check() == "ok"  # another restart
+        restarts = [r for r in caplog.records if "restarted recently" in r.getMessage()]
+        assert [r.fields["alertmanager"] for r in restarts] == [  # type: ignore[attr-defined]
+            fake_am.url, fake_am.url]
+        assert [r.fields for r in caplog.records  # type: ignore[attr-defined]
+                if r.getMessage() == "stale check"] == [
+            {"outcome": "ok", "alerts": 2, "incidents": 2, "resolved": 0, "waiting": 1},
+            {"outcome": "ok", "alerts": 1, "incidents": 1, "resolved": 0, "waiting": 1},
+            {"outcome": "ok", "alerts": 1, "incidents": 1, "resolved": 0, "waiting": 1}]
+        assert [n for d in dispatcher.decisions for n in d.timeline] == []
+        waiting = dispatcher.state.open[dispatcher.state.by_fingerprint[fps[1]]]
+        assert alert_status(dispatcher, fps[1]) != RESOLVED
+        assert waiting.stale_since is None
+        assert sample(metrics, "firehouse_stale_alerts_resolved_total") == 0
+
+        fake_am.up_since(datetime.now(UTC) - timedelta(seconds=301))
+        assert await worker.check() == "ok"
+        assert sample(metrics, "firehouse_stale_alerts_resolved_total") == 1
+        assert alert_status(dispatcher, fps[1]) == RESOLVED
+
+    async def test_ha_member_up_long_enough_proves_absence(
+            self, config: Config, fake_am: FakeAlertmanager, other_am: FakeAlertmanager,
+            session: aiohttp.ClientSession) -> None:
+        """In an HA pair, what neither member has is resolved when one of them has been up
+        for restart_grace, although the other just restarted; with that one unreachable,
+        the just restarted one proves nothing and the alert waits."""
+        fake_am.up_since(datetime.now(UTC))
+        for urls, resolved in (((fake_am.url, other_am.url), 1),
+                               ((fake_am.url, refused_url()), 0)):
+            dispatcher, (fp,) = self.quiet_for_an_hour(config, "A", alertmanager_urls=urls)
+            metrics = Metrics()
+            assert await self.worker(dispatcher, session, metrics=metrics).check() == "ok"
+            assert sample(metrics, "firehouse_stale_alerts_resolved_total") == resolved, urls
+            assert (alert_status(dispatcher, fp) == RESOLVED) == bool(resolved)
+            assert sample(metrics, "firehouse_incidents_stale") == 0
+
+    async def test_unreadable_uptime_warns_once(self, config: Config,
+                                                fake_am: FakeAlertmanager,
+                                                session: aiohttp.ClientSession,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+        """An Alertmanager whose uptime cannot be read (no status, no RFC 3339 uptime)
+        is trusted as before: what it lacks is resolved; one warning says so, not one a
+        round."""
+        dispatcher, fps = self.quiet_for_an_hour(config, "A", "B",
+                                                 alertmanager_urls=(fake_am.url,))
+        fake_am.answer(fps[1])
+        fake_am.status_body = None
+        metrics = Metrics()
+        worker = self.worker(dispatcher, session, metrics=metrics)
+        with caplog.at_level(logging.WARNING, "firehouse.reconcile"):
+            assert await worker.check() == "ok"
+            dispatcher.now += timedelta(hours=1)
+            fake_am.answer()
+            fake_am.status_body = '{"uptime": "yesterday"}'
+            assert await worker.check() == "ok"
+        assert sample(metrics, "firehouse_stale_alerts_resolved_total") == 2
+        (record,) = caplog.records
+        assert "uptime" in record.getMessage()
+        assert record.fields == {  # type: ignore[attr-defined]
+            "alertmanager": fake_am.url,
+            "error": f"{fake_am.url}: HTTP 404: '404 page not found'"}
+
+
 class TestNewlyResolved:
     """newly_resolved counts what a decision resolves, not what was resolved before."""
 
@@ -590,13 +697,16 @@ async def metric(fh: FirehouseProcess, name: str) -> float:
     return float(found.group(1)) if found else 0.0
 
 
-async def stale_setup(firehouse: FirehouseFactory, alertmanager: AlertmanagerFactory
+async def stale_setup(firehouse: FirehouseFactory, alertmanager: AlertmanagerFactory,
+                      restart_grace: float = 0.0
                       ) -> tuple[FirehouseProcess, AlertmanagerProcess]:
     """A Firehouse checking stale alerts (2 s window, every 0.5 s) against a real
-    Alertmanager that never sends resolves (`send_resolved: false`)."""
+    Alertmanager that never sends resolves (`send_resolved: false`); by default, one just
+    started proves absence at once (the restart grace has a test of its own)."""
     # Mutated below: the settings are written when Firehouse is configured, after
     # Alertmanager (which needs Firehouse's webhook URL) has its own URL.
-    section: dict[str, Any] = {"stale_after": "2s", "check_interval": 0.5}
+    section: dict[str, Any] = {"stale_after": "2s", "check_interval": 0.5,
+                               "restart_grace": restart_grace}
     # Without flap damping, an incident whose last alert resolves closes at once: the
     # damping has tests of its own.
     fh = await firehouse(start=False, settings={"alertmanager": section,
@@ -698,3 +808,43 @@ class TestStaleEndToEnd:
         assert await metric(fh, 'firehouse_stale_checks_total{outcome="unreachable"}') >= 1
         assert await metric(fh, "firehouse_incidents_stale") == 1
         assert not [b for b in pagerduty.events if b["event_action"] == "resolve"]
+
+    async def test_restarted_alertmanager_proves_nothing_until_grace(
+        self, pagerduty: PagerDutyStandIn, firehouse: FirehouseFactory,
+        alertmanager: AlertmanagerFactory, session: aiohttp.ClientSession,
+    ) -> None:
+        """A restarted Alertmanager has forgotten a still-firing alert until Prometheus
+        sends it again: for restart_grace, the stale checks that find it missing leave
+        the incident and its pages alone; once Alertmanager has been up that long and
+        still lacks the alert (no Prometheus here re-sends it), the incident resolves."""
+        grace = 8.0
+        fh, am = await stale_setup(firehouse, alertmanager, restart_grace=grace)
+        await am.post_alerts([am_alert(self.LABELS, starts_at=datetime.now(UTC))])
+        incident = await opened_incident(fh)
+        ok = 'firehouse_stale_checks_total{outcome="ok"}'
+        await am.stop()
+        await am.start()
+        async with session.get(am.url + "/api/v2/status") as response:
+            started = datetime.fromisoformat((await response.json())["uptime"])
+        assert await AlertmanagerClient([am.url], session, 5.0).fingerprints() == set()
+        checks = await metric(fh, ok)
+
+        still: dict[str, Any] = {}
+
+        async def checked_twice() -> bool:
+            still.update(await get_json(fh, f"/api/v1/incidents/{incident['id']}"))
+            return still["status"] != "open" or await metric(fh, ok) >= checks + 2
+
+        # Two rounds that asked about the stale alert, and found it missing.
+        await wait_until(checked_twice, WAIT, "two stale checks after the restart")
+        assert still["status"] == "open", still
+        assert not [b for b in pagerduty.events if b["event_action"] == "resolve"]
+
+        async def resolved() -> bool:
+            still.update(await get_json(fh, f"/api/v1/incidents/{incident['id']}"))
+            return bool(still["status"] == "resolved")
+
+        await wait_until(resolved, WAIT, "the incident resolved once the grace is over")
+        resolved_at = datetime.fromisoformat(still["resolved_at"])
+        assert (resolved_at - started).total_seconds() >= grace, (started, resolved_at)
+        assert await metric(fh, "firehouse_stale_alerts_resolved_total") == 1

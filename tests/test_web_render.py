@@ -270,7 +270,7 @@ class TestBoard:
         assert "No open incidents." in html
         assert 'id="resolved-h"' in html
         assert 'data-incident="r"' in html
-        assert "4m 00s" in html
+        assert "7m 00s" in html  # from its earliest alert's start, three minutes before it opened
 
     def test_missed_deadline_says_escalated(self) -> None:
         """A fired acknowledgement deadline is written out with whom it escalated to."""
@@ -610,6 +610,22 @@ class TestMerged:
 
         assert 'merged into <a href="/incidents/keep2">keep2</a>' in html
         assert "4m 00s" not in html  # no "lasted" for a merged incident
+
+    def test_the_board_and_the_incident_page_agree_on_how_long_it_lasted(
+        self, config: Config
+    ) -> None:
+        """Both count from when the fire started (its earliest alert, kept as `started`),
+        not from when Firehouse opened the incident; the board's list has no alerts."""
+        done = incident_json(status="resolved", phase="resolved", resolved_at=NOW.isoformat())
+        done["started"] = (NOW - timedelta(minutes=7)).isoformat()  # the alert's start
+        listed = {k: v for k, v in done.items() if k != "alerts"}
+
+        page = render_incident(config, done)
+        board = render.board([], [listed], {}, NOW)
+
+        assert "<dt>Lasted</dt><dd>7m 00s" in page
+        assert "<td>7m 00s</td>" in board
+        assert "4m 00s" not in board  # since it opened: four minutes
 
     def test_a_resolved_incident_still_says_lasted(self, config: Config) -> None:
         done = incident_json(status="resolved", phase="resolved", resolved_at=NOW.isoformat())

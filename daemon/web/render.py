@@ -148,7 +148,8 @@ def _resolved_table(resolved: Sequence[Mapping[str, Any]], now: datetime) -> str
         return head + '<p class="quiet">Nothing resolved recently.</p></section>'
     rows = []
     for item in resolved:
-        opened = _need_time(item["opened_at"])
+        # From when the fire started, as the incident's own page counts it.
+        opened = started_at(item)
         closed = parse_time(item.get("resolved_at")) or opened
         ident = escape(str(item["id"]))
         merged = _merged_into(item)
@@ -165,7 +166,7 @@ def _resolved_table(resolved: Sequence[Mapping[str, Any]], now: datetime) -> str
             f"<td>{_time(opened, now)}</td><td>{ended}</td>"
             f"<td>{'' if merged is not None else _span(closed - opened)}</td></tr>")
     return (head + '<div class="scroll"><table class="resolved"><thead><tr>'
-            '<th scope="col">Severity</th><th scope="col">What</th><th scope="col">Opened</th>'
+            '<th scope="col">Severity</th><th scope="col">What</th><th scope="col">Started</th>'
             '<th scope="col">Resolved</th><th scope="col">Lasted</th></tr></thead>'
             f'<tbody>{"".join(rows)}</tbody></table></div></section>')
 
@@ -389,8 +390,11 @@ def recovered_text(business_services: Sequence[str], until: datetime, now: datet
 
 
 def started_at(data: Mapping[str, Any]) -> datetime:
-    """When an incident's fire started: its earliest alert's start, else when it opened."""
+    """When an incident's fire started: its earliest alert's start (the alerts it has, and
+    the earliest it ever had: `started`), else when it opened."""
     starts = [t for a in data.get("alerts", ()) if (t := parse_time(a.get("starts_at")))]
+    if (started := parse_time(data.get("started"))) is not None:
+        starts.append(started)
     return min(starts, default=_need_time(data["opened_at"]))
 
 

@@ -144,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default="bench/results/engine-work")
     args = parser.parse_args(argv)
     args.bursts = [int(s) for s in args.bursts.split(",") if s]
+    if not args.fires and args.webhooks <= args.warmup:
+        parser.error(f"--webhooks {args.webhooks} leaves none to measure after --warmup "
+                     f"{args.warmup}: give more webhooks, or a smaller --warmup")
     work = Path(args.work).resolve()
     (work / "maps").mkdir(parents=True, exist_ok=True)
     maps = generated_map(work / "maps", SERVICES)

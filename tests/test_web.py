@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,8 +16,9 @@ import pytest
 from daemon.app import Firehouse
 from daemon.config import load_config
 from daemon.errors import ConfigError
-from tests.helpers import SETTINGS, alert, body, config_env, write_settings
+from tests.helpers import SETTINGS, alert, body, config_env, resolved, write_settings
 from tests.pagerduty_standin import PagerDutyStandIn
+from tests.test_web_render import firing, node_states
 
 JSON = {"Content-Type": "application/json"}
 TOKEN = "s3cret-bearer-token"
@@ -185,3 +187,66 @@ class TestAuth:
             load_config(settings, env=config_env())
 
         assert "web.colour" in str(caught.value)
+
+
+class TestRecovered:
+    """A service whose alerts all resolved is never shown as currently failing: the pages
+    agree with the API's impact and say what recovered since it was last assessed."""
+
+    async def test_a_resolved_service_is_not_drawn_failing_after_a_later_join(
+        self, tmp_path: Path, database_url: str, pd: PagerDutyStandIn
+    ) -> None:
+        """catalog resolves, then storefront joins: the impact leaves catalog out, and so
+        does the picture's failing set; the page lists catalog as recovered."""
+        catalog = firing("CatalogSlow", "catalog")
+        async with serving(tmp_path, database_url, pd) as running:
+            ident = (await running.post(body(catalog)))["incidents_opened"][0]
+            await running.post(body(firing("CartErrors", "cart")))
+            await running.post(body(resolved(catalog)))
+            await running.post(body(firing("StorefrontErrors", "storefront", "critical")))
+            _, api, _ = await running.get(f"/api/v1/incidents/{ident}")
+            _, page, _ = await running.get(f"/incidents/{ident}?fragment=1")
+
+        data = json.loads(api)
+        assert "catalog" in data["services"]
+        assert "catalog" not in data["impact"]["failing"]
+        drawn = node_states(page)
+        failing = {name for name, state in drawn.items() if state in ("root", "failing")}
+        assert failing == set(data["impact"]["failing"])
+        assert drawn.get("catalog") not in ("root", "failing", "root-recovered", "recovered")
+        assert "catalog: failing" not in page
+        recovered = re.search(r"<dt>Recovered</dt><dd>(.*?)</dd>", page)
+        assert recovered is not None
+        assert "catalog" in recovered.group(1)
+        assert "cart" not in recovered.group(1)
+
+    async def test_a_recovered_root_cause_says_recovered_on_the_page_and_the_board(
+        self, tmp_path: Path, database_url: str, pd: PagerDutyStandIn
+    ) -> None:
+        """postgres-catalog, the root cause, resolves while catalog still fails: the impact
+        is not recomputed (no alert joined), so the API still names it; the picture draws
+        it as a recovered root cause, and the root-cause lists say so and what still
+        fails."""
+        database = firing("PostgresDown", "postgres-catalog", "critical")
+        async with serving(tmp_path, database_url, pd) as running:
+            ident = (await running.post(body(database)))["incidents_opened"][0]
+            await running.post(body(firing("CatalogSlow", "catalog")))
+            before = node_states((await running.get(f"/incidents/{ident}?fragment=1"))[1])
+            await running.post(body(resolved(database)))
+            _, api, _ = await running.get(f"/api/v1/incidents/{ident}")
+            _, page, _ = await running.get(f"/incidents/{ident}?fragment=1")
+            _, board, _ = await running.get("/?fragment=1")
+
+        assert before["postgres-catalog"] == "root"
+        data = json.loads(api)
+        assert data["root_causes"][0]["services"] == ["postgres-catalog"]
+        drawn = node_states(page)
+        assert drawn["postgres-catalog"] == "root-recovered"
+        assert drawn["catalog"] == "failing"
+        for html in (page, board):
+            roots = re.search(r'<ul class="roots">(.*?)</ul>', html)
+            assert roots is not None
+            assert re.search(r"<b>postgres-catalog</b> <span class=\"recovered-mark\">"
+                             r"✔ recovered", roots.group(1))
+            assert "still failing" in roots.group(1)
+            assert "catalog" in roots.group(1).split("still failing", 1)[1]

@@ -12,10 +12,21 @@ from typing import Any
 import pytest
 
 from daemon.config import Config
+from daemon.decide import State, apply, decide
 from daemon.graph import DEGRADED, DOWN
+from daemon.store import Store
 from daemon.web import render
-from daemon.web.blast import FAILING, HEALTHY, ROOT, STYLE, blast_radius, svg
-from tests.helpers import NOW
+from daemon.web.blast import (
+    FAILING,
+    HEALTHY,
+    RECOVERED,
+    ROOT,
+    ROOT_RECOVERED,
+    STYLE,
+    blast_radius,
+    svg,
+)
+from tests.helpers import NOW, alert, resolved, undamped, webhook
 
 SVG_NS = "{http://www.w3.org/2000/svg}"
 EVIL = "<script>alert(1)</script>"
@@ -87,7 +98,8 @@ def tags(html: str) -> _Tags:
 
 
 def render_incident(config: Config, data: dict[str, Any]) -> str:
-    picture = blast_radius(config.graph, data["services"])
+    """The incident's page as the server renders it, picture and all."""
+    picture = render.incident_picture(config.graph, data)
     return render.incident(data, picture, [], render.started_at(data), NOW)
 
 
@@ -668,3 +680,201 @@ def test_no_time_inside_a_time(config: Config) -> None:
     assert html.count("<time") == html.count("</time>") > 0
     assert not parser.nested
     assert parser.depth == 0
+
+
+def firing(name: str, service: str, severity: str = "error") -> dict[str, Any]:
+    """A firing alert on a service of the example map."""
+    return alert({"alertname": name, "service": service, "severity": severity})
+
+
+async def engine_incident(store: Store, config: Config, *notifications: list[dict[str, Any]]
+                          ) -> dict[str, Any]:
+    """The API's JSON of the incident the first notification opened, after the engine
+    decided every notification (a minute apart) and the store kept each decision."""
+    state = State()
+    ident = ""
+    for minute, alerts in enumerate(notifications):
+        decision = decide(webhook(*alerts), config, state, NOW + timedelta(minutes=minute))
+        await store.commit(decision)
+        state = apply(state, decision)
+        ident = ident or decision.incidents[0].id
+    data = await store.get_incident(ident)
+    assert data is not None
+    return data
+
+
+def node_states(html: str) -> dict[str, str]:
+    """Each service drawn in a page's blast-radius picture, with its state."""
+    return dict(re.findall(r'<g class="node [^"]*" data-service="([^"]+)" '
+                           r'data-state="([^"]+)"', html))
+
+
+def roots_list(html: str) -> str:
+    found = re.search(r'<dt>Probable root cause</dt><dd><ul class="roots">(.*?)</ul>', html)
+    assert found is not None
+    return found.group(1)
+
+
+class TestRecovered:
+    """An incident's impact is assessed again only when an alert joins or fires (or a merge):
+    a service whose alerts all resolved since is shown recovered, never failing, and a
+    service the impact no longer counts is not drawn failing."""
+
+    async def test_a_service_resolved_before_a_join_is_not_drawn_failing(
+        self, store: Store, config: Config
+    ) -> None:
+        """catalog resolves, then storefront joins: the picture draws failing what the API's
+        impact says fails, not every service that ever failed in the incident."""
+        catalog = firing("CatalogSlow", "catalog")
+        data = await engine_incident(store, config, [catalog], [firing("CartErrors", "cart")],
+                                     [resolved(catalog)],
+                                     [firing("StorefrontErrors", "storefront", "critical")])
+        html = render_incident(config, data)
+
+        assert "catalog" in data["services"]
+        assert sorted(data["impact"]["failing"]) == ["cart", "storefront"]
+        drawn = node_states(html)
+        assert {n for n, s in drawn.items() if s in (ROOT, FAILING)} == {"cart", "storefront"}
+        assert drawn.get("catalog") in (None, HEALTHY, DOWN, DEGRADED)
+        assert "catalog: failing" not in html
+        assert re.search(r"<dt>Recovered</dt><dd>.*<b>catalog</b>.*</dd>", html)
+
+    async def test_a_recovered_root_cause_is_drawn_and_listed_recovered(
+        self, store: Store, config: Config
+    ) -> None:
+        """postgres-catalog, the root cause, resolves while catalog fails: no alert joined,
+        so the API keeps it as root cause; the page marks it recovered, draws it as a
+        recovered root cause (green, ticked, the word written), and says what still fails
+        and that what it took down is as last assessed."""
+        database = firing("PostgresDown", "postgres-catalog", "critical")
+        data = await engine_incident(store, config, [database],
+                                     [firing("CatalogSlow", "catalog")], [resolved(database)])
+        html = render_incident(config, data)
+
+        assert data["phase"] == "open"
+        assert data["root_causes"][0]["services"] == ["postgres-catalog"]
+        drawn = node_states(html)
+        assert drawn["postgres-catalog"] == ROOT_RECOVERED
+        assert drawn["catalog"] == FAILING
+        assert drawn["storefront"] == DOWN  # as last assessed, and the page says so
+        roots = roots_list(html)
+        assert ('<li class="cause-recovered"><b>postgres-catalog</b> '
+                '<span class="recovered-mark">✔ recovered</span> <small>at <time') in roots
+        assert "takes down" not in roots
+        assert '<li class="still-failing"><small>still failing:</small> <b>catalog</b>' in roots
+        assert "Recovered since the impact was last assessed" in html
+        assert "postgres-catalog (recovered)" in html  # the picture's description
+        assert "root cause, recovered: green double octagon, ticked" in html
+
+        node = self.node(config, data, "postgres-catalog")
+        polygons = [e for e in node if e.tag == f"{SVG_NS}polygon"]
+        assert polygons[0].get("fill") == STYLE[ROOT_RECOVERED][0]
+        assert polygons[1].get("fill") == "none"  # the double outline of a root cause
+        assert [e.tag for e in node].count(f"{SVG_NS}polyline") == 1  # the tick
+        assert "RECOVERED ROOT" in " ".join(t.text or "" for t in node.iter(f"{SVG_NS}text"))
+        assert "root cause, recovered" in (node.findtext(f"{SVG_NS}title") or "")
+
+    async def test_a_recovered_failing_service_is_drawn_recovered(
+        self, store: Store, config: Config
+    ) -> None:
+        """auth resolves while postgres-users, its root cause, still fails: auth is drawn
+        recovered in its place; the root cause stays a root cause, nothing "still failing"
+        is added."""
+        auth = firing("AuthErrors", "auth")
+        data = await engine_incident(store, config,
+                                     [firing("PostgresDown", "postgres-users", "critical")],
+                                     [auth], [resolved(auth)])
+        html = render_incident(config, data)
+
+        drawn = node_states(html)
+        assert drawn["auth"] == RECOVERED
+        assert drawn["postgres-users"] == ROOT
+        assert "recovered" not in roots_list(html)
+        assert "still failing" not in html
+        node = self.node(config, data, "auth")
+        outline = node.find(f"{SVG_NS}polygon")  # an octagon, as when it failed
+        assert outline is not None
+        assert outline.get("fill") == STYLE[RECOVERED][0]
+        assert "RECOVERED" in " ".join(t.text or "" for t in node.iter(f"{SVG_NS}text"))
+        assert len({STYLE[s][0] for s in STYLE}) == len(STYLE)
+
+    async def test_all_alerts_resolved_while_damping_everything_is_recovered(
+        self, store: Store, config: Config
+    ) -> None:
+        """Every alert resolved, the incident waits out flap damping: each root cause reads
+        recovered, and nothing is said to be still failing."""
+        database = firing("PostgresDown", "postgres-catalog", "critical")
+        catalog = firing("CatalogSlow", "catalog")
+        data = await engine_incident(store, config, [database, catalog],
+                                     [resolved(database), resolved(catalog)])
+        html = render_incident(config, data)
+
+        assert data["phase"] == "resolving"
+        drawn = node_states(html)
+        assert (drawn["postgres-catalog"], drawn["catalog"]) == (ROOT_RECOVERED, RECOVERED)
+        assert "✔ recovered" in roots_list(html)
+        assert "still failing" not in html
+
+    async def test_a_resolved_incident_is_drawn_as_last_assessed(
+        self, store: Store, config: Config
+    ) -> None:
+        """Once resolved, the page shows the fire as it was, with no "recovered" marks: the
+        whole incident says it is over."""
+        database = firing("PostgresDown", "postgres-catalog", "critical")
+        catalog = firing("CatalogSlow", "catalog")
+        data = await engine_incident(store, undamped(config), [database, catalog],
+                                     [resolved(database), resolved(catalog)])
+        html = render_incident(config, data)
+
+        assert data["status"] == "resolved"
+        drawn = node_states(html)
+        assert (drawn["postgres-catalog"], drawn["catalog"]) == (ROOT, FAILING)
+        assert "recovered" not in roots_list(html)
+        assert "<dt>Recovered</dt>" not in html
+
+    async def test_the_board_marks_a_recovered_root_cause(self, store: Store, config: Config
+                                                          ) -> None:
+        """The board's card (whose list has no alerts) marks the root cause recovered from
+        what the server found in the incident's alerts, and says what still fails."""
+        database = firing("PostgresDown", "postgres-catalog", "critical")
+        data = await engine_incident(store, config, [database],
+                                     [firing("CatalogSlow", "catalog")], [resolved(database)])
+        listed = {k: v for k, v in data.items() if k != "alerts"}
+
+        before = render.board([listed], [], {}, NOW)
+        html = render.board([listed], [], {}, NOW, {data["id"]: render.recovered_of(data)})
+
+        assert "recovered" not in before
+        assert "<b>postgres-catalog</b> <span class=\"recovered-mark\">✔ recovered" in html
+        assert "still failing:</small> <b>catalog</b>" in html
+
+    def test_a_cycle_root_cause_says_which_of_it_recovered(self) -> None:
+        """A root cause of several services (a cycle) is recovered once all of them are;
+        before, the list says which did."""
+        data = incident_json(root_causes=[{"services": ["a", "b"], "takes_down": 3}])
+        data["alerts"] = [
+            {**data["alerts"][1], "fingerprint": "fa", "service": "a", "status": "resolved",
+             "ends_at": NOW.isoformat()},
+            {**data["alerts"][1], "fingerprint": "fb", "service": "b"}]
+        partly = render.incident(data, None, [], NOW, NOW)
+        data["alerts"][1] = {**data["alerts"][1], "status": "resolved"}
+        whole = render.incident(data, None, [], NOW, NOW)
+
+        assert "<b>a &lt;-&gt; b</b> <small>(a recovered)</small> <small>takes down 3" in partly
+        assert "<b>a &lt;-&gt; b</b> <span class=\"recovered-mark\">✔ recovered" in whole
+
+    def test_recovered_services_need_every_alert_resolved(self) -> None:
+        """A service is recovered when none of its alerts fires, as of its latest end."""
+        early, late = NOW - timedelta(minutes=5), NOW - timedelta(minutes=1)
+        found = render.recovered_services([
+            ("db", "resolved", early), ("db", "resolved", late), ("db", "resolved", None),
+            ("api", "resolved", late), ("api", "firing", None), (None, "resolved", late)])
+
+        assert found == {"db": late}
+
+    @staticmethod
+    def node(config: Config, data: dict[str, Any], service: str) -> ET.Element:
+        picture = render.incident_picture(config.graph, data)
+        assert picture is not None
+        root = ET.fromstring(svg(picture, "Blast radius"))
+        return next(g for g in root.iter(f"{SVG_NS}g") if g.get("data-service") == service)

@@ -25,7 +25,6 @@ from daemon.decide.bodies import business_summary
 from daemon.errors import StoreError
 from daemon.server import APP_KEY, Handler, authorized, warn_rejected
 from daemon.web import render
-from daemon.web.blast import blast_radius
 
 if TYPE_CHECKING:
     from daemon.app import Firehouse
@@ -90,10 +89,15 @@ async def board(request: web.Request) -> web.StreamResponse:
     # The recently closed, resolved or merged into another, newest first as the store lists.
     resolved = sorted([*resolved, *merged], key=lambda i: str(i["opened_at"]),
                       reverse=True)[:RESOLVED_SHOWN]
-    # When each fire started (its earliest alert) is known to the engine's state; the
-    # list does not carry the alerts.
-    started = {i: found.started_at for i, found in firehouse.dispatcher.state.open.items()}
-    fragment = render.board(current, resolved, started, now)
+    # When each fire started (its earliest alert) and which of its services recovered (all
+    # their alerts resolved) are known to the engine's state; the list does not carry the
+    # alerts.
+    open_ = firehouse.dispatcher.state.open
+    started = {i: found.started_at for i, found in open_.items()}
+    recovered = {i["id"]: render.recovered_services((a.service, a.status, a.ends_at)
+                                                    for a in found.alerts.values())
+                 for i in current if (found := open_.get(i["id"])) is not None}
+    fragment = render.board(current, resolved, started, now, recovered)
     return _page(request, render.board_title(current), fragment, render.BOARD)
 
 
@@ -109,9 +113,7 @@ async def incident(request: web.Request) -> web.StreamResponse:
     if data is None:
         return _html(render.message("No such incident", "Firehouse knows no incident with "
                                     "this id; it may have been cleaned up."), status=404)
-    config = firehouse.config
-    picture = blast_radius(config.graph, data.get("services", ())) if data.get(
-        "mapped", True) else None
+    picture = render.incident_picture(firehouse.config.graph, data)
     start = render.started_at(data)
     fragment = render.incident(data, picture, _rollback(firehouse, data, start, now),
                                start, now)

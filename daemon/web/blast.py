@@ -6,7 +6,12 @@ them, for context) to the services they take down or degrade on the right; arrow
 way the failure spreads, from a dependency to its dependent. State is told three ways --
 colour, shape and pattern, and a written word -- so the picture reads in black and white.
 
-Pure: no I/O; the caller passes the map and the failing services.
+The failing services are the impact's as it was last assessed (when an alert joined or
+fired again, or incidents merged); those of them whose alerts have all resolved since are
+drawn recovered, in their place, so that the picture still agrees with the impact the API
+shows.
+
+Pure: no I/O; the caller passes the map, the failing and the recovered services.
 """
 
 from __future__ import annotations
@@ -23,14 +28,21 @@ from daemon.web.text import escape
 ROOT = "root"
 FAILING = "failing"
 HEALTHY = "healthy"
-STATES = (ROOT, FAILING, DOWN, DEGRADED, HEALTHY)
-LABELS = {ROOT: "ROOT CAUSE", FAILING: "FAILING", DOWN: "DOWN", DEGRADED: "DEGRADED",
-          HEALTHY: "healthy"}
+# A root cause or failing service of the impact whose alerts have all resolved since.
+ROOT_RECOVERED = "root-recovered"
+RECOVERED = "recovered"
+STATES = (ROOT, ROOT_RECOVERED, FAILING, RECOVERED, DOWN, DEGRADED, HEALTHY)
+LABELS = {ROOT: "ROOT CAUSE", ROOT_RECOVERED: "RECOVERED ROOT", FAILING: "FAILING",
+          RECOVERED: "RECOVERED", DOWN: "DOWN", DEGRADED: "DEGRADED", HEALTHY: "healthy"}
+# What a node's tooltip calls its state, where the label's word is not enough.
+_TOOLTIPS = {ROOT_RECOVERED: "root cause, recovered"}
 # Fill, stroke, text colour, stroke dash: presentation attributes, so the colours hold even
 # without the stylesheet. Dark background; text contrast at least 4.5:1 on each fill.
 STYLE = {
     ROOT: ("#8e0000", "#ffffff", "#ffffff", ""),
+    ROOT_RECOVERED: ("#1b5e20", "#ffffff", "#ffffff", ""),
     FAILING: ("#d32f2f", "#ffcdd2", "#ffffff", ""),
+    RECOVERED: ("#2e7d32", "#c8e6c9", "#ffffff", ""),
     DOWN: ("#fb8c00", "#ffe0b2", "#111111", ""),
     DEGRADED: ("#fdd835", "#212121", "#111111", "7 4"),
     HEALTHY: ("#1e272c", "#78909c", "#cfd8dc", ""),
@@ -86,13 +98,21 @@ class Picture:
     roots: tuple[str, ...]
 
 
-def blast_radius(graph: ServiceGraph, failing: Iterable[str]) -> Picture:
+def blast_radius(graph: ServiceGraph, failing: Iterable[str], recovered: Iterable[str] = ()
+                 ) -> Picture:
     """Lay out the failing services of an incident, what they impact and the healthy
-    dependencies of its root causes, in columns by distance from the root causes."""
+    dependencies of its root causes, in columns by distance from the root causes; those of
+    the failing services that are also `recovered` are drawn so."""
     names = sorted({s.name for n in failing if (s := graph.resolve(n)) is not None})
+    back = {s.name for n in recovered if (s := graph.resolve(n)) is not None}
     impact = graph.impact(names[:MAX_FAILING])
     roots = tuple(s for cause in impact.root_causes for s in cause.services)
-    states = {name: ROOT if name in roots else FAILING for name in impact.failing}
+    states: dict[str, str] = {}
+    for name in impact.failing:
+        if name in roots:
+            states[name] = ROOT_RECOVERED if name in back else ROOT
+        else:
+            states[name] = RECOVERED if name in back else FAILING
     shown = impact.top(MAX_IMPACTED)
     for service in shown:
         states[service.name] = service.state
@@ -198,9 +218,13 @@ def svg(picture: Picture, title: str) -> str:
     """The picture as an inline SVG element, every name escaped."""
     by_name = {n.name: n for n in picture.nodes}
     counts = {state: sum(1 for n in picture.nodes if n.state == state) for state in STATES}
-    desc = (f"Probable root cause: {', '.join(picture.roots) or 'unknown'}. "
-            f"{counts[ROOT] + counts[FAILING]} failing, {counts[DOWN]} down, "
-            f"{counts[DEGRADED]} degraded"
+    roots = [f"{name} (recovered)" if by_name[name].state == ROOT_RECOVERED else name
+             for name in picture.roots]
+    back = counts[ROOT_RECOVERED] + counts[RECOVERED]
+    desc = (f"Probable root cause: {', '.join(roots) or 'unknown'}. "
+            f"{counts[ROOT] + counts[FAILING]} failing, "
+            + (f"{back} recovered, " if back else "")
+            + f"{counts[DOWN]} down, {counts[DEGRADED]} degraded"
             + (f", {picture.hidden} more impacted not drawn" if picture.hidden else "")
             + ". Arrows point from a dependency to the services its failure hurts.")
     parts = [
@@ -274,11 +298,16 @@ def _node(node: Node) -> str:
     _, _, text, _ = STYLE[node.state]
     name = node.name if len(node.name) <= NAME_CHARS else node.name[: NAME_CHARS - 1] + "…"
     label = f"{LABELS[node.state]} · tier {node.tier}"
+    if node.state in (ROOT_RECOVERED, RECOVERED):
+        # "RECOVERED ROOT · tier 2" is wider than the node; a recovered service's tier
+        # matters less, and its tooltip still says it.
+        label = LABELS[node.state]
+    tooltip = _TOOLTIPS.get(node.state, LABELS[node.state].lower())
     left = node.x + 48
     return (
         f'<g class="node node-{node.state}" data-service="{escape(node.name)}" '
         f'data-state="{node.state}"><title>{escape(node.name)}: '
-        f'{escape(LABELS[node.state].lower())}, tier {node.tier}</title>'
+        f"{escape(tooltip)}, tier {node.tier}</title>"
         f"{_shape(node.state, node.x, node.y, NODE_W, NODE_H)}"
         f'<text x="{left}" y="{node.y + 28}" fill="{text}" font-size="18" '
         f'font-weight="700">{escape(name)}</text>'
@@ -289,21 +318,27 @@ def _node(node: Node) -> str:
 
 def _shape(state: str, x: int, y: int, w: int, h: int) -> str:
     """The outline of a state (octagon: failing, double for a root cause; box: down; pill:
-    degraded; thin rounded box: healthy) with its badge (solid, hatched, dotted)."""
+    degraded; thin rounded box: healthy) with its badge (solid, hatched, dotted; a tick
+    instead of the exclamation mark once recovered)."""
     fill, stroke, _, dash = STYLE[state]
     dashed = f' stroke-dasharray="{dash}"' if dash else ""
     paint = f'fill="{fill}" stroke="{stroke}"{dashed}'
     badge = min(28, h - 8)
     bx, by = x + 10, y + (h - badge) // 2
-    if state in (ROOT, FAILING):
+    if state in (ROOT, ROOT_RECOVERED, FAILING, RECOVERED):
         outline = f'<polygon points="{_octagon(x, y, w, h, 12)}" {paint} stroke-width="2.5"/>'
-        if state == ROOT:
+        if state in (ROOT, ROOT_RECOVERED):
             outline += (f'<polygon points="{_octagon(x + 5, y + 5, w - 10, h - 10, 9)}" '
                         f'fill="none" stroke="{stroke}" stroke-width="1.5"/>')
-        mark = (f'<polygon points="{_octagon(bx, by, badge, badge, 8)}" fill="#ffffff"/>'
-                f'<rect x="{bx + badge // 2 - 2}" y="{by + 5}" width="4" height="{badge - 15}" '
-                f'fill="{fill}"/><rect x="{bx + badge // 2 - 2}" y="{by + badge - 8}" '
-                f'width="4" height="4" fill="{fill}"/>')
+        mark = f'<polygon points="{_octagon(bx, by, badge, badge, 8)}" fill="#ffffff"/>'
+        if state in (ROOT_RECOVERED, RECOVERED):
+            mark += (f'<polyline points="{bx + 7},{by + badge // 2} {bx + badge // 2 - 1},'
+                     f'{by + badge - 8} {bx + badge - 6},{by + 7}" fill="none" '
+                     f'stroke="{fill}" stroke-width="4"/>')
+        else:
+            mark += (f'<rect x="{bx + badge // 2 - 2}" y="{by + 5}" width="4" '
+                     f'height="{badge - 15}" fill="{fill}"/><rect x="{bx + badge // 2 - 2}" '
+                     f'y="{by + badge - 8}" width="4" height="4" fill="{fill}"/>')
         return outline + mark
     if state == DOWN:
         return (f'<rect x="{x}" y="{y}" width="{w}" height="{h}" {paint} stroke-width="2.5"/>'

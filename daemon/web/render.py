@@ -16,8 +16,18 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from daemon.graph import DEGRADED, DOWN, SEVERITIES
-from daemon.web.blast import FAILING, HEALTHY, ROOT, Picture, edge_swatch, svg
+from daemon.graph import DEGRADED, DOWN, SEVERITIES, ServiceGraph
+from daemon.web.blast import (
+    FAILING,
+    HEALTHY,
+    RECOVERED,
+    ROOT,
+    ROOT_RECOVERED,
+    Picture,
+    blast_radius,
+    edge_swatch,
+    svg,
+)
 from daemon.web.blast import swatch as state_swatch
 from daemon.web.text import escape
 
@@ -31,6 +41,11 @@ _ROLE_NAMES = {"technical_lead": "technical lead", "service_lead": "service lead
 _LEGEND = ((ROOT, "root cause: double octagon"), (FAILING, "failing: octagon"),
            (DOWN, "down: box, hatched"), (DEGRADED, "degraded: dashed pill, dotted"),
            (HEALTHY, "healthy dependency of a root cause"))
+# Only on a picture that has them: most never do.
+_LEGEND_RECOVERED = ((ROOT_RECOVERED, "root cause, recovered: green double octagon, ticked"),
+                     (RECOVERED, "recovered: green octagon, ticked (its alerts all resolved)"))
+# Recovered services an incident page names at most (a wide outage can recover hundreds).
+RECOVERED_SHOWN = 12
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,17 +111,20 @@ BOARD_CARDS = 100
 
 
 def board(incidents: Sequence[Mapping[str, Any]], resolved: Sequence[Mapping[str, Any]],
-          started: Mapping[str, datetime], now: datetime) -> str:
+          started: Mapping[str, datetime], now: datetime,
+          recovered: Mapping[str, Mapping[str, datetime | None]] | None = None) -> str:
     """Open incidents most severe first (longest burning first among equals), at most
     BOARD_CARDS of them, then the recently resolved. `started` maps an incident id to when
-    its fire started."""
+    its fire started; `recovered`, to its services whose alerts all resolved (the list of
+    incidents does not carry their alerts), as `recovered_services` finds them."""
+    recovered = recovered or {}
     ordered = sorted(incidents, key=lambda i: (-_severity_rank(i), _start(i, started)))
     parts = [f'<section aria-labelledby="open-h"><h1 id="open-h">Open incidents '
              f'<span class="count">{len(ordered)}</span></h1>']
     if ordered:
         parts.append('<ol class="incidents">')
-        parts.extend(f"<li>{_card(i, _start(i, started), now)}</li>"
-                     for i in ordered[:BOARD_CARDS])
+        parts.extend(f"<li>{_card(i, _start(i, started), recovered.get(str(i['id']), {}), now)}"
+                     "</li>" for i in ordered[:BOARD_CARDS])
         parts.append("</ol>")
         if len(ordered) > BOARD_CARDS:
             parts.append(f'<p class="quiet more">and {len(ordered) - BOARD_CARDS} more open '
@@ -120,14 +138,15 @@ def board(incidents: Sequence[Mapping[str, Any]], resolved: Sequence[Mapping[str
     return _root(board_title(incidents), "".join(parts))
 
 
-def _card(incident: Mapping[str, Any], start: datetime, now: datetime) -> str:
+def _card(incident: Mapping[str, Any], start: datetime,
+          recovered: Mapping[str, datetime | None], now: datetime) -> str:
     ident = str(incident["id"])
     severity = str(incident["severity"])
     facts = [
         _fact("Burning for", f"{_since(start, now)} <small>since {_time(start, now)}</small>",
               "clock"),
         _fact("Next deadline", _deadline(incident, now)),
-        _fact("Probable root cause", _roots(incident)),
+        _fact("Probable root cause", _roots(incident, recovered, now)),
         _fact("Paged", _pages_list(incident.get("pages", ())), "paged"),
     ]
     return (
@@ -186,6 +205,7 @@ def incident(data: Mapping[str, Any], picture: Picture | None,
     severity = str(data["severity"])
     is_open = data.get("status") == "open"
     merged = _merged_into(data)
+    recovered = recovered_of(data)
     if merged is not None:
         # Not resolved: its alerts live on in the incident it was merged into.
         facts = [_fact("Opened", _time(start, now), "clock")]
@@ -201,7 +221,9 @@ def incident(data: Mapping[str, Any], picture: Picture | None,
         stuck = _undelivered(data.get("pages", ()))
         if stuck:
             facts.append(_fact("PagerDuty", _undelivered_list(stuck), "undelivered"))
-    facts.append(_fact("Probable root cause", _roots(data)))
+    facts.append(_fact("Probable root cause", _roots(data, recovered, now)))
+    if recovered:
+        facts.append(_fact("Recovered", _recovered_list(recovered, now), "back"))
     external = _link(str(data.get("external_url") or ""), "Open in Alertmanager")
     head = (
         '<nav class="crumbs" aria-label="Back"><a href="/">← Board</a></nav>'
@@ -227,7 +249,10 @@ def _blast_section(data: Mapping[str, Any], picture: Picture | None) -> str:
         services = ", ".join(str(s) for s in data.get("services", ()))
         return (head + f'<p class="quiet">No dependency map knows {escape(services)}: '
                 "there is no blast radius to draw.</p></section>")
-    legend = "".join(f"<li>{state_swatch(state)} {escape(text)}</li>" for state, text in _LEGEND)
+    back = [n.name for n in picture.nodes if n.state in (ROOT_RECOVERED, RECOVERED)]
+    shown = [*_LEGEND, *(e for e in _LEGEND_RECOVERED
+                         if any(n.state == e[0] for n in picture.nodes))]
+    legend = "".join(f"<li>{state_swatch(state)} {escape(text)}</li>" for state, text in shown)
     legend += (f'<li>{edge_swatch("carry")} carries the failure</li>'
                f'<li>{edge_swatch("carry-soft")} carries a degradation (soft dependency)</li>'
                f'<li>{edge_swatch("plain")} other dependency</li>')
@@ -245,9 +270,15 @@ def _blast_section(data: Mapping[str, Any], picture: Picture | None) -> str:
                      f"every one with its chain: <code>firehouse impact {escape(failing)} "
                      f"--format json</code>; totals in "
                      f'<a href="/api/v1/incidents/{escape(str(data["id"]))}">the API</a>.</p>')
+    # The impact is assessed again only when an alert joins or fires: what a recovered
+    # service took down is drawn as it was, and the picture says so rather than guess.
+    note = (f'<p class="quiet recovered-note">✔ Recovered since the impact was last '
+            f"assessed, every alert on it resolved: {escape(', '.join(back))}. The impact is "
+            "assessed again when an alert joins or fires; until then, what is drawn down or "
+            "degraded because of it is as it was then.</p>") if back else ""
     return (head + f'<div class="blast scroll">{svg(picture, "Blast radius: " + _what(data))}'
-            f'</div>{hidden}<ul class="legend" aria-label="Legend">{legend}</ul>{why_list}'
-            "</section>")
+            f'</div>{hidden}{note}<ul class="legend" aria-label="Legend">{legend}</ul>'
+            f"{why_list}</section>")
 
 
 def _pages_section(data: Mapping[str, Any], now: datetime) -> str:
@@ -389,6 +420,53 @@ def recovered_text(business_services: Sequence[str], until: datetime, now: datet
 # --------------------------------------------------------------------------- pieces
 
 
+def incident_picture(graph: ServiceGraph, data: Mapping[str, Any]) -> Picture | None:
+    """An incident's blast radius: its impact's failing services as the API shows them (not
+    every service that ever failed in it), those whose alerts all resolved since drawn
+    recovered; None for an incident on services no map knows."""
+    if not data.get("mapped", True):
+        return None
+    return blast_radius(graph, failing_services(data), recovered_of(data))
+
+
+def failing_services(data: Mapping[str, Any]) -> list[str]:
+    """The services an incident's impact found failing when it was last assessed (the API's
+    `impact.failing`): what its picture draws failing or recovered. An incident stored
+    without one falls back to its services, every one that ever failed in it."""
+    impact = data.get("impact") or {}
+    if "failing" in impact:
+        return [str(s) for s in impact["failing"]]
+    return [str(s) for s in data.get("services", ())]
+
+
+def recovered_services(alerts: Iterable[tuple[str | None, str, datetime | None]]
+                       ) -> dict[str, datetime | None]:
+    """From the (service, status, ends_at) of an incident's alerts: each service none of
+    whose alerts fires any longer, with when the last of them ended (None: unknown)."""
+    firing: set[str] = set()
+    ended: dict[str, datetime | None] = {}
+    for service, status, ends_at in alerts:
+        if service is None:
+            continue
+        if status == "firing":
+            firing.add(service)
+        elif service not in ended or (ends_at is not None and (
+                (last := ended[service]) is None or ends_at > last)):
+            ended[service] = ends_at
+    return {service: at for service, at in ended.items() if service not in firing}
+
+
+def recovered_of(data: Mapping[str, Any]) -> dict[str, datetime | None]:
+    """`recovered_services` of an open incident, from its alerts in the API's JSON. None of
+    a closed one: its fire is over (resolved) or goes on in another incident (merged), and
+    its page shows it as it was last assessed."""
+    if data.get("status") != "open":
+        return {}
+    return recovered_services((str(a["service"]) if a.get("service") else None,
+                               str(a.get("status", "")), parse_time(a.get("ends_at")))
+                              for a in data.get("alerts", ()))
+
+
 def started_at(data: Mapping[str, Any]) -> datetime:
     """When an incident's fire started: its earliest alert's start (the alerts it has, and
     the earliest it ever had: `started`), else when it opened."""
@@ -438,19 +516,55 @@ def _deadline(data: Mapping[str, Any], now: datetime) -> str:
     return text or "none"
 
 
-def _roots(data: Mapping[str, Any]) -> str:
+def _roots(data: Mapping[str, Any], recovered: Mapping[str, datetime | None],
+           now: datetime) -> str:
+    """The probable root causes as last assessed, each marked recovered once its alerts all
+    resolved; when every one listed has, what still fails."""
     causes = data.get("root_causes") or ()
     if not causes:
         return "unknown"
-    items = "".join(
-        f'<li><b>{escape(" <-> ".join(str(s) for s in c.get("services", ())))}</b>'
-        + (f" <small>takes down {int(c['takes_down'])}</small>"
-           if c.get("takes_down") is not None else "") + "</li>"
-        for c in causes)
+    items = []
+    all_back = True
+    for cause in causes:
+        names = [str(s) for s in cause.get("services", ())]
+        back = [n for n in names if n in recovered]
+        whole = bool(names) and len(back) == len(names)
+        all_back &= whole
+        if whole:
+            # What it took down is as it was when it failed: left out, not to read as now.
+            at = max((t for n in names if (t := recovered[n]) is not None), default=None)
+            items.append(f'<li class="cause-recovered"><b>{escape(" <-> ".join(names))}</b> '
+                         '<span class="recovered-mark">✔ recovered</span>'
+                         + (f" <small>at {_time(at, now)}</small>" if at else "") + "</li>")
+            continue
+        partly = f" <small>({escape(', '.join(back))} recovered)</small>" if back else ""
+        items.append(f'<li><b>{escape(" <-> ".join(names))}</b>{partly}'
+                     + (f" <small>takes down {int(cause['takes_down'])}</small>"
+                        if cause.get("takes_down") is not None else "") + "</li>")
     total = (data.get("impact") or {}).get("root_causes_total", len(causes))
     more = f"<li><small>and {int(total) - len(causes)} more</small></li>" if total > len(
         causes) else ""
-    return f'<ul class="roots">{items}{more}</ul>'
+    still = [s for s in failing_services(data) if s not in recovered] if all_back else []
+    if still:
+        # The root causes recovered, the fire did not: say what still burns.
+        shown = ", ".join(still[:3]) + (f" and {len(still) - 3} more" if len(still) > 3
+                                        else "")
+        more += (f'<li class="still-failing"><small>still failing:</small> '
+                 f"<b>{escape(shown)}</b></li>")
+    return f'<ul class="roots">{"".join(items)}{more}</ul>'
+
+
+def _recovered_list(recovered: Mapping[str, datetime | None], now: datetime) -> str:
+    """The services of an incident whose alerts all resolved, latest first."""
+    floor = datetime.min.replace(tzinfo=UTC)
+    ordered = sorted(recovered, key=lambda s: (recovered[s] or floor, s), reverse=True)
+    items = "".join(
+        f'<li><span class="recovered-mark">✔</span> <b>{escape(name)}</b>'
+        + (f" <small>at {_time(at, now)}</small>" if (at := recovered[name]) else "")
+        + "</li>" for name in ordered[:RECOVERED_SHOWN])
+    if len(ordered) > RECOVERED_SHOWN:
+        items += f"<li><small>and {len(ordered) - RECOVERED_SHOWN} more</small></li>"
+    return f'<ul class="roots recovered-services">{items}</ul>'
 
 
 def _pages_list(pages: Iterable[Mapping[str, Any]]) -> str:

@@ -8,20 +8,34 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from daemon import __version__
 from daemon.alerts import MALFORMED_LABEL, parse_body, parse_time
-from daemon.config import DEFAULT_SETTINGS_FILE, Config, find_settings_file, load_config, mask
+from daemon.config import (
+    DEFAULT_SETTINGS_FILE,
+    Config,
+    Settings,
+    dry_run_state_warning,
+    find_settings_file,
+    load_config,
+    load_store_settings,
+    mask,
+)
 from daemon.decide import Decision, State, decide
 from daemon.errors import ConfigError, PayloadError, Problem, StoreError
+from daemon.maps import case_twin
 from daemon.render import impact_dot, impact_json, impact_text, or_none
 from daemon.rules import Outcome, Verdict
 from daemon.ruletest import format_report, load_tests, run_test
 
 _ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+# Open incidents a warning names (then "…"), as the daemon's warnings do.
+_INCIDENTS_SHOWN = 5
+_Loaded = TypeVar("_Loaded")
 
 
 def logfmt_value(text: str) -> str:
@@ -76,6 +90,10 @@ def _load(args: argparse.Namespace) -> Config:
     return load_config(Path(args.config) if args.config else None)
 
 
+def _load_store_settings(args: argparse.Namespace) -> Settings:
+    return load_store_settings(Path(args.config) if args.config else None)
+
+
 def _no_settings_file(args: argparse.Namespace) -> str:
     """Why the settings are only the environment's, and how to give a file; "" when a file
     was given or found. Said before the problems, which otherwise look like a broken file."""
@@ -86,10 +104,12 @@ def _no_settings_file(args: argparse.Namespace) -> str:
             f"built-in defaults apply; give one with --config FILE or FIREHOUSE_CONFIG=FILE")
 
 
-def _load_or_report(args: argparse.Namespace) -> Config | None:
-    """The configuration, or None after printing every problem to stderr."""
+def _load_or_report(args: argparse.Namespace,
+                    load: Callable[[argparse.Namespace], _Loaded]) -> _Loaded | None:
+    """The configuration (or what `load` reads), or None after printing every problem to
+    stderr."""
     try:
-        return _load(args)
+        return load(args)
     except ConfigError as exc:
         if note := _no_settings_file(args):
             print(note, file=sys.stderr)
@@ -101,7 +121,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run the daemon until SIGTERM."""
     from daemon.app import serve  # noqa: PLC0415 - keeps `check` light
 
-    config = _load_or_report(args)
+    config = _load_or_report(args, _load)
     if config is None:
         return 2
     _setup_logging(config.settings.log_level)
@@ -131,6 +151,13 @@ def cmd_check(args: argparse.Namespace) -> int:
         return 1
     settings = config.settings
     print(f"SUCCESS: settings {settings.source}")
+    if settings.database_url:
+        from daemon.store.postgres import describe_dsn  # noqa: PLC0415 - only when used
+
+        print(f"  state: PostgreSQL {describe_dsn(settings.database_url)}, shared by "
+              f"replicas (outbox lease {settings.database_lease:g}s)")
+    else:
+        print(f"  state: SQLite {settings.state}")
     print(f"  {len(config.graph.services)} services from "
           f"{', '.join(str(p) for p in settings.dependency_maps)}")
     print(f"  {len(config.rules)} rules from {', '.join(str(p) for p in settings.rules)}")
@@ -158,7 +185,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
                   f"2026-01-31T09:00:00Z: {args.at!r}", file=sys.stderr)
             return 2
         now = at
-    config = _load_or_report(args)
+    config = _load_or_report(args, _load)
     if config is None:
         return 2
     try:
@@ -174,11 +201,26 @@ def cmd_explain(args: argparse.Namespace) -> int:
         return 1
     decision = decide(webhook, config, State(), now)
     rejected = [r.reason for r in webhook.rejected]
+    meant = _meant(decision, config)
     if args.format == "json":
-        print(json.dumps(_decision_json(decision, rejected), indent=2, ensure_ascii=False))
+        print(json.dumps(_decision_json(decision, rejected, meant), indent=2,
+                         ensure_ascii=False))
     else:
-        _print_decision(decision, rejected)
+        _print_decision(decision, rejected, meant)
     return 0
+
+
+def _meant(decision: Decision, config: Config) -> dict[str, str]:
+    """For each unmapped service label that names a map service or alias but for case (or
+    spaces around it), that name: alerts are placed by exact names, so such an alert is
+    unmapped, and the likely cause is worth saying."""
+    meant: dict[str, str] = {}
+    for e in decision.explanations:
+        if not e.mapped and e.service and e.service not in meant:
+            twin = case_twin(config.graph, e.service)
+            if twin is not None:
+                meant[e.service] = twin
+    return meant
 
 
 def _parse_at(text: str) -> datetime | None:
@@ -189,15 +231,18 @@ def _parse_at(text: str) -> datetime | None:
         return None
 
 
-def _decision_json(decision: Decision, rejected: list[str]) -> dict[str, Any]:
+def _decision_json(decision: Decision, rejected: list[str], meant: dict[str, str]
+                   ) -> dict[str, Any]:
     """The decision as JSON, with `rejected`: why each malformed alert is one, as the
-    webhook's answer says (each is in `alerts` too, decided on as far as it was read)."""
+    webhook's answer says (each is in `alerts` too, decided on as far as it was read); an
+    unmapped alert whose service differs from a map name only in case has `did_you_mean`."""
     return {
         "rejected": rejected,
         "alerts": [
             {
                 "fingerprint": e.fingerprint, "alertname": e.alertname, "status": e.status,
-                "service": e.service, "mapped": e.mapped, "action": e.action,
+                "service": e.service, "mapped": e.mapped,
+                "did_you_mean": meant.get(e.service or ""), "action": e.action,
                 "severity": e.severity,
                 "rules": _rules_json(e.outcome) if e.outcome else [],
                 "deadlines": e.deadlines.to_json() if e.deadlines else None,
@@ -244,13 +289,15 @@ def _verdict_line(verdict: Verdict) -> str:
     return f"  rule miss  {verdict.rule.name!r}: {verdict.reason}  [{mark}]"
 
 
-def _print_decision(decision: Decision, rejected: list[str]) -> None:
+def _print_decision(decision: Decision, rejected: list[str], meant: dict[str, str]) -> None:
     for reason in rejected:
         # Never skipped: decided on below, like any alert, as far as it could be read.
         print(f"malformed alert, paged as far as it could be read (flagged "
               f"{MALFORMED_LABEL}): {reason}")
     for e in decision.explanations:
         mapped = "mapped" if e.mapped else "UNMAPPED"
+        if e.service in meant:
+            mapped += f"; did you mean {meant[e.service]!r}? map names are case-sensitive"
         print(f"alert {e.alertname} [{e.status}] fingerprint={e.fingerprint}")
         print(f"  service: {e.service or '(none)'} ({mapped})")
         print(f"  action: {e.action}")
@@ -279,7 +326,7 @@ def _print_decision(decision: Decision, rejected: list[str]) -> None:
 
 def cmd_impact(args: argparse.Namespace) -> int:
     """Print the blast radius of services failing together."""
-    config = _load_or_report(args)
+    config = _load_or_report(args, _load)
     if config is None:
         return 2
     graph = config.graph
@@ -330,10 +377,10 @@ def cmd_test(args: argparse.Namespace) -> int:
 def cmd_migrate(args: argparse.Namespace) -> int:
     """Bring the PostgreSQL schema up to date; with --from-sqlite, also copy a SQLite
     state file into it (open incidents, their pages, the outbox, timelines, changes)."""
-    config = _load_or_report(args)
-    if config is None:
+    # The settings alone, without requiring routing keys: moving a state sends no page.
+    settings = _load_or_report(args, _load_store_settings)
+    if settings is None:
         return 2
-    settings = config.settings
     if not settings.database_url:
         print("firehouse: migrate needs a PostgreSQL database: set database.url in the "
               "settings or FIREHOUSE_DATABASE_URL (the SQLite file migrates itself on "
@@ -345,7 +392,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         return 2
     _setup_logging(settings.log_level)
     try:
-        applied, copied = asyncio.run(_migrate(settings.database_url, source))
+        applied, copied, dry_run = asyncio.run(_migrate(settings.database_url, source))
     except StoreError as exc:
         print(f"firehouse: {exc}", file=sys.stderr)
         return 1
@@ -357,10 +404,18 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     if copied is not None:
         print(f"copied from {source}: " + ", ".join(f"{n} {table}"
                                                    for table, n in copied.items()))
+    if dry_run:
+        # What a replica starting on it would say, said before any does: whether the
+        # replicas will page for real is theirs to know (their keys), not this command's.
+        logging.getLogger("firehouse").warning(
+            "%s", dry_run_state_warning(dry_run, settings, _INCIDENTS_SHOWN))
     return 0
 
 
-async def _migrate(dsn: str, source: Path | None) -> tuple[list[int], dict[str, int] | None]:
+async def _migrate(dsn: str, source: Path | None
+                   ) -> tuple[list[int], dict[str, int] | None, list[str]]:
+    """The migrations applied; with `source`, the rows copied from it and the open
+    incidents it held that were decided in dry-run."""
     from daemon.store.postgres import PostgresStore  # noqa: PLC0415 - keeps `check` light
     from daemon.store.sqlite import lock_state_file  # noqa: PLC0415
     from daemon.store.transfer import import_sqlite  # noqa: PLC0415
@@ -376,9 +431,10 @@ async def _migrate(dsn: str, source: Path | None) -> tuple[list[int], dict[str, 
         # `open` applies what is missing too; `migrate` first says which.
         applied = await store.migrate()
         if source is None:
-            return applied, None
+            return applied, None, []
         await store.open()
-        return applied, await import_sqlite(source, store)
+        copied = await import_sqlite(source, store)
+        return applied, copied, await store.dry_run_incidents(_INCIDENTS_SHOWN + 1)
     finally:
         await store.close()
 

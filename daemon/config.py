@@ -11,8 +11,8 @@ import contextlib
 import hashlib
 import os
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from types import MappingProxyType
@@ -174,6 +174,19 @@ class Settings:
         modes = [m for m, on in (("bearer", self.bearer_token), ("basic", self.basic_auth)) if on]
         return " or ".join(modes) or "off"
 
+    def changed_in(self, new: Settings, fields: Iterable[str]) -> list[tuple[str, str, str]]:
+        """The `fields` that `new` changes from these settings: (the setting's key as
+        written, this value, the new one), each key once (`listen` for host and port),
+        values as written and never with a password. The lease counts only where a shared
+        store uses it."""
+        changed: dict[str, None] = {}
+        for name in fields:
+            if getattr(self, name) != getattr(new, name):
+                changed[_SETTING_KEYS.get(name, name)] = None
+        if not (self.database_url or new.database_url):
+            changed.pop("database.lease_seconds", None)
+        return [(key, _setting_text(self, key), _setting_text(new, key)) for key in changed]
+
 
 @dataclass(frozen=True, slots=True)
 class Config:
@@ -198,6 +211,58 @@ class Config:
     def target_for_role(self, role: str) -> str | None:
         """The target a command-center role (incident lead, …) is mapped to in the settings."""
         return self.settings.roles.get(role)
+
+    def keeping(self, running: Settings, fields: Iterable[str]) -> Config:
+        """This configuration with the `fields` of its settings as `running` has them: what
+        is read only at start stays in force until a restart, and the active configuration
+        says so (a later reload compares with it, and a revert is no change)."""
+        kept = {name: getattr(running, name) for name in fields}
+        return replace(self, settings=replace(self.settings, **kept))
+
+
+# The key, as written in the settings file, of each `Settings` field a reload may name.
+_SETTING_KEYS: Mapping[str, str] = MappingProxyType({
+    "state": "state", "database_url": "database.url",
+    "database_lease": "database.lease_seconds", "listen_host": "listen",
+    "listen_port": "listen", "max_body_bytes": "max_body_bytes",
+    "pagerduty_url": "pagerduty.url", "pagerduty_timeout": "pagerduty.timeout_seconds",
+})
+# The other way; `listen` is two fields, shown together by `_setting_text`.
+_SETTING_FIELDS = {key: name for name, key in _SETTING_KEYS.items()}
+
+
+def _setting_text(settings: Settings, key: str) -> str:
+    """A setting's value as a person writes it in the settings file."""
+    if key == "listen":
+        host = settings.listen_host
+        if ":" in host:  # IPv6, bracketed as in `listen: "[::1]:9095"`
+            host = f"[{host}]"
+        return f"{host}:{settings.listen_port}"
+    if key == "database.url":
+        if not settings.database_url:
+            return "the SQLite file state"
+        from daemon.store.postgres import describe_dsn  # noqa: PLC0415 - only when used
+
+        return describe_dsn(settings.database_url)
+    value = getattr(settings, _SETTING_FIELDS.get(key, key))
+    return _number_text(value) if isinstance(value, float) else str(value)
+
+
+def dry_run_state_warning(ids: Sequence[str], settings: Settings, limit: int) -> str:
+    """The warning about a state holding open incidents decided in dry-run (`ids`, up to
+    `limit` shown and one more to tell that there are more), with advice that fits the
+    store the settings name."""
+    shown = ", ".join(ids[:limit]) + (", …" if len(ids) > limit else "")
+    if settings.database_url:
+        fresh = ("stop every replica and point database.url (or FIREHOUSE_DATABASE_URL) at a "
+                 "fresh database (an empty database, or a schema of its own with "
+                 "?search_path=)")
+    else:
+        fresh = "stop and point state (or FIREHOUSE_STATE) at a fresh file"
+    return (f"the state holds open incidents decided in dry-run ({shown}): their pages were "
+            "only logged, never sent, but their new pages (escalations, business updates) "
+            "are sent for real by a Firehouse that is not in dry-run; to start clean, "
+            f"{fresh}")
 
 
 def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> Config:
@@ -243,8 +308,24 @@ def find_settings_file(path: Path | None, env: Mapping[str, str]) -> Path | None
     return default if default.exists() else None
 
 
-def load_settings(path: Path | None, env: Mapping[str, str], problems: list[Problem]) -> Settings:
-    """Read settings from file and environment; appends problems rather than raising."""
+def load_store_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Settings:
+    """The settings alone, for a command that only works on the store (`firehouse migrate`):
+    validated as for a start, but without the maps and rules, which it does not read, and
+    without requiring routing keys, since it sends no page. Raises `ConfigError`."""
+    problems: list[Problem] = []
+    settings = load_settings(path, os.environ if env is None else env, problems,
+                             routing_keys=False)
+    errors = [p for p in problems if not p.warning]
+    if errors:
+        raise ConfigError(errors)
+    return settings
+
+
+def load_settings(path: Path | None, env: Mapping[str, str], problems: list[Problem], *,
+                  routing_keys: bool = True) -> Settings:
+    """Read settings from file and environment; appends problems rather than raising.
+    `routing_keys=False`: a target without a key is no problem even with dry_run false
+    (for commands that send nothing)."""
     file = find_settings_file(path, env)
     raw: LocatedDict = LocatedDict()
     raw.line, raw.key_lines = 0, {}
@@ -259,7 +340,7 @@ def load_settings(path: Path | None, env: Mapping[str, str], problems: list[Prob
             raw = docs[0]
         elif docs and docs[0] is not None:
             problems.append(Problem(name, 1, "", "settings must be a YAML mapping"))
-    reader = _Reader(raw, name, problems)
+    reader = _Reader(raw, name, problems, routing_keys=routing_keys)
     for var, key in ENV_VARS.items():
         if env.get(var):
             reader.override(key, env[var], f"${var}")
@@ -276,10 +357,12 @@ class _Reader:
         "map_defaults", "incidents", "alertmanager", "changes", "web", "database",
     })
 
-    def __init__(self, raw: LocatedDict, file: str, problems: list[Problem]) -> None:
+    def __init__(self, raw: LocatedDict, file: str, problems: list[Problem], *,
+                 routing_keys: bool = True) -> None:
         self.raw = raw
         self.file = file
         self.problems = problems
+        self.routing_keys = routing_keys  # whether dry_run false requires every key
         self.env_sources: dict[str, str] = {}
         self.only("", raw, self._KEYS)
 
@@ -421,12 +504,15 @@ class _Reader:
                 self.bad("database.url", "has a port that is not a number from 0 to 65535")
                 url = ""
         lease = self._number("database.lease_seconds", 30.0, 5.0, 3600.0)
+        # Only on a shared store: a claim running out while its request still waits for
+        # PagerDuty lets another replica send the same event again. A SQLite file has one
+        # process and no leases, and the setting is unused. (`check`, a start and a reload
+        # all come through here, so they agree.)
         if url and lease <= pagerduty_timeout:
-            # A claim running out while its request still waits for PagerDuty lets another
-            # replica send the same event again.
             self.bad("database.lease_seconds", f"must be longer than pagerduty.timeout_seconds "
-                     f"({pagerduty_timeout:g}): an event still being sent when its lease runs "
-                     f"out is sent again by another replica", lease)
+                     f"({pagerduty_timeout:g}) with database.url set: an event still being "
+                     f"sent when its lease runs out is sent again by another replica",
+                     self.get("database.lease_seconds", lease))
         return {"database_url": url, "database_lease": lease}
 
     def _web(self) -> bool:
@@ -580,7 +666,7 @@ class _Reader:
         else:
             self.bad("dry_run", "must be auto, true or false", value)
             return True
-        if not dry:
+        if not dry and self.routing_keys:
             # A key file that is unreadable or empty has been reported already.
             reported = {p.path for p in self.problems}
             for target in targets.values():

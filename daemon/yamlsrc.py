@@ -182,6 +182,10 @@ def load_documents(text: str, file: str) -> tuple[list[Any], list[Problem]]:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else 0
         reason = getattr(exc, "problem", None) or str(exc)
+        if mark is not None and _character_at(text, mark.line, mark.column) == "\t":
+            # libyaml says "found character that cannot start any token", which names
+            # neither the character nor the cure.
+            reason = f"a tab at column {mark.column + 1}: YAML indents with spaces"
         problems.append(Problem(file, line, "", f"invalid YAML: {reason}"))
     paths: dict[int, str] = {}
     for doc in docs:
@@ -191,6 +195,18 @@ def load_documents(text: str, file: str) -> tuple[list[Any], list[Problem]]:
         for line, key, mapping in builder.duplicates
     )
     return docs, problems
+
+
+def _character_at(text: str, line: int, column: int) -> str:
+    """The character at a parser mark (0-based line and column, in characters), or ""."""
+    lines = text.split("\n")
+    return lines[line][column:column + 1] if line < len(lines) else ""
+
+
+def unread(docs: list[Any], problems: list[Problem]) -> bool:
+    """Whether `load_file` could not read or parse the file at all: it then gives no
+    document and says why (a file that parses gives its documents, even empty ones)."""
+    return not docs and any(not p.warning for p in problems)
 
 
 def _join(parent: str, key: str) -> str:

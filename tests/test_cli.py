@@ -39,6 +39,13 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+def failed_check(capsys: pytest.CaptureFixture[str], settings: Path) -> list[str]:
+    """`firehouse check --config SETTINGS`, which must fail: the lines it printed."""
+    code, out, _ = run(capsys, "check", "--config", str(settings))
+    assert code == 1, out
+    return out.splitlines()
+
+
 class TestCheck:
     def test_shipped_configuration_is_valid(self, capsys: pytest.CaptureFixture[str]) -> None:
         """check exits 0 on the shipped settings, maps and rules, and says what it loaded."""
@@ -127,9 +134,7 @@ class TestCheck:
                          "    severity: warning\n    severity_floor: error\n"
                          "    page: [incident_lead]\n", encoding="utf-8")
         settings = write_settings(tmp_path, rules=[str(rules)])
-        code, out, _ = run(capsys, "check", "--config", str(settings))
-        assert code == 1
-        assert out.splitlines() == [
+        assert failed_check(capsys, settings) == [
             "FAILED: 1 problem(s)",
             f"  {rules}:5: rules[0].severity_floor: not allowed next to 'severity: warning', "
             "which fixes the severity and would ignore the floor; give one or the other "
@@ -178,6 +183,65 @@ class TestCheck:
         assert out.splitlines()[0].startswith("FAILED: ")
         assert f"{maps / 'm.yaml'}:3: services.web.tier: must be an integer" in out
         assert f"{maps / 'm.yaml'}:10: services.api.depends_on[0]: names an unknown service" in out
+
+    def test_a_map_that_does_not_parse_makes_no_other_look_wrong(
+            self, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+        """The tester's case: `  bogus: [` appended to the map defining the databases. The
+        syntax error is listed, and that the checks between files wait for it, once; the
+        maps depending on its databases are not called wrong."""
+        maps = tmp_path / "maps"
+        maps.mkdir()
+        shipped = (ROOT / "dependency_maps" / "example-shop.yaml").read_text(encoding="utf-8")
+        (maps / "shop.yaml").write_text(shipped, encoding="utf-8")
+        (maps / "more.yaml").write_text(
+            "services:\n  pg-main:\n    tier: 2\n    component: dbms\n"
+            "    owners: {technical_lead: dba-oncall}\n  bogus: [\n", encoding="utf-8")
+        (maps / "reports.yaml").write_text(
+            "services:\n  weekly-report:\n    tier: 4\n    component: batch\n"
+            "    owners: {technical_lead: data-oncall}\n    depends_on: [pg-main]\n",
+            encoding="utf-8")
+        settings = write_settings(tmp_path, dependency_maps=[str(maps)])
+        assert failed_check(capsys, settings) == [
+            "FAILED: 2 problem(s)",
+            f"  {maps / 'more.yaml'}: checks between map files (unknown services, duplicate "
+            "services, aliases) skipped: they run once every map file reads",
+            f"  {maps / 'more.yaml'}:7: invalid YAML: did not find expected node content",
+        ]
+
+    def test_names_differing_only_in_case_are_a_warning(
+            self, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+        """`Kafka` beside the shipped map's `kafka` passes, with a warning saying why an
+        alert labelled `kafka` would not land on it."""
+        maps = tmp_path / "maps"
+        maps.mkdir()
+        shutil.copy(ROOT / "dependency_maps" / "example-shop.yaml", maps)
+        (maps / "streams.yaml").write_text(
+            "services:\n  Kafka:\n    tier: 2\n    component: messaging\n"
+            "    owners: {technical_lead: messaging-oncall}\n", encoding="utf-8")
+        settings = write_settings(tmp_path, dependency_maps=[str(maps)])
+        code, out, _ = run(capsys, "check", "--config", str(settings))
+        shipped = (maps / "example-shop.yaml").read_text(encoding="utf-8").splitlines()
+        line = shipped.index("  kafka:") + 1
+        assert code == 0
+        assert out.endswith(
+            f"  {maps / 'streams.yaml'}:2: services.Kafka: warning: differs only in case from "
+            f"service 'kafka' ({maps / 'example-shop.yaml'}:{line}): names are case-sensitive, "
+            "so an alert labelled with the one is not placed on the other (got 'Kafka')\n")
+
+    def test_says_where_the_state_is_kept(self, capsys: pytest.CaptureFixture[str],
+                                          monkeypatch: pytest.MonkeyPatch,
+                                          tmp_path: Path) -> None:
+        """The SQLite file, or the PostgreSQL database (never its password) and its lease,
+        which only matters there."""
+        settings = write_settings(tmp_path)
+        _, sqlite, _ = run(capsys, "check", "--config", str(settings))
+        monkeypatch.setenv("FIREHOUSE_DATABASE_URL", "postgresql://fh:hunter2@db:5432/fh")
+        code, shared, _ = run(capsys, "check", "--config", str(settings))
+        assert f"\n  state: SQLite {tmp_path / 'state.db'}\n" in sqlite
+        assert code == 0
+        assert ("\n  state: PostgreSQL postgresql://fh@db:5432/fh, shared by replicas (outbox "
+                "lease 30s)\n") in shared
+        assert "hunter2" not in shared
 
 
 class TestExplain:
@@ -289,6 +353,45 @@ class TestExplain:
         assert code == 0
         assert "severity: critical" in out
 
+
+
+class TestExplainUnmapped:
+    """An alert whose service label is a map name but for case is unmapped (names are
+    exact), and explain says which name it most likely meant."""
+
+    def payload(self, tmp_path: Path, service: str) -> Path:
+        path = tmp_path / "alert.json"
+        path.write_text(json.dumps({
+            "version": "4", "status": "firing", "alerts": [{
+                "status": "firing", "labels": {"alertname": "KafkaLag", "service": service},
+                "startsAt": "2026-12-04T10:00:00Z", "fingerprint": "aaaa000000000003"}]}))
+        return path
+
+    def test_text(self, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+        """`Kafka` is not the shipped map's `kafka`: unmapped, with a "did you mean"."""
+        code, out, _ = run(capsys, "explain", str(self.payload(tmp_path, "Kafka")),
+                           "--config", str(SETTINGS))
+        assert code == 0
+        assert ("  service: Kafka (UNMAPPED; did you mean 'kafka'? map names are "
+                "case-sensitive)\n") in out
+        assert "rule MATCH 'unmapped alerts go to the command center'" in out
+
+    def test_json(self, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+        code, out, _ = run(capsys, "explain", str(self.payload(tmp_path, "KAFKA")),
+                           "--format", "json", "--config", str(SETTINGS))
+        assert code == 0
+        (alert,) = json.loads(out)["alerts"]
+        assert (alert["service"], alert["mapped"], alert["did_you_mean"]) == (
+            "KAFKA", False, "kafka")
+
+    @pytest.mark.parametrize("service", ["kafka", "zookeeper"])
+    def test_no_hint_for_an_exact_or_unknown_name(
+            self, capsys: pytest.CaptureFixture[str], tmp_path: Path, service: str) -> None:
+        """A mapped alert needs no hint, nor does a name like no map name."""
+        code, out, _ = run(capsys, "explain", str(self.payload(tmp_path, service)),
+                           "--config", str(SETTINGS))
+        assert code == 0
+        assert "did you mean" not in out
 
 
 class TestExplainDeadlines:

@@ -6,7 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import Config, Settings, Target, load_config, mask
+from daemon.config import (
+    Config,
+    Settings,
+    Target,
+    dry_run_state_warning,
+    load_config,
+    load_store_settings,
+    mask,
+)
 from daemon.errors import ConfigError, Problem
 
 ROOT = Path(__file__).parent.parent
@@ -1085,3 +1093,123 @@ class TestDatabase:
         (tmp_path / "ok").mkdir()
         accepted = write(tmp_path / "ok", shared + "pagerduty:\n  timeout_seconds: 19\n")
         assert load_config(accepted, {}).settings.database_lease == 20.0
+
+    def test_a_short_lease_is_no_problem_on_sqlite(self, tmp_path: Path) -> None:
+        """Without database.url there are no leases (one process owns the outbox): the
+        shortest lease passes, as it does in `check` and in a reload, which load the same
+        way."""
+        path = write(tmp_path, SETTINGS + "database:\n  lease_seconds: 5\n")
+        assert load_config(path, {}).settings.database_lease == 5.0
+        text = "\n".join(problems_of(path, {"FIREHOUSE_DATABASE_URL": self.URL}))
+        assert ("database.lease_seconds: must be longer than pagerduty.timeout_seconds (10) "
+                "with database.url set: an event still being sent when its lease runs out is "
+                "sent again by another replica (got 5)") in text
+
+
+class TestTabs:
+    """A tab indenting YAML is named, in every file the loader reads."""
+
+    MESSAGE = "invalid YAML: a tab at column 1: YAML indents with spaces"
+
+    def test_in_the_settings(self, tmp_path: Path) -> None:
+        path = write(tmp_path, SETTINGS.replace("  incident_lead", "\tincident_lead"))
+        assert f"{path}:6: {self.MESSAGE}" in problems_of(path)
+
+    def test_in_a_rules_file(self, tmp_path: Path) -> None:
+        path = write(tmp_path, rules=RULES.replace("    page", "\tpage"))
+        assert problems_of(path) == [f"{tmp_path / 'rules' / 'rules.yaml'}:3: {self.MESSAGE}"]
+
+    def test_in_a_map(self, tmp_path: Path) -> None:
+        path = write(tmp_path, map_text=MAP.replace("    tier", "\ttier"))
+        assert problems_of(path) == [f"{tmp_path / 'maps' / 'web.yaml'}:3: {self.MESSAGE}"]
+
+    def test_after_spaces(self, tmp_path: Path) -> None:
+        """A tab after the spaces of an indent: at its own column."""
+        path = write(tmp_path, map_text=MAP.replace("    tier", "  \ttier"))
+        assert problems_of(path) == [
+            f"{tmp_path / 'maps' / 'web.yaml'}:3: invalid YAML: a tab at column 3: YAML "
+            "indents with spaces"]
+
+    def test_other_syntax_errors_are_as_the_parser_says(self, tmp_path: Path) -> None:
+        path = write(tmp_path, map_text=MAP + "  bogus: [\n")
+        assert problems_of(path) == [
+            f"{tmp_path / 'maps' / 'web.yaml'}:8: invalid YAML: did not find expected node "
+            "content"]
+
+
+class TestStoreSettings:
+    """load_store_settings: the settings alone, for a command that only moves the state."""
+
+    def test_dry_run_false_needs_no_routing_keys(self, tmp_path: Path) -> None:
+        """Nothing is paged by moving a state: no target needs its key, and the mode read
+        stays what the settings say."""
+        path = write(tmp_path, SETTINGS + "dry_run: false\n")
+        assert any("has no routing key" in line for line in problems_of(path))
+        settings = load_store_settings(path, {})
+        assert settings.dry_run is False
+
+    def test_other_settings_are_still_checked(self, tmp_path: Path) -> None:
+        path = write(tmp_path, SETTINGS + "dry_run: false\nlisen: 1\n")
+        with pytest.raises(ConfigError) as caught:
+            load_store_settings(path, {})
+        assert str(caught.value) == (f"{path}:11: lisen: unknown setting; did you mean "
+                                     "'listen'? (got 'lisen')")
+
+    def test_maps_and_rules_are_not_read(self, tmp_path: Path) -> None:
+        path = write(tmp_path, SETTINGS.replace("[maps]", "[gone]").replace("[rules]", "[gone]"))
+        assert load_store_settings(path, {}).dependency_maps == (tmp_path / "gone",)
+
+
+class TestRestartOnly:
+    """What a reload says of settings read only at start, and what stays in force."""
+
+    FIELDS = ("state", "database_url", "database_lease", "listen_host", "listen_port",
+              "max_body_bytes", "pagerduty_url", "pagerduty_timeout")
+
+    def test_each_setting_by_its_key_and_value_as_written(self) -> None:
+        running = Settings(state=Path("/data/firehouse.db"), listen_port=19200,
+                           pagerduty_timeout=10.0)
+        new = Settings(state=Path("/data/other.db"), listen_host="::1", listen_port=19201,
+                       pagerduty_timeout=7.5, database_lease=60.0)
+        assert running.changed_in(new, self.FIELDS) == [
+            ("state", "/data/firehouse.db", "/data/other.db"),
+            ("listen", "127.0.0.1:19200", "[::1]:19201"),
+            ("pagerduty.timeout_seconds", "10", "7.5"),
+        ]
+
+    def test_a_database_url_is_shown_without_its_password(self) -> None:
+        new = Settings(database_url=TestDatabase.URL, database_lease=60.0)
+        assert Settings().changed_in(new, self.FIELDS) == [
+            ("database.url", "the SQLite file state",
+             "postgresql://firehouse@db.internal:5432/firehouse"),
+            ("database.lease_seconds", "30", "60"),
+        ]
+
+    def test_the_running_values_stay_in_force(self, tmp_path: Path) -> None:
+        """The configuration swapped in keeps what the process started with; the rest is
+        the new file's."""
+        running = load_config(write(tmp_path), {})
+        (tmp_path / "new").mkdir()
+        new = load_config(write(tmp_path / "new", SETTINGS.replace("9095", "9096")
+                                .replace("data/firehouse.db", "data/other.db")
+                                + "resolved_retention_hours: 2\n"), {})
+        kept = new.keeping(running.settings, self.FIELDS)
+        assert (kept.settings.listen_port, kept.settings.state) == (9095, tmp_path / "data" /
+                                                                    "firehouse.db")
+        assert kept.settings.resolved_retention_hours == 2.0
+        assert running.settings.changed_in(kept.settings, self.FIELDS) == []
+
+
+class TestDryRunStateWarning:
+    def test_advice_fits_the_store(self) -> None:
+        """A fresh file for SQLite; a fresh database for PostgreSQL; at most `limit` ids."""
+        sqlite = dry_run_state_warning(["a", "b", "c"], Settings(), 2)
+        shared = dry_run_state_warning(["a"], Settings(database_url=TestDatabase.URL), 2)
+        assert sqlite.startswith("the state holds open incidents decided in dry-run (a, b, …)")
+        assert sqlite.endswith("to start clean, stop and point state (or FIREHOUSE_STATE) at "
+                               "a fresh file")
+        assert shared.startswith("the state holds open incidents decided in dry-run (a): ")
+        assert shared.endswith("to start clean, stop every replica and point database.url (or "
+                               "FIREHOUSE_DATABASE_URL) at a fresh database (an empty "
+                               "database, or a schema of its own with ?search_path=)")
+        assert "hunter2" not in shared

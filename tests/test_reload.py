@@ -9,9 +9,12 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import re
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 import weakref
@@ -24,12 +27,23 @@ import aiohttp
 import pytest
 
 from bench.graphgen import write as write_generated_map
+from daemon.app import Firehouse
 from daemon.cli import logfmt_value
 from daemon.config import Config, load_config
 from daemon.maps import map_files
 from daemon.rules import rule_files
-from tests.conftest import FirehouseFactory
-from tests.helpers import ROOT, alert, body, env_var, target_names, wait_until, write_settings
+from tests.conftest import FirehouseFactory, sqlite_only
+from tests.helpers import (
+    ROOT,
+    alert,
+    body,
+    config_env,
+    env_var,
+    free_port,
+    target_names,
+    wait_until,
+    write_settings,
+)
 from tests.pagerduty_standin import PagerDutyStandIn
 from tests.procs import MAPS_DIR, FirehouseProcess
 from tests.test_server import Running, serving
@@ -475,3 +489,107 @@ class TestSighupProcess:
             return bool(wanted(seen[-1]))
         await wait_until(check, what="the digest to change")
         return seen[-1]
+
+
+class TestRestartOnlySettings:
+    """A reload compares settings read only at start with what the process runs with, not
+    with what the previous reload read, and names them as the settings file does."""
+
+    async def test_a_reverted_change_is_no_change(
+        self, tmp_path: Path, database_url: str, pagerduty: PagerDutyStandIn,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """`state` and `listen` changed, reloaded (POST /-/reload), then reverted and reloaded
+        (SIGHUP's path): the first warns of the values in use, the second says nothing, and
+        the process keeps its file and its port all along."""
+        port, other_port = free_port(), free_port()
+        used, other = tmp_path / "data" / "firehouse.db", tmp_path / "data" / "other.db"
+        settings = write_settings(tmp_path, state="data/firehouse.db",
+                                  listen=f"127.0.0.1:{port}")
+        original = settings.read_text(encoding="utf-8")
+        env = config_env(pagerduty_url=pagerduty.url, database_url=database_url)
+        firehouse = Firehouse(load_config(settings, env=env), settings, env=env)
+        await firehouse.start()
+        try:
+            async with aiohttp.ClientSession() as session:
+                running = Running(firehouse, session)
+                write_settings(tmp_path, state="data/other.db", listen=f"127.0.0.1:{other_port}")
+                changed, _ = await running.post(b"", path="/-/reload")
+                warned = restart_warnings(caplog)
+                caplog.clear()
+                settings.write_text(original, encoding="utf-8")
+                await firehouse.request_reload("SIGHUP")
+                reverted = restart_warnings(caplog)
+                healthy, _ = await running.get("/-/healthy")
+                kept = firehouse.config.settings
+        finally:
+            await firehouse.stop()
+
+        assert changed == 200
+        assert warned == [
+            f"setting state changes only on restart; still using {used} (not {other})",
+            f"setting listen changes only on restart; still using 127.0.0.1:{port} "
+            f"(not 127.0.0.1:{other_port})",
+        ]
+        assert reverted == []
+        assert (firehouse.port, healthy) == (port, 200)
+        assert (kept.state, kept.listen_port) == (used, port)
+
+    async def test_a_change_kept_through_reloads_is_said_each_time(
+        self, tmp_path: Path, database_url: str, pagerduty: PagerDutyStandIn,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """Until the restart, every reload says the value in force is still the first."""
+        settings = write_settings(tmp_path, max_body_bytes=2048)
+        async with serving(tmp_path, database_url, pagerduty, settings) as running:
+            write_settings(tmp_path, max_body_bytes=4096)
+            await running.post(b"", path="/-/reload")
+            write_settings(tmp_path, max_body_bytes=8192)
+            await running.post(b"", path="/-/reload")
+
+        assert restart_warnings(caplog) == [
+            "setting max_body_bytes changes only on restart; still using 2048 (not 4096)",
+            "setting max_body_bytes changes only on restart; still using 2048 (not 8192)",
+        ]
+
+
+def restart_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "only on restart" in r.getMessage()]
+
+
+class TestReloadAgreesWithCheck:
+    """`firehouse check`, a start and a reload validate the same way: what one refuses, the
+    others refuse too, with the same problem."""
+
+    @sqlite_only
+    @pytest.mark.parametrize("shared", [False, True], ids=["sqlite", "database.url"])
+    async def test_a_lease_no_longer_than_the_pagerduty_timeout(
+        self, tmp_path: Path, database_url: str, pagerduty: PagerDutyStandIn, shared: bool,
+    ) -> None:
+        """`database.lease_seconds: 5` (PagerDuty's timeout is 10 s): fine on SQLite, where
+        there are no leases, for both; refused by both once `database.url` is set."""
+        database: dict[str, Any] = {"lease_seconds": 5}
+        if shared:
+            # Never connected to: the settings are refused before anything is.
+            database["url"] = "postgresql://firehouse@127.0.0.1:9/firehouse"
+        settings = write_settings(tmp_path)
+        async with serving(tmp_path, database_url, pagerduty, settings) as running:
+            write_settings(tmp_path, database=database)
+            status, answer = await running.post(b"", path="/-/reload")
+        env = {**config_env(pagerduty_url=pagerduty.url, state=tmp_path / "state.db"),
+               "PATH": os.environ.get("PATH", "")}
+        check = subprocess.run(
+            [sys.executable, "-m", "daemon", "check", "--config", str(settings)],
+            capture_output=True, text=True, env=env, cwd=ROOT, timeout=60, check=False)
+
+        line = settings.read_text(encoding="utf-8").splitlines().index("  lease_seconds: 5")
+        problem = (f"{settings}:{line + 1}: database.lease_seconds: must be longer than "
+                   "pagerduty.timeout_seconds (10) with database.url set: an event still "
+                   "being sent when its lease runs out is sent again by another replica "
+                   "(got 5)")
+        if shared:
+            assert (status, answer["problems"]) == (400, [problem])
+            assert (check.returncode, check.stdout) == (1, f"FAILED: 1 problem(s)\n  {problem}\n")
+        else:
+            assert status == 200, answer
+            assert check.returncode == 0, check.stdout

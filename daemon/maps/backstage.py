@@ -290,7 +290,9 @@ def _soft_dependencies(entity: _Entity, relations: list[tuple[str, str]], found:
     for mention in _names(entity, "soft-dependencies", found, refs=True):
         if mention.name in mine:
             soft.add(mention.name)
-        else:
+        elif not found.unread:
+            # The relation making it a dependency may be another file's: with a file
+            # unread, this waits for the checks between files (see `load_maps`).
             found.problems.append(Problem(
                 mention.file, mention.line, mention.path, "names no dependency of this entity "
                 "(dependsOn, consumesApis, or a relation naming it)", shown(mention.written),

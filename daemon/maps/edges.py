@@ -59,6 +59,7 @@ class EdgeLists:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             found.problems.append(Problem(str(path), 0, "", f"cannot read file: {exc}"))
+            found.unread.append(str(path))
             return
         if path.suffix == ".csv":
             self._read_csv(text, str(path), found)
@@ -122,6 +123,8 @@ class EdgeLists:
                 cells = [cell.strip() for cell in next(csv.reader([row]))]
             except csv.Error as exc:
                 found.problems.append(Problem(file, number, "", f"invalid CSV: {exc}"))
+                if file not in found.unread:
+                    found.unread.append(file)
                 continue
             if header_allowed and [cell.lower() for cell in cells] in _CSV_HEADERS:
                 header_allowed = False
@@ -145,6 +148,7 @@ class EdgeLists:
             doc = _decode_json(text)
         except json.JSONDecodeError as exc:
             found.problems.append(Problem(file, exc.lineno, "", f"invalid JSON: {exc.msg}"))
+            found.unread.append(file)
             return
         if not isinstance(doc, LocatedDict) or not ({"nodes", "edges"} & doc.keys()):
             found.problems.append(Problem(file, 1, "", "an edge list must be an object with "

@@ -55,3 +55,6 @@ class Found:
     # Edges added to the dependent's own `depends_on` (Backstage relations, edge lists).
     edges: list[tuple[str, Dependency]] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    # Files (and configured paths) that could not be read or parsed whole: the names they
+    # define are unknown, so the checks between files wait until every one reads.
+    unread: list[str] = field(default_factory=list)

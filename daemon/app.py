@@ -18,7 +18,8 @@ import aiohttp
 from aiohttp import web
 
 from daemon.clock import Timekeeper
-from daemon.config import Config, Settings, load_config
+from daemon.cluster import ClusterWatch, decision_digest
+from daemon.config import Config, Settings, dry_run_state_warning, load_config
 from daemon.decide import Decision
 from daemon.dispatch import Dispatcher
 from daemon.errors import ConfigError, StoreError
@@ -27,7 +28,7 @@ from daemon.outbox import Deliverer, Housekeeper, utcnow
 from daemon.pagerduty import PagerDutyClient
 from daemon.reconcile import Reconciler
 from daemon.server import StoreProbe, make_app
-from daemon.store import Store, is_shared
+from daemon.store import Replica, SharedStore, Store, is_shared
 from daemon.store.sqlite import SqliteStore, open_incident_ids, unmoved_incidents
 
 log = logging.getLogger("firehouse")
@@ -75,6 +76,7 @@ class Firehouse:
         self.housekeeper: Housekeeper | None = None
         self.reconciler: Reconciler | None = None
         self.timekeeper: Timekeeper | None = None
+        self.cluster: ClusterWatch | None = None  # on a shared store only
         self._tasks: list[asyncio.Task[None]] = []
         # Reloads run one at a time (see `reload`); SIGHUP's run as tasks kept here.
         self._reload_lock = asyncio.Lock()
@@ -124,11 +126,12 @@ class Firehouse:
                 log.exception("reload (%s) failed unexpectedly; keeping configuration %s",
                               trigger, old.digest)
                 raise
-            for name in RESTART_ONLY:
-                before, after = getattr(old.settings, name), getattr(config.settings, name)
-                if after != before:
-                    log.warning("setting %s changes only on restart; still using %s (not %s)",
-                                name, before, after)
+            # Compared with what this process runs with (the active settings keep the values
+            # it started with), so that a reverted change is no change.
+            for key, using, wanted in old.settings.changed_in(config.settings, RESTART_ONLY):
+                log.warning("setting %s changes only on restart; still using %s (not %s)",
+                            key, using, wanted)
+            config = config.keeping(old.settings, RESTART_ONLY)
             # No await from here on: the next webhook decides on either the old or the new
             # configuration, never on a mixture.
             self._activate(config)
@@ -201,6 +204,8 @@ class Firehouse:
         self.reconciler = Reconciler(self.dispatcher, self.session, self.metrics)
         self._tasks.append(asyncio.create_task(self.reconciler.run(), name="reconciler"))
         self._tasks.append(asyncio.create_task(self.probe.run(), name="store probe"))
+        if is_shared(self.store):
+            await self._join_cluster(self.store)
         self.runner = web.AppRunner(make_app(self), access_log=None, shutdown_timeout=10.0)
         await self.runner.setup()
         site = web.TCPSite(self.runner, settings.listen_host, settings.listen_port)
@@ -216,19 +221,36 @@ class Firehouse:
                  settings.listen_host, self.port, len(self.config.graph.services),
                  len(self.config.rules), mode, describe_store(settings))
 
+    async def _join_cluster(self, store: SharedStore) -> None:
+        """Heartbeat with the other replicas (daemon/cluster.py); the first heartbeat comes
+        before any webhook is taken, so a dry-run replica never decides beside live ones."""
+        self.cluster = ClusterWatch(
+            store, lambda: Replica(store.owner, self.config.settings.dry_run,
+                                   decision_digest(self.config)),
+            self.metrics, self._stand_aside)
+        try:
+            await self.cluster.check()
+        except StoreError as exc:
+            log.warning("could not compare this replica with the others yet: %s", exc)
+        self._tasks.append(asyncio.create_task(self.cluster.run(), name="cluster"))
+
+    def _stand_aside(self, refusal: str | None) -> None:
+        """Decide and send nothing while `refusal` says why; take up again when None."""
+        self.dispatcher.refusal = refusal
+        if self.deliverer is not None:
+            self.deliverer.standing_aside = refusal is not None
+            self.deliverer.wake()
+        if refusal is None and self.timekeeper is not None:
+            self.timekeeper.wake()
+
     async def _warn_of_dry_run_incidents(self) -> None:
         """Sending for real on a state decided in dry-run: its open incidents' pages were
         only logged (and their resolves will be), yet their new pages (escalations,
         business updates) would now be sent, for incidents PagerDuty never saw. The
-        README's advice is a fresh state file; this says so where it matters."""
+        README's advice is a fresh state; this says so where it matters."""
         ids = await self.store.dry_run_incidents(UNMOVED_SHOWN + 1)
-        if not ids:
-            return
-        shown = ", ".join(ids[:UNMOVED_SHOWN]) + (", …" if len(ids) > UNMOVED_SHOWN else "")
-        log.warning("the state holds open incidents decided in dry-run (%s): their pages were "
-                    "only logged, never sent, but their new pages (escalations, business "
-                    "updates) will now be sent for real; to start clean, stop and point state "
-                    "(or FIREHOUSE_STATE) at a fresh file", shown)
+        if ids:
+            log.warning("%s", dry_run_state_warning(ids, self.config.settings, UNMOVED_SHOWN))
 
     async def _unmoved_advice(self, path: Path, count: int) -> str:
         """What to do about a SQLite state file beside PostgreSQL that still holds `count`
@@ -282,6 +304,8 @@ class Firehouse:
         if self.timekeeper is not None:
             self.timekeeper.stop()
         self.probe.stop()
+        if self.cluster is not None:
+            self.cluster.stop()
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             try:
@@ -294,6 +318,8 @@ class Firehouse:
         if self.session is not None:
             session, self.session = self.session, None
             await session.close()
+        if self.cluster is not None and is_shared(self.store):
+            await self.cluster.leave(self.store.owner)
         log.info("shutdown: closing the store")
         await self.store.close()
 

@@ -17,7 +17,7 @@ from datetime import datetime
 
 from daemon.decide import Incident, earliest_deadline, next_deadline, tick
 from daemon.dispatch import Dispatcher
-from daemon.errors import StoreError
+from daemon.errors import StandingAside, StoreError
 from daemon.metrics import Metrics
 
 log = logging.getLogger("firehouse.clock")
@@ -70,6 +70,8 @@ class Timekeeper:
                 delay = await self.step()
             except asyncio.CancelledError:
                 raise
+            except StandingAside:
+                delay = RETRY_AFTER  # the replicas that page keep the clock (cluster.py)
             except StoreError as exc:
                 log.error("clock: could not store the decision (%s); retrying", exc)  # noqa: TRY400
                 delay = RETRY_AFTER

@@ -41,7 +41,7 @@ from daemon.decide import (
     evolve,
 )
 from daemon.decide.bodies import truncations
-from daemon.errors import StoreError, StoreUnreachable
+from daemon.errors import StandingAside, StoreError, StoreUnreachable
 from daemon.metrics import Metrics
 from daemon.store import Delta, SharedStore, Store, is_shared
 
@@ -105,6 +105,8 @@ class Dispatcher:
         self._drainer: asyncio.Task[None] | None = None
         self._loaded = False  # catching up before the first load would read everything
         self._catching_up: asyncio.Task[None] | None = None
+        # Why this replica decides nothing for now (daemon/cluster.py); None: it decides.
+        self.refusal: str | None = None
 
     @property
     def retention_seconds(self) -> float:
@@ -169,6 +171,8 @@ class Dispatcher:
         On a shared store the step waits for the cluster-wide lock, batched with the other
         inputs waiting for it (see `_drain`).
         """
+        if self.refusal is not None:
+            raise StandingAside(self.refusal)
         if is_shared(self.store):
             return await self._run_shared(self.store, step, in_thread)
         async with self._lock:

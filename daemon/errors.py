@@ -70,5 +70,11 @@ class OutboxConflict(FirehouseError):
     """An outbox event cannot be retried as asked; the message says why."""
 
 
+class StandingAside(StoreError):
+    """This replica decides nothing for now (daemon/cluster.py): the message says why. A
+    StoreError, so that every input is answered 503 or retried later, as when the store
+    is away."""
+
+
 class ReconcileError(FirehouseError):
     """Alertmanager could not be asked which alerts it has; the message says why."""

@@ -138,6 +138,21 @@ class Metrics:
             "firehouse_incidents_stale",
             "Open incidents flagged stale: alerts not refreshed for alertmanager.stale_after "
             "that Alertmanager could not be asked about.", registry=r)
+        # On a shared store (PostgreSQL) only: see daemon/cluster.py.
+        self.cluster_replicas = Gauge(
+            "firehouse_cluster_replicas",
+            "Replicas on this database seen lately (this one included), by mode: live pages "
+            "for real, dry_run only logs. A dry-run replica stands aside while a live one "
+            "is seen.", ["mode"], registry=r)
+        self.cluster_configurations = Gauge(
+            "firehouse_cluster_configurations",
+            "Distinct configurations (firehouse_config_info digests) among the replicas on "
+            "this database seen lately: more than 1 outside a rollout means they decide by "
+            "different rules, maps or targets.", registry=r)
+        self.cluster_refusing = Gauge(
+            "firehouse_cluster_refusing",
+            "1 while this replica, in dry-run, refuses to decide because another on the same "
+            "database pages for real.", registry=r)
 
     def set_config(self, digest: str, dry_run: bool, services: int, rules: int, now: float
                    ) -> None:

@@ -183,6 +183,9 @@ class Deliverer:
         self._held_keys: set[str] = set()
         # Labelled children looked up once: `labels()` costs a lock and a tuple per event.
         self._sent: dict[tuple[str, str], Counter] = {}
+        # Set while this replica stands aside (daemon/cluster.py): it starts no send, and
+        # lets the events it read go, for the replicas that page for real.
+        self.standing_aside = False
 
     def wake(self) -> None:
         """Tell the worker that new events were committed."""
@@ -248,6 +251,9 @@ class Deliverer:
         started = 0
         read_again = not self._stopping
         now = self.clock()
+        if self.standing_aside:
+            self._forget_ready()
+            return 0
         if self._ready and self.ready_for is not None \
                 and (now - self._read_at).total_seconds() > self.ready_for:
             self._forget_ready()
@@ -297,6 +303,8 @@ class Deliverer:
         self._collect()
 
     async def _idle_timeout(self) -> float:
+        if self.standing_aside:
+            return IDLE_WAIT  # until woken: nothing is sent meanwhile
         now = self.clock()
         held = self.shaper.held(now)
         next_at = await self.store.next_attempt_at(skip_routing_keys=held,

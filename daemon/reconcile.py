@@ -245,6 +245,7 @@ class Reconcilable(Protocol):
 
     config: Config
     state: State
+    refusal: str | None  # why nothing is decided now (daemon/cluster.py); None: it is
 
     async def run(self, step: Callable[[Config, State, datetime], Decision]) -> Decision: ...
 
@@ -294,6 +295,8 @@ class Reconciler:
                 if incident.stale_since is not None))
 
     async def _check(self) -> str | None:
+        if self.dispatcher.refusal is not None:
+            return None  # standing aside (daemon/cluster.py): the replicas that page check
         config, state = self.dispatcher.config, self.dispatcher.state
         checked = self.stale(config, state, self.clock())
         if not checked:

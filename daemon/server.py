@@ -26,7 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from daemon.alerts import parse_body
 from daemon.changes import change_json, parse_change, record_change
 from daemon.decide import on_pagerduty, rekey
-from daemon.errors import ConfigError, OutboxConflict, PayloadError, StoreError
+from daemon.errors import ConfigError, OutboxConflict, PayloadError, StandingAside, StoreError
 from daemon.outbox import utcnow
 from daemon.pdwebhook import SIGNATURE_HEADER, parse, verify
 from daemon.store import PENDING, Store, StoredEvent
@@ -123,9 +123,9 @@ async def alertmanager_webhook(request: web.Request) -> web.Response:
     firehouse = request.app[APP_KEY]
     metrics = firehouse.metrics
     started = time.perf_counter()
-    if not firehouse.accepting:
+    if (refused := not_serving(firehouse)) is not None:
         metrics.webhooks.labels("unavailable").inc()
-        return error(503, "shutting down or not ready; retry")
+        return error(503, refused)
     if request.content_type not in _JSON_TYPES:
         metrics.webhooks.labels("unsupported_media_type").inc()
         return error(415, f"Content-Type must be application/json, got {request.content_type}")
@@ -151,6 +151,9 @@ async def alertmanager_webhook(request: web.Request) -> web.Response:
                         json.dumps(rejected.reason))
     try:
         decision = await firehouse.dispatcher.handle(webhook)
+    except StandingAside as exc:  # it began to, since the check above
+        metrics.webhooks.labels("unavailable").inc()
+        return error(503, f"{exc}; retry at another replica")
     except StoreError as exc:
         metrics.webhooks.labels("store_error").inc()
         log.error("could not store decision: %s", exc)  # noqa: TRY400 - the message says it all
@@ -184,9 +187,9 @@ async def pagerduty_webhook(request: web.Request) -> web.Response:
         return error(403, "PagerDuty webhooks are not configured: set pagerduty.webhook_secret "
                      "(or $FIREHOUSE_PAGERDUTY_WEBHOOK_SECRET) to the secret of the v3 webhook "
                      "subscription")
-    if not firehouse.accepting:
+    if (refused := not_serving(firehouse)) is not None:
         outcomes.labels("error").inc()
-        return error(503, "shutting down or not ready; retry")
+        return error(503, refused)
     try:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
@@ -242,8 +245,20 @@ async def ready(request: web.Request) -> web.Response:
     never waits for the store."""
     firehouse = request.app[APP_KEY]
     if firehouse.accepting and firehouse.store.healthy and firehouse.probe.answers:
+        if firehouse.dispatcher.refusal is not None:
+            return web.Response(text=f"Not ready: {firehouse.dispatcher.refusal}.\n",
+                                status=503)
         return web.Response(text="Ready.\n")
     return web.Response(text="Not ready.\n", status=503)
+
+
+def not_serving(firehouse: Firehouse) -> str | None:
+    """Why inputs are answered 503 now, or None when they are taken."""
+    if not firehouse.accepting:
+        return "shutting down or not ready; retry"
+    if firehouse.dispatcher.refusal is not None:
+        return f"{firehouse.dispatcher.refusal}; retry at another replica"
+    return None
 
 
 class StoreProbe:
@@ -448,8 +463,8 @@ async def post_change(request: web.Request) -> web.Response:
     with `duplicate: true` for an id already recorded, 400 naming every bad field."""
     firehouse = request.app[APP_KEY]
     received = firehouse.metrics.changes_received
-    if not firehouse.accepting:
-        return error(503, "shutting down or not ready; retry")
+    if (refused := not_serving(firehouse)) is not None:
+        return error(503, refused)
     if request.content_type not in _JSON_TYPES:
         received.labels("invalid").inc()
         return error(415, f"Content-Type must be application/json, got {request.content_type}")

@@ -1037,3 +1037,94 @@ async def test_a_sqlite_firehouse_moves_to_postgresql_with_its_open_incident(
     status, out = await cli(single, "run")
     assert status != 0
     assert "was moved to" in out, out
+
+
+async def metric(fh: FirehouseProcess, name: str) -> float:
+    """One sample of the replica's /metrics, by its name with labels as exposed."""
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=POST_TIMEOUT)) as session,
+        session.get(fh.url + "/metrics") as response,
+    ):
+        text = await response.text()
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{name} not in {fh.url}/metrics")
+
+
+async def test_a_dry_run_replica_beside_a_live_one_stands_aside_and_loses_no_page(
+    pg_schema: str,
+    pagerduty: PagerDutyStandIn,
+    firehouse: FirehouseFactory,
+    tmp_path: Path,
+) -> None:
+    """A replica started in dry-run on a database that live replicas page from (a pod
+    whose secret was not mounted) would decide pages without routing keys: logged, never
+    sent, whichever replica delivered them. Instead it reports not ready, answers webhooks
+    503 saying why, and decides and sends nothing; the live replica says so in its log.
+    A fire sent to the dry-run one first and then, as a load balancer does after the 503,
+    to the live one, is paged for real, once per target, and no event is dry-run. When
+    the live replica stops cleanly, the dry-run one is alone and takes webhooks again; a
+    live replica that was killed keeps it aside instead (the database is a live one)."""
+    settings = ha_settings(pg_schema, tmp_path / "dr", pagerduty.url, fire_services("dr"))
+    live = await firehouse(settings=settings)
+    dry = await firehouse(settings={**settings, "dry_run": True}, start=False)
+    dry.ready_path = "/-/healthy"  # it is not to become ready
+    await dry.start()
+
+    async with aiohttp.ClientSession() as session:
+        async with session.get(dry.url + "/-/ready") as response:
+            text = await response.text()
+            assert response.status == 503, text
+        assert "dry-run" in text, text
+        assert "page for real" in text, text
+        started = datetime.now(UTC) - timedelta(seconds=30)
+        body = webhook_json(*fire_alerts("dr", started))
+        async with session.post(dry.webhook_url, json=body) as response:
+            refused = await response.json()
+            assert response.status == 503, refused
+        assert "dry-run" in refused["error"], refused
+        attempts = await send_balanced(session, [dry, live], 0, body)
+    assert attempts == [(0, 503), (1, 200)], attempts
+    assert await metric(dry, "firehouse_cluster_refusing") == 1
+    assert await metric(live, "firehouse_cluster_refusing") == 0
+
+    async def live_sees_it() -> bool:  # at its next heartbeat
+        return await metric(live, 'firehouse_cluster_replicas{mode="dry_run"}') == 1
+
+    await eventually(live_sees_it, 8.0, live.logs)
+    assert await metric(live, 'firehouse_cluster_replicas{mode="live"}') == 1
+
+    await pagerduty.wait_for_count(len(FIRE_TARGETS), DELIVERY_TIMEOUT)
+    await asyncio.sleep(1.0)  # a stray event would show up meanwhile
+    triggers = accepted(pagerduty, "trigger")
+    assert sorted(live.targets_by_key[key] for key, _ in triggers) == sorted(FIRE_TARGETS), (
+        pagerduty.dump())
+    assert_opened_once(pagerduty, set(triggers))
+    rows = await db_rows(pg_schema, "SELECT state, count(*) AS n FROM outbox GROUP BY state")
+    assert {r["state"]: r["n"] for r in rows} == {"delivered": len(FIRE_TARGETS)}, rows
+    assert "are in dry-run" in live.logs(200), live.logs()
+
+    # The live replica stops cleanly: the dry-run one is alone, and a dry-run cluster.
+    assert await live.stop() == 0, live.logs()
+
+    async def dry_ready() -> bool:
+        return await ready_status(dry) == 200
+
+    await eventually(dry_ready, 15.0, dry.logs)
+    assert await metric(dry, "firehouse_cluster_refusing") == 0
+
+    # A live replica killed -9 leaves its row: the dry-run one stands aside again, even
+    # once the killed one is no longer seen.
+    await live.start()
+
+    async def dry_refuses() -> bool:
+        return await ready_status(dry) == 503
+
+    await eventually(dry_refuses, 15.0, dry.logs)
+    await live.kill9()
+    await asyncio.sleep(20.0)  # longer than a replica is counted as running (16 s)
+    async with aiohttp.ClientSession() as session, session.get(dry.url + "/-/ready") as response:
+        text = await response.text()
+        assert response.status == 503, text
+    assert "did not stop cleanly" in text, text

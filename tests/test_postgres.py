@@ -542,6 +542,8 @@ class TestLeases:
         heard: list[int] = []
         a = await stores("replica-a")
         b = await stores("replica-b", listen=heard.append)
+        # Else the commit may come first, and b hear only of it (once connected).
+        await eventually(lambda: heard == [0], what="b listening")
         await a.commit(decide(webhook(db_alert()), config, State(), NOW))
         taken = await a.due_events(NOW, 10)
         await eventually(lambda: heard == [0, 1], what="b heard the commit")

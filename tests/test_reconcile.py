@@ -144,6 +144,7 @@ class FakeDispatcher:
         self.state = state or State()
         self.error = error
         self.now = now
+        self.refusal: str | None = None
         self.decisions: list[Decision] = []
 
     async def run(self, step: Step) -> Decision:

@@ -175,6 +175,18 @@ class Delta:
     changes: tuple[Change, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class Replica:
+    """What a replica tells the others on a shared store: whether it pages for real, and
+    which configuration it decides by (`cluster.decision_digest`). Times are epoch seconds."""
+
+    id: str
+    dry_run: bool
+    digest: str
+    started_at: float = 0.0
+    seen_at: float = 0.0
+
+
 class Exclusive(Protocol):
     """A transaction holding the cluster-wide decision lock: one at a time across every
     replica. Committed when its context exits without error, rolled back otherwise."""
@@ -193,6 +205,8 @@ class SharedStore(Store, Protocol):
     """A store several replicas share. Decisions are made under `exclusive()`, on a state
     caught up to its version; outbox reads lease their events to this replica."""
 
+    owner: str  # this replica's name, on its leases and its heartbeat row
+
     def exclusive(self) -> AbstractAsyncContextManager[Exclusive]:
         """Begin a transaction and take the cluster-wide decision lock (waiting for it)."""
 
@@ -202,6 +216,13 @@ class SharedStore(Store, Protocol):
 
     async def delta(self, since: int) -> Delta:
         """What was committed after `since`, read in one snapshot without the lock."""
+
+    async def heartbeat(self, me: Replica, now: float, horizon: float) -> list[Replica]:
+        """Say what this replica is (its row's `seen_at` becomes `now`), forget replicas
+        unseen since `now - horizon`, and read the others."""
+
+    async def leave(self, replica_id: str) -> None:
+        """Remove this replica's row: it stops (the others stop counting it at once)."""
 
     def listen(self, callback: Callable[[int], None]) -> None:
         """Call `callback(version)` whenever any replica commits a decision or puts events

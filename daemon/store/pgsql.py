@@ -93,12 +93,31 @@ CREATE INDEX changes_by_service ON changes (service, at);
 CREATE INDEX changes_by_version ON changes ({STAMP});
 """  # noqa: S608
 
+REPLICAS_SCHEMA = """
+CREATE TABLE replicas (
+    id text PRIMARY KEY, dry_run boolean NOT NULL, digest text NOT NULL,
+    started_at double precision NOT NULL, seen_at double precision NOT NULL
+);
+"""
+
 # (version, description, SQL), in order. A migration is never edited once released: a
 # change of schema is a new one. Each runs in its own transaction.
 MIGRATIONS: tuple[tuple[int, str, str], ...] = (
     (1, "incidents, alerts, resolutions, timeline, outbox with leases, changes, "
         "decision clock", INITIAL_SCHEMA),
+    (2, "replicas: each one's mode and configuration, for the others to compare",
+     REPLICAS_SCHEMA),
 )
+
+# Each replica's row, written by its own heartbeat: the others compare modes and
+# configurations with it (daemon/cluster.py). Rows of replicas long gone are deleted.
+UPSERT_REPLICA = (
+    "INSERT INTO replicas VALUES ($1, $2, $3, $4, $4) ON CONFLICT (id) DO UPDATE SET "
+    "dry_run = excluded.dry_run, digest = excluded.digest, seen_at = excluded.seen_at")
+FORGET_REPLICAS = "DELETE FROM replicas WHERE seen_at < $1"
+PEERS = ("SELECT id, dry_run, digest, started_at, seen_at FROM replicas "
+         "WHERE id <> $1 AND seen_at >= $2 ORDER BY id")
+LEAVE = "DELETE FROM replicas WHERE id = $1"
 
 # Text orders as SQLite's BINARY collation does (byte order), not as the database's locale.
 CHANGES_OLDEST_FIRST = 'at, received_at NULLS FIRST, id COLLATE "C"'

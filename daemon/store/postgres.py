@@ -68,6 +68,7 @@ from daemon.store import (
     Attempt,
     Delta,
     MarksByRecord,
+    Replica,
     StoredEvent,
     pgsql,
 )
@@ -508,7 +509,14 @@ class PostgresStore(MarksByRecord):
         try:
             yield conn
         finally:
-            await pool.release(conn)
+            try:
+                await pool.release(conn)
+            except DATABASE_ERRORS as exc:
+                # Handing back a connection resets it, which a hung database does not
+                # answer either (asyncpg then closes it): what the body did or raised
+                # stands, not this.
+                log.debug("state database %s: a connection was closed instead of handed "
+                          "back: %s", self.where, exc or type(exc).__name__)
 
     @contextlib.asynccontextmanager
     async def _session(self, doing: str) -> AsyncIterator[Any]:
@@ -824,6 +832,21 @@ class PostgresStore(MarksByRecord):
                                now.isoformat())
 
         await self._written("probing", write)
+
+    async def heartbeat(self, me: Replica, now: float, horizon: float) -> list[Replica]:
+        """Write this replica's row (mode, configuration, `seen_at` now), delete the rows
+        unseen for `horizon`, and read the others."""
+        async with self._transaction("telling the other replicas what this one is") as conn:
+            await conn.execute(pgsql.UPSERT_REPLICA, me.id, me.dry_run, me.digest, now)
+            await conn.execute(pgsql.FORGET_REPLICAS, now - horizon)
+            rows = await conn.fetch(pgsql.PEERS, me.id, now - horizon)
+        return [Replica(r["id"], r["dry_run"], r["digest"], r["started_at"], r["seen_at"])
+                for r in rows]
+
+    async def leave(self, replica_id: str) -> None:
+        """Delete this replica's row, so the others stop counting it now."""
+        async with self._transaction("leaving the replicas") as conn:
+            await conn.execute(pgsql.LEAVE, replica_id)
 
     async def requeue(self, event_id: int, routing_keys: Mapping[str, str], now: datetime
                       ) -> list[StoredEvent] | None:

@@ -124,7 +124,6 @@ class ClusterWatch:
         self.metrics = metrics
         self.on_change = on_change
         self.refusal: str | None = None
-        self.checks = 0
         self._said: tuple[str, ...] = ()
         self._stop = asyncio.Event()
 
@@ -139,7 +138,6 @@ class ClusterWatch:
         now = time.time()
         peers = await self.store.heartbeat(me, now, FORGOTTEN_AFTER)
         verdict = judge(me, peers, now)
-        self.checks += 1
         self.metrics.cluster_replicas.labels("live").set(verdict.live)
         self.metrics.cluster_replicas.labels("dry_run").set(verdict.dry_run)
         self.metrics.cluster_configurations.set(verdict.configurations)

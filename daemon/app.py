@@ -318,8 +318,8 @@ class Firehouse:
         if self.session is not None:
             session, self.session = self.session, None
             await session.close()
-        if self.cluster is not None and is_shared(self.store):
-            await self.cluster.leave(self.store.owner)
+        if self.cluster is not None:
+            await self.cluster.leave()
         log.info("shutdown: closing the store")
         await self.store.close()
 

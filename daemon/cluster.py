@@ -10,8 +10,8 @@ refuses to decide anything -- webhooks, PagerDuty's updates, changes and the clo
 gone; it reports not ready, so a load balancer sends its webhooks to the others. Replicas
 paging for real that crashed keep it aside too, for a day (FORGOTTEN_AFTER): a database
 paged from stays so until its replicas stop cleanly. A replica paging for real that sees
-dry-run ones says so. Differing configurations are expected
-during a rollout, so they are only reported (each replica decides by its own rules).
+dry-run ones says so. Differing configurations are expected during a rollout, so they are
+only reported (each replica decides by its own rules).
 
 `judge` is pure; `ClusterWatch` is the worker that feeds it.
 """
@@ -114,8 +114,9 @@ def judge(me: Replica, peers: Sequence[Replica], now: float) -> Verdict:
 
 
 class ClusterWatch:
-    """Heartbeats every HEARTBEAT_SECONDS, judging the others each time; `refusal` is what
-    the dispatcher and the outbox read. Messages are logged when they change."""
+    """Heartbeats every HEARTBEAT_SECONDS, judging the others each time; `on_change` is
+    told when the refusal changes (the app stands the dispatcher and the outbox aside or
+    back), and messages are logged when they change."""
 
     def __init__(self, store: SharedStore, me: Callable[[], Replica], metrics: Metrics,
                  on_change: Callable[[str | None], None]) -> None:
@@ -168,10 +169,11 @@ class ClusterWatch:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), HEARTBEAT_SECONDS)
 
-    async def leave(self, replica_id: str) -> None:
-        """Remove this replica's row on a clean stop; a failure is only logged (the row
-        stops counting after SEEN_WITHIN)."""
+    async def leave(self) -> None:
+        """Remove this replica's row on a clean stop; a failure is only logged (the row is
+        then as a crashed replica's: no longer counted as running after SEEN_WITHIN, but a
+        live one's keeps dry-run replicas aside until FORGOTTEN_AFTER)."""
         try:
-            await self.store.leave(replica_id)
+            await self.store.leave(self.me().id)
         except StoreError as exc:
             log.warning("could not tell the other replicas this one stops: %s", exc)

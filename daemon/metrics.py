@@ -146,9 +146,10 @@ class Metrics:
             "is seen.", ["mode"], registry=r)
         self.cluster_configurations = Gauge(
             "firehouse_cluster_configurations",
-            "Distinct configurations (firehouse_config_info digests) among the replicas on "
-            "this database seen lately: more than 1 outside a rollout means they decide by "
-            "different rules, maps or targets.", registry=r)
+            "Distinct configurations among the replicas on this database seen lately (what "
+            "decides pages: settings, maps and rules, not where each listens or logs): more "
+            "than 1 outside a rollout means they decide by different rules, maps or "
+            "targets.", registry=r)
         self.cluster_refusing = Gauge(
             "firehouse_cluster_refusing",
             "1 while this replica, in dry-run, refuses to decide because another on the same "

@@ -17,7 +17,7 @@ NOW = 1_800_000_000.0
 
 def replica(name: str, *, dry_run: bool = False, digest: str = "same",
             seen_ago: float = 1.0) -> Replica:
-    return Replica(name, dry_run, digest, NOW - 3600, NOW - seen_ago)
+    return Replica(name, dry_run, digest, NOW - seen_ago)
 
 
 def test_replicas_that_agree_say_nothing() -> None:

@@ -178,12 +178,12 @@ class Delta:
 @dataclass(frozen=True, slots=True)
 class Replica:
     """What a replica tells the others on a shared store: whether it pages for real, and
-    which configuration it decides by (`cluster.decision_digest`). Times are epoch seconds."""
+    which configuration it decides by (`cluster.decision_digest`); when it last said so
+    (epoch seconds)."""
 
     id: str
     dry_run: bool
     digest: str
-    started_at: float = 0.0
     seen_at: float = 0.0
 
 

@@ -96,7 +96,7 @@ CREATE INDEX changes_by_version ON changes ({STAMP});
 REPLICAS_SCHEMA = """
 CREATE TABLE replicas (
     id text PRIMARY KEY, dry_run boolean NOT NULL, digest text NOT NULL,
-    started_at double precision NOT NULL, seen_at double precision NOT NULL
+    seen_at double precision NOT NULL
 );
 """
 
@@ -112,11 +112,10 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
 # Each replica's row, written by its own heartbeat: the others compare modes and
 # configurations with it (daemon/cluster.py). Rows of replicas long gone are deleted.
 UPSERT_REPLICA = (
-    "INSERT INTO replicas VALUES ($1, $2, $3, $4, $4) ON CONFLICT (id) DO UPDATE SET "
+    "INSERT INTO replicas VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO UPDATE SET "
     "dry_run = excluded.dry_run, digest = excluded.digest, seen_at = excluded.seen_at")
 FORGET_REPLICAS = "DELETE FROM replicas WHERE seen_at < $1"
-PEERS = ("SELECT id, dry_run, digest, started_at, seen_at FROM replicas "
-         "WHERE id <> $1 AND seen_at >= $2 ORDER BY id")
+PEERS = "SELECT id, dry_run, digest, seen_at FROM replicas WHERE id <> $1 ORDER BY id"
 LEAVE = "DELETE FROM replicas WHERE id = $1"
 
 # Text orders as SQLite's BINARY collation does (byte order), not as the database's locale.

@@ -839,9 +839,8 @@ class PostgresStore(MarksByRecord):
         async with self._transaction("telling the other replicas what this one is") as conn:
             await conn.execute(pgsql.UPSERT_REPLICA, me.id, me.dry_run, me.digest, now)
             await conn.execute(pgsql.FORGET_REPLICAS, now - horizon)
-            rows = await conn.fetch(pgsql.PEERS, me.id, now - horizon)
-        return [Replica(r["id"], r["dry_run"], r["digest"], r["started_at"], r["seen_at"])
-                for r in rows]
+            rows = await conn.fetch(pgsql.PEERS, me.id)
+        return [Replica(r["id"], r["dry_run"], r["digest"], r["seen_at"]) for r in rows]
 
     async def leave(self, replica_id: str) -> None:
         """Delete this replica's row, so the others stop counting it now."""
